@@ -1,0 +1,1 @@
+"""qshampoo: Shampoo with 4-bit preconditioners for PyTorch."""

@@ -1,0 +1,266 @@
+"""Optimizers by name, and adapters that read their memory and diagnostics.
+
+Every optimizer is built as ``build(name, param_groups, **hyperparameters)``. The qshampoo
+optimizers and the peers are imported lazily, so a missing package only makes its names
+unavailable (:func:`availability` says why); it never breaks the harness.
+
+``family`` groups optimizers whose hyperparameters mean the same thing: the ``"adam"`` family
+(AdamW and everything grafted onto or derived from it) shares betas/eps and a learning-rate range;
+``"sgd"`` is SGD with momentum.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+class OptimizerUnavailable(RuntimeError):
+    """The optimizer's package is missing or cannot run here."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    family: str  # "adam" or "sgd": which hyperparameter defaults apply
+    description: str
+    factory: Callable[..., torch.optim.Optimizer]
+    # Keywords the factory understands; the others in a task's hyperparameters are dropped.
+    accepts: frozenset[str] = field(default_factory=frozenset)
+    peer: bool = False
+
+
+_ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
+_SGD_KEYS = frozenset({"lr", "momentum", "weight_decay", "nesterov"})
+_SHAMPOO_KEYS = frozenset(
+    {
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "momentum",
+        "nesterov",
+        "base",
+        "stat_decay",
+        "matrix_eps",
+        "stat_interval",
+        "root_interval",
+        "max_preconditioner_dim",
+        "bits",
+        "block_size",
+        "codebook",
+        "ef_decay",
+        "min_quant_numel",
+    }
+)
+
+
+def _import(module: str, what: str):
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # ImportError, or a broken install raising anything else
+        raise OptimizerUnavailable(f"{what}: `import {module}` failed ({e})") from e
+    return mod
+
+
+def _shampoo(quant: str) -> Callable[..., torch.optim.Optimizer]:
+    def make(params, **kw):
+        qshampoo = _import("qshampoo", "qshampoo")
+        cls = getattr(qshampoo, "Shampoo", None)
+        if cls is None:
+            raise OptimizerUnavailable("qshampoo.Shampoo is not implemented in this checkout")
+        return cls(params, quant=quant, **kw)
+
+    return make
+
+
+def _adamw(params, **kw):
+    return torch.optim.AdamW(params, **kw)
+
+
+def _sgd(params, **kw):
+    kw.setdefault("momentum", 0.9)
+    return torch.optim.SGD(params, **kw)
+
+
+def _torchao_adamw4bit(params, **kw):
+    optim = _import("torchao.optim", "torchao")
+    cls = getattr(optim, "AdamW4bit", None) or getattr(optim, "_AdamW4bit", None)
+    if cls is None:
+        raise OptimizerUnavailable("torchao.optim has no AdamW4bit")
+    return cls(params, **kw)
+
+
+def _bnb_adamw8bit(params, **kw):
+    bnb = _import("bitsandbytes", "bitsandbytes")
+    return bnb.optim.AdamW8bit(params, **kw)
+
+
+def _soap(params, **kw):
+    po = _import("pytorch_optimizer", "pytorch-optimizer")
+    cls = getattr(po, "SOAP", None)
+    if cls is None:
+        raise OptimizerUnavailable("pytorch_optimizer has no SOAP")
+    return cls(params, **kw)
+
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    s.name: s
+    for s in [
+        OptimizerSpec("adamw", "adam", "torch.optim.AdamW", _adamw, _ADAM_KEYS),
+        OptimizerSpec("sgd", "sgd", "torch.optim.SGD with momentum 0.9", _sgd, _SGD_KEYS),
+        OptimizerSpec(
+            "shampoo", "adam", "32-bit Shampoo grafted onto AdamW", _shampoo("none"), _SHAMPOO_KEYS
+        ),
+        OptimizerSpec(
+            "shampoo4bit",
+            "adam",
+            "4-bit Shampoo: Cholesky factors + error feedback (Paper A, CQ+EF)",
+            _shampoo("cholesky_ef"),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo4bit-naive",
+            "adam",
+            "4-bit Shampoo quantizing the matrices themselves (VQ)",
+            _shampoo("naive"),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo4bit-eigen",
+            "adam",
+            "4-bit Shampoo with quantized eigenvectors (Paper B)",
+            _shampoo("eigen"),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo4bit-cholesky",
+            "adam",
+            "4-bit Shampoo with Cholesky factors, no error feedback (CQ)",
+            _shampoo("cholesky"),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "torchao-adamw4bit",
+            "adam",
+            "torchao.optim.AdamW4bit (peer)",
+            _torchao_adamw4bit,
+            _ADAM_KEYS,
+            peer=True,
+        ),
+        OptimizerSpec(
+            "bnb-adamw8bit",
+            "adam",
+            "bitsandbytes.optim.AdamW8bit (peer)",
+            _bnb_adamw8bit,
+            _ADAM_KEYS,
+            peer=True,
+        ),
+        OptimizerSpec(
+            "soap", "adam", "pytorch_optimizer.SOAP (peer)", _soap, _ADAM_KEYS, peer=True
+        ),
+    ]
+}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def spec(name: str) -> OptimizerSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def build(name: str, params, **hyperparameters) -> torch.optim.Optimizer:
+    """Construct optimizer ``name`` over ``params`` (tensors or param groups).
+
+    Keywords the optimizer does not take (e.g. ``stat_interval`` for AdamW) are dropped, so one
+    hyperparameter dict can serve a whole family.
+    """
+    s = spec(name)
+    kw = {k: v for k, v in hyperparameters.items() if k in s.accepts}
+    return s.factory(params, **kw)
+
+
+def availability(name: str, device: str | torch.device = "cpu") -> str | None:
+    """``None`` when ``name`` can be built here, else the reason it cannot."""
+    p = torch.nn.Parameter(torch.zeros(64, 64, device=device))
+    p.grad = torch.zeros_like(p)
+    try:
+        opt = build(name, [p], lr=1e-3)
+        opt.step()
+    except OptimizerUnavailable as e:
+        return str(e)
+    except Exception as e:  # e.g. a CUDA-only kernel on a CPU tensor
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: memory and diagnostics of any optimizer
+# --------------------------------------------------------------------------------------------
+
+
+def tensor_bytes(t) -> int:
+    """Bytes a tensor really stores. Tensor subclasses that wrap others (torchao's quantized
+    state) are counted through their inner tensors."""
+    if not isinstance(t, torch.Tensor):
+        return 0
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        inner, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in inner)
+    return t.numel() * t.element_size()
+
+
+def _nested_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return tensor_bytes(obj)
+    if isinstance(obj, dict):
+        return sum(_nested_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nested_bytes(v) for v in obj)
+    return 0
+
+
+def memory_report(opt: torch.optim.Optimizer) -> dict[str, int]:
+    """``{"preconditioners", "base_state", "total"}`` in bytes.
+
+    Uses the optimizer's own ``memory_report()`` when it has one; otherwise every tensor in
+    ``opt.state`` counts as base state.
+    """
+    own = getattr(opt, "memory_report", None)
+    if callable(own):
+        report = {k: int(v) for k, v in own().items() if isinstance(v, (int, float))}
+        report.setdefault("preconditioners", 0)
+        report.setdefault("base_state", report.get("total", 0) - report["preconditioners"])
+        report.setdefault("total", report["preconditioners"] + report["base_state"])
+        return report
+    total = sum(_nested_bytes(s) for s in opt.state.values())
+    return {"preconditioners": 0, "base_state": total, "total": total}
+
+
+DIAGNOSTIC_DEFAULTS = {
+    "nonfinite_steps": 0,
+    "root_failures": 0,
+    "cholesky_failures": 0,
+    "quant_error": None,
+}
+
+
+def diagnostics(opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's ``diagnostics()`` with the keys the report uses always present."""
+    out = dict(DIAGNOSTIC_DEFAULTS)
+    own = getattr(opt, "diagnostics", None)
+    if callable(own):
+        out.update(own())
+    for k in ("nonfinite_steps", "root_failures", "cholesky_failures"):
+        out[k] = int(out[k] or 0)
+    q = out.get("quant_error")
+    out["quant_error"] = None if q is None else float(q)
+    return out

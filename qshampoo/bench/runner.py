@@ -1,0 +1,557 @@
+"""Train one ``(task, optimizer, seed)`` run, checkpointing so it can be resumed exactly.
+
+A run is deterministic given its seed: the seed fixes the model's initialisation, the order of the
+data (see :mod:`qshampoo.bench.batches`) and every random number the model draws. A checkpoint
+holds the model, the optimizer, the step, the random-number generators' states and the history
+so far; it is written to a temporary file and renamed over the old one (``os.replace``), so a
+kill at any moment leaves either the previous checkpoint or the new one. Resuming from it gives
+results equal to an uninterrupted run's.
+
+With ``isolate=True`` a run executes in a fresh Python process (``multiprocessing`` spawn), so
+its peak resident memory is its own and not the high-water mark of earlier runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import optimizers as optim_mod
+from . import stability
+from .tasks import Task, TaskData
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+MODEL = "model.pt"
+FORMAT_VERSION = 1
+
+
+class RunInterrupted(Exception):
+    """Raised when a run stops before its last step (``stop_after``, used by tests)."""
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one run. ``fingerprint()`` covers the fields that change the
+    numbers, so a checkpoint is only resumed by the run that wrote it."""
+
+    task: Task
+    optimizer: str
+    seed: int
+    steps: int
+    hparams: dict[str, Any]
+    run_dir: str
+    device: str = "cpu"
+    eval_every: int | None = None
+    checkpoint_every: int | None = None  # default: every evaluation
+    resume: bool = False
+    progress: bool = True
+    threads: int | None = None
+    stop_after: int | None = None  # stop (as if killed) after this many steps; for tests
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        t = self.task
+        key = {
+            "task": t.name,
+            "optimizer": self.optimizer,
+            "seed": self.seed,
+            "steps": self.steps,
+            "hparams": _jsonable(self.hparams),
+            "batch_size": t.batch_size,
+            "eval_every": t.eval_interval(self.steps, self.eval_every),
+            "eval_limit": t.eval_limit,
+            "warmup": t.warmup,
+            "final_lr": t.final_lr,
+            "device": torch.device(self.device).type,
+        }
+        blob = json.dumps(key, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate schedule (stateless: a function of the step)
+# --------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, steps: int, warmup: float, final: float) -> float:
+    """Linear warm-up over ``warmup * steps`` steps, then cosine decay to ``final`` x peak."""
+    w = int(round(warmup * steps))
+    if step < w:
+        return (step + 1) / w
+    span = max(1, steps - w)
+    progress = min(1.0, (step - w) / span)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory measurement
+# --------------------------------------------------------------------------------------------
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes (since the last reset, where possible)."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Some peers keep tensor subclasses in their state, which weights_only refuses. The file
+        # is one this harness wrote itself.
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on tensors with >= 2 dims (weights), none on biases and norm scales."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_size(target) -> int:
+    if isinstance(target, torch.Tensor):
+        return int(target.numel()) if target.ndim > 1 else int(target.shape[0])
+    return len(target)
+
+
+@torch.no_grad()
+def evaluate(task: Task, model, test, device, limit) -> dict[str, float]:
+    """Mean loss and metric over the (limited) test set, weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    loss_sum = metric_sum = 0.0
+    count = 0
+    for x, y in test.eval_batches(task.eval_batch_size, limit):
+        x, y = _to(x, device), _to(y, device)
+        out = model(x)
+        n = _batch_size(y)
+        loss_sum += float(task.loss_fn(out, y)) * n
+        if task.metric_fn is not None:
+            metric_sum += float(task.metric_fn(out, y)) * n
+        count += n
+    model.train(was_training)
+    loss = loss_sum / max(count, 1)
+    metric = metric_sum / max(count, 1) if task.metric_fn is not None else loss
+    return {"loss": loss, "metric": metric, "samples": count}
+
+
+def _params_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def warm_up(spec: RunSpec, data: TaskData, device: torch.device) -> None:
+    """One throwaway training step and evaluation batch on a throwaway model and optimizer.
+
+    PyTorch initialises kernels, thread pools and lazy imports on first use; without this, the
+    first run in a process would pay for them inside its timed steps. Random-number generators
+    are restored afterwards, so the run itself is unchanged.
+    """
+    rng = _rng_state(device)
+    try:
+        task = spec.task
+        model = task.model_fn(data.info).to(device)
+        hp = dict(spec.hparams)
+        wd = float(hp.pop("weight_decay", 0.0))
+        opt = optim_mod.build(spec.optimizer, param_groups(model, wd), weight_decay=wd, **hp)
+        x, y = _to(data.train.batch(spec.seed, 0), device)
+        task.loss_fn(model(x), y).backward()
+        opt.step()
+        with torch.no_grad():
+            model.eval()
+            for xe, _ in data.test.eval_batches(task.eval_batch_size, 1):
+                model(_to(xe, device))
+        del model, opt
+    finally:
+        _set_rng_state(rng, device)
+
+
+def train_run(spec: RunSpec, data: TaskData | None = None) -> dict:
+    """Run ``spec`` to its last step (or to ``spec.stop_after``) and return its result dict,
+    also written as ``result.json`` (and the final weights as ``model.pt``) in ``spec.run_dir``.
+    """
+    task = spec.task
+    device = torch.device(spec.device)
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT
+    eval_every = task.eval_interval(spec.steps, spec.eval_every)
+    ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    fingerprint = spec.fingerprint()
+
+    if data is None:
+        data = task.data_fn(validation=bool(spec.extra.get("validation", False)))
+    warm_up(spec, data, device)
+    reset_peak_rss()
+    rss_start = current_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    _seed_everything(spec.seed)
+    model = task.model_fn(data.info).to(device)
+    hp = dict(spec.hparams)
+    wd = float(hp.pop("weight_decay", 0.0))
+    opt = optim_mod.build(spec.optimizer, param_groups(model, wd), weight_decay=wd, **hp)
+    peak_lrs = [g["lr"] for g in opt.param_groups]
+
+    step = 0
+    losses: list[float] = []
+    evals: list[dict] = []
+    train_s = eval_s = 0.0
+    diverged = False
+    resumed_from = None
+    if spec.resume and ckpt_path.exists():
+        ckpt = _load(ckpt_path)
+        if ckpt.get("fingerprint") != fingerprint:
+            raise RuntimeError(
+                f"{ckpt_path} was written by a run with different settings; start a new --out "
+                "folder or run without --resume"
+            )
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        losses = list(ckpt["losses"])
+        evals = list(ckpt["evals"])
+        train_s, eval_s = float(ckpt["train_s"]), float(ckpt["eval_s"])
+        diverged = bool(ckpt["diverged"])
+        _set_rng_state(ckpt["rng"], device)
+        resumed_from = step
+    elif ckpt_path.exists():
+        ckpt_path.unlink()
+
+    def save_checkpoint() -> None:
+        atomic_save(
+            {
+                "version": FORMAT_VERSION,
+                "fingerprint": fingerprint,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "losses": losses,
+                "evals": evals,
+                "train_s": train_s,
+                "eval_s": eval_s,
+                "diverged": diverged,
+                "rng": _rng_state(device),
+            },
+            ckpt_path,
+        )
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    bar = None
+    if spec.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=spec.steps,
+            initial=step,
+            desc=f"{task.name} {spec.optimizer} seed {spec.seed}",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+    model.train()
+    try:
+        while step < spec.steps and not diverged:
+            if spec.stop_after is not None and step >= spec.stop_after:
+                raise RunInterrupted(f"stopped after {step} steps")
+            factor = lr_factor(step, spec.steps, task.warmup, task.final_lr)
+            for g, lr0 in zip(opt.param_groups, peak_lrs, strict=True):
+                g["lr"] = lr0 * factor
+            t0 = time.perf_counter()
+            x, y = _to(task_batch(data, spec.seed, step), device)
+            out = model(x)
+            loss = task.loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            sync()
+            train_s += time.perf_counter() - t0
+            losses.append(value if math.isfinite(value) else float("nan"))
+            step += 1
+            if not math.isfinite(value) and not _params_finite(model):
+                diverged = True
+            if step % eval_every == 0 or step == spec.steps or diverged:
+                t1 = time.perf_counter()
+                ev = evaluate(task, model, data.test, device, task.eval_limit)
+                sync()
+                eval_s += time.perf_counter() - t1
+                diag = optim_mod.diagnostics(opt)
+                evals.append(
+                    {
+                        "step": step,
+                        "train_s": train_s,
+                        "loss": ev["loss"],
+                        "metric": ev["metric"],
+                        "quant_error": diag["quant_error"],
+                    }
+                )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value:.3f}", metric=f"{ev['metric']:.4f}")
+            if bar is not None:
+                bar.update(1)
+            if step % ckpt_every == 0 and step < spec.steps and not diverged:
+                save_checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    t1 = time.perf_counter()
+    final = evaluate(task, model, data.test, device, task.final_eval_limit)
+    sync()
+    final_eval_s = time.perf_counter() - t1
+    if not _params_finite(model):
+        final = {"loss": float("nan"), "metric": float("nan"), "samples": final["samples"]}
+    diag = optim_mod.diagnostics(opt)
+    spikes = stability.loss_spikes(losses)
+    result = {
+        "format": FORMAT_VERSION,
+        "task": task.name,
+        "optimizer": spec.optimizer,
+        "seed": spec.seed,
+        "steps": spec.steps,
+        "completed_steps": step,
+        "fingerprint": fingerprint,
+        "hparams": _jsonable(spec.hparams),
+        "device": str(device),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "final": {"loss": final["loss"], "metric": final["metric"], "samples": final["samples"]},
+        "losses": losses,
+        "evals": evals,
+        "memory": {
+            "optimizer_state": optim_mod.memory_report(opt),
+            "peak_rss_bytes": peak_rss(),
+            "rss_start_bytes": rss_start,
+            "cuda_peak_bytes": (
+                torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            ),
+        },
+        "time": {
+            "train_s": train_s,
+            "eval_s": eval_s + final_eval_s,
+            "wall_s": train_s + eval_s + final_eval_s,
+            "ms_per_step": 1000.0 * train_s / max(step, 1),
+        },
+        "stability": {
+            "nonfinite_losses": stability.nonfinite_count(losses),
+            "optimizer_nonfinite_steps": diag["nonfinite_steps"],
+            "root_failures": diag["root_failures"],
+            "cholesky_failures": diag["cholesky_failures"],
+            "loss_spikes": len(spikes),
+            "spike_steps": [s + 1 for s in spikes],
+            "diverged": diverged,
+        },
+        "diagnostics": _jsonable(diag),
+        "resumed_from": resumed_from,
+        "torch_threads": torch.get_num_threads(),
+    }
+    torch.save(model.state_dict(), run_dir / MODEL)
+    atomic_write_text(run_dir / RESULT, json.dumps(_jsonable(result), indent=1))
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    return result
+
+
+def task_batch(data: TaskData, seed: int, step: int):
+    return data.train.batch(seed, step)
+
+
+def load_result(run_dir: str | os.PathLike, fingerprint: str | None = None) -> dict | None:
+    """A finished run's result, or ``None`` (missing, unreadable or other settings)."""
+    path = Path(run_dir) / RESULT
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if fingerprint is not None and result.get("fingerprint") != fingerprint:
+        return None
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Running in a fresh process
+# --------------------------------------------------------------------------------------------
+
+
+def _child(spec: RunSpec) -> None:
+    try:
+        train_run(spec)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def can_isolate(spec: RunSpec) -> bool:
+    """A run can go to a spawned process when its task pickles and the main module, if it
+    defines any of the task's callables, is a file the child can import again."""
+    try:
+        blob = pickle.dumps(spec.task)
+    except Exception:
+        return False
+    main = sys.modules.get("__main__")
+    if b"__main__" in blob and not getattr(main, "__file__", None):
+        return False
+    return True
+
+
+def run_isolated(spec: RunSpec) -> dict:
+    """``train_run(spec)`` in a spawned process; returns the result it wrote."""
+    import multiprocessing as mp
+
+    if spec.threads is None:
+        spec.threads = torch.get_num_threads()
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_child, args=(spec,), name=f"qshampoo-bench-{spec.optimizer}")
+    proc.start()
+    try:
+        proc.join()
+    except KeyboardInterrupt:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+        raise
+    if proc.exitcode == 130:
+        raise KeyboardInterrupt
+    if proc.exitcode != 0:
+        raise RuntimeError(
+            f"run {spec.optimizer} seed {spec.seed} failed in its process (exit code "
+            f"{proc.exitcode}); its error is printed above"
+        )
+    result = load_result(spec.run_dir)
+    if result is None:
+        raise RuntimeError(f"run {spec.optimizer} seed {spec.seed} wrote no {RESULT}")
+    return result

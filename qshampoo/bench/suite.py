@@ -1,0 +1,204 @@
+"""Run a comparison: every (optimizer, seed) of one task, then the report.
+
+Layout of an output folder::
+
+    OUT/report.md  results.json  *.png         the report (see qshampoo.bench.report)
+    OUT/runs/<optimizer>/seed<k>/result.json  one finished run (checkpoint.pt while running)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import optimizers as optim_mod
+from .runner import RunSpec, can_isolate, load_result, run_isolated, train_run
+from .tasks import Task
+
+
+@dataclass
+class SuiteConfig:
+    optimizers: list[str]
+    seeds: list[int]
+    out: str
+    steps: int | None = None  # default: the task's budget
+    epochs: float | None = None  # alternative to steps: passes over the training data
+    device: str = "cpu"
+    resume: bool = False
+    isolate: bool | str = "auto"  # True, False or "auto" (isolate when the task pickles)
+    progress: bool = True
+    eval_every: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # optimizer -> {key: v}
+    validation: bool = False  # evaluate on a split held out of the training data (tuning)
+    command: str | None = None  # the command line, recorded in the report
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
+    return str(dev)
+
+
+def parse_seeds(text: str | int | list[int]) -> list[int]:
+    """``"3"`` or ``3`` -> ``[0, 1, 2]``; ``"0,4,7"`` -> ``[0, 4, 7]``."""
+    if isinstance(text, int):
+        return list(range(text))
+    if isinstance(text, (list, tuple)):
+        return [int(s) for s in text]
+    text = str(text).strip()
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    n = int(text)
+    if n < 1:
+        raise ValueError("--seeds needs a count >= 1 or a comma-separated list of seeds")
+    return list(range(n))
+
+
+def check_optimizers(names: list[str], device: str, log=print) -> tuple[list[str], dict[str, str]]:
+    """Split ``names`` into those that can run here and ``{name: reason}`` for the others."""
+    ok, skipped = [], {}
+    for name in names:
+        optim_mod.spec(name)  # unknown names are an error, not a skip
+        reason = optim_mod.availability(name, device)
+        if reason is None:
+            ok.append(name)
+        else:
+            skipped[name] = reason
+            log(f"skipping optimizer {name}: {reason}")
+    return ok, skipped
+
+
+def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
+    """Train every requested (optimizer, seed) of ``task`` and write the report; returns the
+    output folder. Finished runs are reused and unfinished ones continued when
+    ``config.resume``; otherwise every run starts afresh."""
+    from . import report as report_mod
+
+    def _log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    log = log or _log
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    for name in config.overrides:
+        if name != "*":
+            optim_mod.spec(name)
+    optimizers, skipped = check_optimizers(list(config.optimizers), device, log)
+    if not optimizers:
+        raise RuntimeError(
+            "none of the requested optimizers can run here: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+
+    started = time.time()
+    # Load the data here first: a missing dataset fails before any run starts, and --epochs
+    # needs the number of batches per epoch.
+    data = task.data_fn(validation=config.validation)
+    steps = resolve_steps(task, data, config.steps, config.epochs)
+    results: list[dict] = []
+    for name in optimizers:
+        hp = task.hyperparameters(name, steps)
+        hp.update(config.overrides.get("*", {}))
+        hp.update(config.overrides.get(name, {}))
+        for seed in config.seeds:
+            spec = RunSpec(
+                task=task,
+                optimizer=name,
+                seed=seed,
+                steps=steps,
+                hparams=hp,
+                run_dir=str(out / "runs" / name / f"seed{seed}"),
+                device=device,
+                eval_every=config.eval_every,
+                resume=config.resume,
+                progress=config.progress,
+                extra={"validation": config.validation},
+            )
+            done = load_result(spec.run_dir, spec.fingerprint()) if config.resume else None
+            if done is not None:
+                log(f"{name} seed {seed}: finished earlier, reusing {spec.run_dir}/result.json")
+                results.append(done)
+                continue
+            isolate = config.isolate
+            if isolate == "auto":
+                isolate = can_isolate(spec)
+            if isolate:
+                result = run_isolated(spec)
+            else:
+                result = train_run(spec, data)
+            result["isolated"] = bool(isolate)
+            results.append(result)
+            log(
+                f"{name} seed {seed}: {task.metric_name} {result['final']['metric']:.4f}, "
+                f"{result['time']['wall_s']:.1f} s"
+            )
+
+    meta = {
+        "task": task.name,
+        "task_description": task.description,
+        "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "percent": task.percent,
+        "steps": steps,
+        "batch_size": task.batch_size,
+        "seeds": config.seeds,
+        "optimizers": optimizers,
+        "skipped": skipped,
+        "device": device,
+        "validation": config.validation,
+        "eval_every": task.eval_interval(steps, config.eval_every),
+        "eval_limit": task.eval_limit,
+        "final_eval_limit": task.final_eval_limit,
+        "warmup": task.warmup,
+        "final_lr": task.final_lr,
+        "lr_source": task.lr_source,
+        "overrides": config.overrides,
+        "command": config.command,
+        "bench_wall_s": time.time() - started,
+    }
+    report_mod.write_report(out, meta, results)
+    log(f"report written to {out / 'report.md'}")
+    return out
+
+
+def resolve_steps(task: Task, data, steps: int | None, epochs: float | None) -> int:
+    if steps is not None and epochs is not None:
+        raise ValueError("give --steps or --epochs, not both")
+    if epochs is not None:
+        if epochs <= 0:
+            raise ValueError("--epochs must be positive")
+        return max(1, int(round(epochs * data.train.steps_per_epoch)))
+    if steps is not None:
+        if steps < 1:
+            raise ValueError("--steps must be >= 1")
+        return int(steps)
+    return int(task.steps)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["shampoo4bit.ef_decay=0", "*.stat_interval=5"]`` -> ``{"shampoo4bit": {...}, ...}``.
+    Values are parsed as JSON when they can be (numbers, lists, true/false), else kept as text."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--hp {item!r}: expected OPTIMIZER.KEY=VALUE (OPTIMIZER may be *)")
+        lhs, value = item.split("=", 1)
+        name, key = lhs.split(".", 1)
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        if isinstance(parsed, list):
+            parsed = tuple(parsed)
+        out.setdefault(name, {})[key] = parsed
+    return out

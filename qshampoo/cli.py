@@ -1,0 +1,203 @@
+"""The ``qshampoo`` command line.
+
+One function per subcommand, all registered in :data:`COMMANDS`; ``main`` builds the parser
+from that table. A subcommand is a :class:`Command`: a name, a one-line help, a function that
+adds its arguments to its sub-parser, and a function that runs it and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A user error that is reported as one line, without a traceback (exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# qshampoo bench
+# --------------------------------------------------------------------------------------------
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench.tasks import TASKS
+
+    p.add_argument(
+        "--task",
+        default="fashion-mnist",
+        choices=list(TASKS),
+        help="what to train (default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimizers",
+        default=None,
+        help="comma-separated optimizer names (default: the task's comparison, "
+        "adamw,shampoo,shampoo4bit); see --list",
+    )
+    p.add_argument(
+        "--seeds",
+        default="2",
+        help="a count N (seeds 0..N-1) or a comma-separated list of seeds (default: %(default)s)",
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="training steps per run")
+    budget.add_argument(
+        "--epochs", type=float, default=None, help="passes over the training data per run"
+    )
+    p.add_argument("--out", default=None, help="report folder (default: report/<task>)")
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs in --out and continue unfinished ones from their checkpoints",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the task's data (Fashion-MNIST IDX files, or .md/.txt plays) "
+        "instead of the installed packages'",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="steps between periodic evaluations"
+    )
+    p.add_argument(
+        "--hp",
+        action="append",
+        metavar="OPT.KEY=VALUE",
+        help="override a hyperparameter, e.g. shampoo4bit.ef_decay=0 or '*.stat_interval=5' "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="evaluate on a split held out of the training data instead of the test set "
+        "(for tuning)",
+    )
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run everything in this process (faster start; peak RSS less precise)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--list", action="store_true", help="list tasks and optimizers (with availability) and exit"
+    )
+
+
+def _list_bench() -> int:
+    from .bench import optimizers as optim_mod
+    from .bench.tasks import TASKS
+
+    print("tasks:")
+    for name, factory in TASKS.items():
+        t = factory(None)
+        print(f"  {name:<22} {t.description}; default {t.steps} steps")
+    print("optimizers:")
+    for name, s in optim_mod.REGISTRY.items():
+        reason = optim_mod.availability(name)
+        status = "available" if reason is None else f"unavailable: {reason}"
+        print(f"  {name:<22} {s.description} [{status}]")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Train one task with several optimizers and seeds; write the report."""
+    from .bench.data import DataNotFoundError
+    from .bench.suite import SuiteConfig, parse_overrides, parse_seeds, run_suite
+    from .bench.tasks import get_task
+
+    if args.list:
+        return _list_bench()
+    try:
+        task = get_task(args.task, args.data_dir)
+        optimizers = (
+            [s.strip() for s in args.optimizers.split(",") if s.strip()]
+            if args.optimizers
+            else list(task.optimizers)
+        )
+        config = SuiteConfig(
+            optimizers=optimizers,
+            seeds=parse_seeds(args.seeds),
+            out=args.out or f"report/{task.name}",
+            steps=args.steps,
+            epochs=args.epochs,
+            device=args.device,
+            resume=args.resume,
+            isolate=False if args.no_isolate else "auto",
+            progress=not args.no_progress,
+            eval_every=args.eval_every,
+            overrides=parse_overrides(args.hp),
+            validation=args.validation,
+            command="qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+        )
+        out = run_suite(task, config)
+    except DataNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted. Finished runs and checkpoints are kept; run the same command with "
+            "--resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The table of subcommands. `spectral`, `memory` and `sweep` register here the same way.
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: list[Command] = [
+    Command(
+        "bench",
+        "compare optimizers on a task: accuracy, memory, time, stability -> report folder",
+        _bench_arguments,
+        cmd_bench,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qshampoo", description="Shampoo with 4-bit preconditioners: tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        c.add_arguments(p)
+        p.set_defaults(_run=c.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as e:
+        print(f"qshampoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
