@@ -1,1 +1,6 @@
-"""qshampoo: Shampoo with 4-bit preconditioners for PyTorch."""
+"""qshampoo: Shampoo with 4-bit preconditioners (quantized Cholesky factors + error feedback)."""
+
+from .optimizer import Shampoo, Shampoo4bit
+
+__all__ = ["Shampoo", "Shampoo4bit"]
+__version__ = "0.1.0"

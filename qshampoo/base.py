@@ -1,0 +1,74 @@
+"""The base optimizers Shampoo hands its grafted direction to: AdamW and SGD with momentum.
+
+Each is a plain function over one parameter, written to match ``torch.optim.AdamW`` and
+``torch.optim.SGD`` operation for operation, so that Shampoo without roots reproduces them.
+``param`` may be bf16/fp16; its state and the arithmetic are fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def adamw_init(param: Tensor) -> dict[str, Tensor]:
+    z = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+    return {"exp_avg": z, "exp_avg_sq": z.clone()}
+
+
+def adamw_update(
+    param: Tensor,
+    direction: Tensor,
+    state: dict,
+    step: int,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """Decoupled weight decay, then Adam's bias-corrected step along ``direction`` (fp32)."""
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    w = param if param.dtype == torch.float32 else param.float()
+    w.mul_(1.0 - lr * weight_decay)
+    exp_avg.lerp_(direction, 1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1.0 - beta2)
+    step_size = lr / (1.0 - beta1**step)
+    denom = (exp_avg_sq.sqrt() / (1.0 - beta2**step) ** 0.5).add_(eps)
+    w.addcdiv_(exp_avg, denom, value=-step_size)
+    if w is not param:
+        param.copy_(w)
+
+
+def sgd_init(param: Tensor) -> dict[str, Tensor]:
+    return {}  # the momentum buffer is created by the first update that uses it, as in torch
+
+
+def sgd_update(
+    param: Tensor,
+    direction: Tensor,
+    state: dict,
+    step: int,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> None:
+    """Coupled L2 (added to the direction), heavy-ball or Nesterov momentum, no dampening."""
+    w = param if param.dtype == torch.float32 else param.float()
+    d = direction.add(w, alpha=weight_decay) if weight_decay != 0 else direction
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = d.clone()
+        else:
+            buf.mul_(momentum).add_(d)
+        d = d.add(buf, alpha=momentum) if nesterov else buf
+    w.add_(d, alpha=-lr)
+    if w is not param:
+        param.copy_(w)
+
+
+BASES = {"adamw": (adamw_init, adamw_update), "sgd": (sgd_init, sgd_update)}

@@ -1,0 +1,116 @@
+"""Inverse p-th roots of symmetric positive semi-definite matrices.
+
+Shampoo preconditions with ``(A + eps * lambda_max(A) * I) ** (-1/p)`` (relative damping).
+Two methods, both batched over leading dimensions: ``"eigh"`` (symmetric eigendecomposition,
+the default: on CPU it is several times faster than Newton at every size we use) and
+``"newton"`` (the coupled Newton iteration, matmul only, which suits accelerators).
+
+A root that fails (a LAPACK error or a non-finite result) is retried in float64; a matrix
+whose root still fails is reported through the returned ``ok`` mask so the caller can keep
+its previous root.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ROOT_METHODS = ("eigh", "newton")
+
+
+def inverse_root(
+    A: Tensor, p: int = 4, eps: float = 1e-6, method: str = "eigh"
+) -> tuple[Tensor, Tensor]:
+    """Damped inverse p-th root of symmetric PSD matrices.
+
+    Args:
+        A: ``(..., n, n)`` symmetric matrices (any float dtype; computed in fp32, fp64 on retry).
+        p: the root order (Shampoo uses 4).
+        eps: relative damping; ``eps * lambda_max`` is added to the diagonal.
+        method: ``"eigh"`` or ``"newton"``.
+
+    Returns:
+        ``(root, ok)``: fp32 roots of A's shape, and a bool mask of shape ``A.shape[:-2]``
+        that is False where the root could not be computed (that entry of ``root`` is then
+        undefined and must not be used).
+    """
+    if method not in ROOT_METHODS:
+        raise ValueError(f"root_method must be one of {ROOT_METHODS}, got {method!r}")
+    fn = _eigh_root if method == "eigh" else _newton_root
+    A32 = A.float()
+    root, ok = _attempt(fn, A32, p, eps)
+    if not bool(ok.all()):
+        # fp32 failed somewhere: redo those matrices in fp64 (eigh's LAPACK error is
+        # matrix-wide, so retry only what failed).
+        bad = ~ok
+        root64, ok64 = _attempt(fn, A32[bad].double(), p, eps)
+        root[bad] = root64.float()
+        ok[bad] = ok64 & torch.isfinite(root[bad]).flatten(-2).all(-1)
+    return root, ok
+
+
+def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Run ``fn`` on a batch; a batch-wide LAPACK error falls back to one matrix at a time."""
+    batch = A.shape[:-2]
+    try:
+        root = fn(A, p, eps)
+        ok = torch.isfinite(root).flatten(-2).all(-1)
+        return root, ok
+    except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+        if A.dim() == 2:
+            return torch.full_like(A, float("nan")), torch.zeros((), dtype=torch.bool)
+    flat = A.reshape(-1, *A.shape[-2:])
+    results = [_attempt(fn, a, p, eps) for a in flat]
+    root = torch.stack([r for r, _ in results]).reshape(A.shape)
+    ok = torch.stack([k for _, k in results]).reshape(batch)
+    return root, ok
+
+
+def _eigh_root(A: Tensor, p: int, eps: float) -> Tensor:
+    A = 0.5 * (A + A.mT)  # eigh reads one triangle; symmetrise so both agree
+    lam, V = torch.linalg.eigh(A)
+    lam = lam.clamp_min(0.0)  # rounding can leave tiny negative eigenvalues of a PSD matrix
+    lam_max = lam[..., -1:]
+    inv = (lam + eps * lam_max).pow(-1.0 / p)
+    return (V * inv.unsqueeze(-2)) @ V.mT
+
+
+def max_eigenvalue(A: Tensor, iters: int = 20) -> Tensor:
+    """Largest eigenvalue of symmetric PSD ``(..., n, n)`` by power iteration, shape ``(...)``."""
+    n = A.shape[-1]
+    v = torch.ones(*A.shape[:-1], 1, dtype=A.dtype, device=A.device) / n**0.5
+    for _ in range(iters):
+        w = A @ v
+        v = w / w.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    return (v.mT @ A @ v).squeeze(-1).squeeze(-1)
+
+
+def _newton_root(A: Tensor, p: int, eps: float, max_iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Coupled Newton iteration for ``A ** (-1/p)``.
+
+    With ``M_0 = z A`` and ``X_0 = z^(1/p) I``, iterate ``T = ((p+1) I - M) / p``,
+    ``X <- X T``, ``M <- T^p M``; M tends to I and X to A^(-1/p). ``z = (p+1) / (2 lambda_max)``
+    puts the spectrum of ``zA`` inside the region where the iteration converges.
+    """
+    n = A.shape[-1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    lam_max = max_eigenvalue(A).clamp_min(0.0)
+    A = A + (eps * lam_max)[..., None, None] * eye
+    lam_max = lam_max * (1.0 + eps)
+    z = (p + 1) / (2.0 * lam_max.clamp_min(torch.finfo(A.dtype).tiny))
+    M = z[..., None, None] * A
+    X = z.pow(1.0 / p)[..., None, None] * eye.expand_as(A)
+    err_prev = torch.full(A.shape[:-2], float("inf"), dtype=A.dtype, device=A.device)
+    for _ in range(max_iters):
+        T = ((p + 1) * eye - M) / p
+        X_new = X @ T
+        M_new = torch.linalg.matrix_power(T, p) @ M
+        err = (M_new - eye).abs().amax(dim=(-2, -1))
+        # Stop each matrix once its error stops falling (rounding noise) or is small enough.
+        improving = (err < err_prev)[..., None, None]
+        X = torch.where(improving, X_new, X)
+        M = torch.where(improving, M_new, M)
+        if bool(((err < tol) | ~improving.squeeze(-1).squeeze(-1)).all()):
+            break
+        err_prev = torch.minimum(err, err_prev)
+    return X

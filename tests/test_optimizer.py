@@ -1,0 +1,311 @@
+"""qshampoo.Shampoo with quant="none": algorithm.md section 1, exactly."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import qshampoo
+from tests.reference import ReferenceShampoo
+
+SHAPES = [(7, 5), (4, 3, 2, 2), (6,), (1, 5, 1, 6), (9, 1)]
+
+
+def make_params(shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+
+
+def set_grads(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+
+
+def run(opt_fn, steps, shapes=SHAPES, dtype=torch.float32):
+    params = make_params(shapes, dtype)
+    opt = opt_fn(params)
+    for k in range(steps):
+        set_grads(params, k)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_adamw_equivalence_without_roots(wd):
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd)
+    ours, _ = run(lambda p: qshampoo.Shampoo(p, **kw, stat_interval=1, root_interval=10**6), 12)
+    ref, _ = run(lambda p: torch.optim.AdamW(p, **kw), 12)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("wd", [0.0, 5e-4])
+def test_sgd_equivalence_without_roots(nesterov, wd):
+    kw = dict(lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=wd)
+    ours, _ = run(
+        lambda p: qshampoo.Shampoo(p, base="sgd", **kw, stat_interval=1, root_interval=10**6), 12
+    )
+    ref, _ = run(lambda p: torch.optim.SGD(p, **kw), 12)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("T1,T2", [(1, 1), (1, 3), (2, 4)])
+def test_matches_dense_reference(base, T1, T2):
+    """Blocked (7x5 with max dim 3), conv, 1-D and size-1-dim parameters, 10 steps."""
+    kw = dict(lr=1e-2 if base == "adamw" else 0.05, weight_decay=0.01)
+    ours, _ = run(
+        lambda p: qshampoo.Shampoo(
+            p,
+            base=base,
+            stat_interval=T1,
+            root_interval=T2,
+            max_preconditioner_dim=3,
+            matrix_eps=1e-4,
+            **kw,
+        ),
+        10,
+    )
+    ref_params = make_params()
+    ref = ReferenceShampoo(ref_params, base=base, T1=T1, T2=T2, max_dim=3, matrix_eps=1e-4, **kw)
+    for k in range(10):
+        set_grads(ref_params, k)
+        ref.step()
+    for a, b in zip(ours, ref_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_blocking_splits_as_documented():
+    p = torch.zeros(3072, 10, requires_grad=True)
+    opt = qshampoo.Shampoo([p], max_preconditioner_dim=1200)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    orders = [(b["L"]["order"], b["R"]["order"]) for b in opt.state[p]["precond"]]
+    assert orders == [(1200, 10), (1200, 10), (672, 10)]
+
+
+def test_one_dim_and_precondition_false_use_base_only():
+    w = torch.randn(4, 4, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    opt = qshampoo.Shampoo([{"params": [w], "precondition": False}, {"params": [b]}])
+    w.grad, b.grad = torch.randn(4, 4), torch.randn(4)
+    opt.step()
+    assert "precond" not in opt.state[w] and "precond" not in opt.state[b]
+
+
+def test_per_group_overrides_and_lr_scheduler():
+    a, b = make_params([(6, 4), (5, 3)])
+    opt = qshampoo.Shampoo(
+        [{"params": [a], "root_interval": 2}, {"params": [b], "lr": 0.5, "base": "sgd"}],
+        lr=0.1,
+        stat_interval=1,
+        root_interval=10**6,
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for k in range(3):
+        set_grads([a, b], k)
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * 0.5**3)
+    # group 0 computed roots (root_interval=2): its root is no longer the identity
+    root = opt.state[a]["precond"][0]["L"]["root"]
+    assert not torch.allclose(root, torch.eye(6))
+    assert torch.equal(opt.state[b]["precond"][0]["L"]["root"], torch.eye(5))
+    assert "momentum_buffer" in opt.state[b]["base"]
+
+
+def test_lr_is_read_every_step():
+    """Changing the group's lr between steps changes the update (no cached hyperparameters)."""
+    (a,) = make_params([(4, 4)])
+    opt = qshampoo.Shampoo([a], lr=0.1, base="sgd", momentum=0.0)
+    a.grad = torch.ones(4, 4)
+    before = a.detach().clone()
+    opt.param_groups[0]["lr"] = 0.0
+    opt.step()
+    assert torch.equal(a, before)
+
+
+def test_closure_and_grad_not_cleared():
+    w = torch.randn(3, 3, requires_grad=True)
+    opt = qshampoo.Shampoo([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() > 0 and w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_maximize_ascends():
+    w = torch.zeros(3, 3, requires_grad=True)
+    opt = qshampoo.Shampoo([w], lr=0.1, base="sgd", momentum=0.0, maximize=True)
+    w.grad = torch.ones(3, 3)
+    opt.step()
+    assert (w > 0).all()
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_checkpoint_round_trip_continues_identically(base, tmp_path):
+    kw = dict(base=base, lr=1e-2, stat_interval=1, root_interval=2, max_preconditioner_dim=4)
+    full, _ = run(lambda p: qshampoo.Shampoo(p, **kw), 8)
+
+    params = make_params()
+    opt = qshampoo.Shampoo(params, **kw)
+    for k in range(5):
+        set_grads(params, k)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    params2 = [t.clone().requires_grad_() for t in ckpt["params"]]
+    opt2 = qshampoo.Shampoo(params2, **kw)
+    opt2.load_state_dict(ckpt["opt"])
+    for k in range(5, 8):
+        set_grads(params2, k)
+        opt2.step()
+    for a, b in zip(full, params2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_load_state_dict_rejects_foreign_state():
+    params = make_params()
+    opt = qshampoo.Shampoo(params)
+    with pytest.raises(ValueError, match="format"):
+        opt.load_state_dict(torch.optim.AdamW(params).state_dict())
+
+
+def test_bf16_parameters_keep_fp32_state():
+    params, opt = run(
+        lambda p: qshampoo.Shampoo(p, lr=1e-2, stat_interval=1, root_interval=2),
+        4,
+        dtype=torch.bfloat16,
+    )
+    st = opt.state[params[0]]
+    assert params[0].dtype == torch.bfloat16
+    assert st["base"]["exp_avg"].dtype == torch.float32
+    assert st["precond"][0]["L"]["stat"].dtype == torch.float32
+    sd = opt.state_dict()
+    opt2 = qshampoo.Shampoo(params, lr=1e-2, stat_interval=1, root_interval=2)
+    opt2.load_state_dict(sd)
+    assert opt2.state[params[0]]["base"]["exp_avg"].dtype == torch.float32
+
+
+def test_memory_report_counts_state_bytes():
+    params, opt = run(lambda p: qshampoo.Shampoo(p, max_preconditioner_dim=4), 2)
+    rep = opt.memory_report()
+
+    def nbytes(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.nbytes
+        if isinstance(obj, dict):
+            return sum(nbytes(v) for v in obj.values())
+        if isinstance(obj, list):
+            return sum(nbytes(v) for v in obj)
+        return 0
+
+    assert rep["total"] == sum(nbytes(s) for s in opt.state.values())
+    assert rep["preconditioners"] == sum(nbytes(s.get("precond", [])) for s in opt.state.values())
+    assert rep["base_state"] == sum(nbytes(s["base"]) for s in opt.state.values())
+    # 7x5 cut at 4: blocks (4,4) (4,1) (3,4) (3,1) -> fp32 stat + root per factor
+    orders = [4, 4, 4, 1, 3, 4, 3, 1]
+    first = sum(2 * 4 * n * n for n in orders)
+    assert sum(nbytes(b) for b in opt.state[params[0]]["precond"]) == first
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"betas": (1.0, 0.999)}, "betas"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"momentum": 1.5}, "momentum"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+        ({"stat_decay": 1.0}, "stat_decay"),
+        ({"matrix_eps": 0.0}, "matrix_eps"),
+        ({"stat_interval": 0}, "stat_interval"),
+        ({"root_interval": 2.5}, "root_interval"),
+        ({"max_preconditioner_dim": 0}, "max_preconditioner_dim"),
+        ({"root_method": "svd"}, "root_method"),
+        ({"quant": "int4"}, "quant"),
+        ({"bits": 5}, "bits"),
+        ({"block_size": 0}, "block_size"),
+        ({"codebook": "nf4"}, "codebook"),
+        ({"ef_decay": 1.0}, "ef_decay"),
+        ({"min_quant_numel": -1}, "min_quant_numel"),
+        ({"base": "adam"}, "base"),
+        ({"nonfinite": "ignore"}, "nonfinite"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        qshampoo.Shampoo(make_params([(3, 3)]), **kwargs)
+    # per-group overrides are validated too
+    with pytest.raises(ValueError, match=name):
+        qshampoo.Shampoo([{"params": make_params([(3, 3)]), **kwargs}])
+
+
+def test_sparse_gradients_and_complex_parameters_are_refused():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = qshampoo.Shampoo(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    with pytest.raises(TypeError, match="complex"):
+        qshampoo.Shampoo([torch.zeros(3, 3, dtype=torch.complex64, requires_grad=True)])
+
+
+def test_layout_keys_cannot_change_after_state_exists():
+    params, opt = run(lambda p: qshampoo.Shampoo(p), 1)
+    opt.param_groups[0]["max_preconditioner_dim"] = 2
+    set_grads(params, 1)
+    with pytest.raises(ValueError, match="max_preconditioner_dim"):
+        opt.step()
+
+
+def test_nonfinite_gradient_is_skipped_and_counted():
+    params = make_params([(4, 4), (3,)])
+    opt = qshampoo.Shampoo(params, stat_interval=1, root_interval=1)
+    set_grads(params, 0)
+    opt.step()
+    stat = opt.state[params[0]]["precond"][0]["L"]["stat"].clone()
+    before = params[0].detach().clone()
+    set_grads(params, 1)
+    params[0].grad[0, 0] = float("nan")
+    opt.step()
+    assert torch.equal(params[0], before)
+    assert torch.equal(opt.state[params[0]]["precond"][0]["L"]["stat"], stat)
+    assert opt.diagnostics()["nonfinite_steps"] == 1
+    assert opt.state[params[1]]["step"] == 2  # the healthy parameter went on
+    params[0].grad[0, 0] = float("inf")
+    opt.param_groups[0]["nonfinite"] = "raise"
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        opt.step()
+
+
+def test_trains_digits_better_than_untrained():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16
+    y = torch.tensor(d.target)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = qshampoo.Shampoo(net.parameters(), lr=1e-2, stat_interval=2, root_interval=10)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
