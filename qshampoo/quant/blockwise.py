@@ -125,7 +125,7 @@ def _normalize_grid(grid: torch.Tensor):
 def _nearest_codes(y: torch.Tensor, name: str, bits: int) -> torch.Tensor:
     """Index of the codebook entry nearest to each element of ``y``, as uint8."""
     mids = codebook_midpoints(name, bits, y.device)
-    return torch.bucketize(y, mids, out_int32=True).to(torch.uint8)
+    return torch.bucketize(y.contiguous(), mids, out_int32=True).to(torch.uint8)
 
 
 def encode(
