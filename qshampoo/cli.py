@@ -92,6 +92,12 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run everything in this process (faster start; peak RSS less precise)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads per run (default: torch's, usually one per core)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--list", action="store_true", help="list tasks and optimizers (with availability) and exit"
@@ -142,6 +148,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             overrides=parse_overrides(args.hp),
             validation=args.validation,
+            threads=args.threads,
             command="qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
         )
         out = run_suite(task, config)

@@ -657,6 +657,14 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
         f"comparison: {meta['bench_wall_s'] / 60:.1f} min.",
         "",
     ]
+    load = meta.get("load_average") or {}
+    if load.get("start") and load.get("end"):
+        lines += [
+            f"Machine load (1-minute load average) at start / end: {load['start'][0]:g} / "
+            f"{load['end'][0]:g} on {machine['cores']} cores; other work on the machine slows "
+            "every timing below.",
+            "",
+        ]
     if meta.get("validation"):
         lines += [
             "**Evaluated on a validation split held out of the training data** (tuning mode), "

@@ -305,8 +305,17 @@ def train_run(spec: RunSpec, data: TaskData | None = None) -> dict:
     ckpt_path = run_dir / CHECKPOINT
     eval_every = task.eval_interval(spec.steps, spec.eval_every)
     ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
+    threads_before = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    try:
+        return _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -> dict:
+    task = spec.task
     fingerprint = spec.fingerprint()
 
     if data is None:

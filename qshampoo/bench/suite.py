@@ -9,6 +9,7 @@ Layout of an output folder::
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,16 @@ class SuiteConfig:
     eval_every: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # optimizer -> {key: v}
     validation: bool = False  # evaluate on a split held out of the training data (tuning)
+    threads: int | None = None  # torch intra-op threads per run (None: torch's default)
     command: str | None = None  # the command line, recorded in the report
+
+
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every timing."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def resolve_device(device: str | None) -> str:
@@ -101,6 +111,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
         )
 
     started = time.time()
+    load_start = _loadavg()
     # Load the data here first: a missing dataset fails before any run starts, and --epochs
     # needs the number of batches per epoch.
     data = task.data_fn(validation=config.validation)
@@ -122,6 +133,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
                 eval_every=config.eval_every,
                 resume=config.resume,
                 progress=config.progress,
+                threads=config.threads,
                 extra={"validation": config.validation},
             )
             done = load_result(spec.run_dir, spec.fingerprint()) if config.resume else None
@@ -165,6 +177,8 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
         "overrides": config.overrides,
         "command": config.command,
         "bench_wall_s": time.time() - started,
+        "load_average": {"start": load_start, "end": _loadavg()},
+        "threads": config.threads,
     }
     report_mod.write_report(out, meta, results)
     log(f"report written to {out / 'report.md'}")
