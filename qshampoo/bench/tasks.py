@@ -249,7 +249,7 @@ def fashion_mnist(data_dir=None) -> Task:
         eval_limit=2000,
         eval_batch_size=1000,
         lr=dict(TUNED_LR["fashion-mnist"]),
-        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 5e-4},
+        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05},
         sgd_hparams={"momentum": 0.9, "weight_decay": 5e-4},
         lr_source=_LR_SOURCE,
     )
@@ -273,7 +273,7 @@ def digits(data_dir=None) -> Task:
         eval_limit=None,
         eval_batch_size=1000,
         lr=dict(TUNED_LR["digits"]),
-        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 5e-4},
+        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05},
         sgd_hparams={"momentum": 0.9, "weight_decay": 5e-4},
         lr_source=_LR_SOURCE,
     )
