@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="default: the task's budget")
     p.add_argument("--out", default=None, help="default: runs/tune-<task>")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", default="1000", help="comma-separated tuning seeds")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument(
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
         [s for s in args.optimizers.split(",") if s],
         out=args.out or f"runs/tune-{task.name}",
         steps=args.steps,
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s),
         device=args.device,
     )
     command = "python benchmarks/tune_lr.py " + " ".join(

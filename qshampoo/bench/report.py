@@ -98,10 +98,9 @@ def versions() -> dict:
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            if dist == "torch":
-                import torch
-
-                out[dist] = torch.__version__
+            if dist in ("torch", "qshampoo"):  # importable from a checkout without metadata
+                module = __import__(dist)
+                out[dist] = getattr(module, "__version__", None)
     out["qshampoo_git"] = _git_commit()
     return out
 
@@ -130,15 +129,16 @@ def summarize(meta: dict, results: list[dict]) -> dict[str, dict]:
             continue
         state = [r["memory"]["optimizer_state"] for r in runs]
         cuda = [r["memory"]["cuda_peak_bytes"] for r in runs if r["memory"]["cuda_peak_bytes"]]
-        # Quantization error over time: mean over seeds at each evaluation step.
+        # Quantization error over time: mean over seeds at each evaluation step. Exactly 0 means
+        # no quantized factor has been updated yet, not a perfect quantization: left out.
         qe: dict[int, list[float]] = {}
         for r in runs:
             for e in r["evals"]:
-                if e.get("quant_error") is not None:
+                if e.get("quant_error"):
                     qe.setdefault(e["step"], []).append(e["quant_error"])
         qseries = [[s, mean(v)] for s, v in sorted(qe.items())]
         final_qe = [r["diagnostics"].get("quant_error") for r in runs]
-        final_qe = [q for q in final_qe if q is not None]
+        final_qe = [q for q in final_qe if q]
         out[name] = {
             "seeds": [r["seed"] for r in runs],
             "metric": _stats([r["final"]["metric"] for r in runs]),
