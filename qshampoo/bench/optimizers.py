@@ -31,6 +31,8 @@ class OptimizerSpec:
     # Keywords the factory understands; the others in a task's hyperparameters are dropped.
     accepts: frozenset[str] = field(default_factory=frozenset)
     peer: bool = False
+    # For optimizers without memory_report(): state keys that hold preconditioners.
+    precond_keys: frozenset[str] = field(default_factory=frozenset)
 
 
 _ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -160,7 +162,13 @@ REGISTRY: dict[str, OptimizerSpec] = {
             peer=True,
         ),
         OptimizerSpec(
-            "soap", "adam", "pytorch_optimizer.SOAP (peer)", _soap, _ADAM_KEYS, peer=True
+            "soap",
+            "adam",
+            "pytorch_optimizer.SOAP (peer)",
+            _soap,
+            _ADAM_KEYS,
+            peer=True,
+            precond_keys=frozenset({"GG", "Q"}),
         ),
     ]
 }
@@ -228,11 +236,14 @@ def _nested_bytes(obj) -> int:
     return 0
 
 
-def memory_report(opt: torch.optim.Optimizer) -> dict[str, int]:
+def memory_report(
+    opt: torch.optim.Optimizer, precond_keys: frozenset[str] = frozenset()
+) -> dict[str, int]:
     """``{"preconditioners", "base_state", "total"}`` in bytes.
 
     Uses the optimizer's own ``memory_report()`` when it has one; otherwise every tensor in
-    ``opt.state`` counts as base state.
+    ``opt.state`` counts, as preconditioners under the keys ``precond_keys`` (e.g. SOAP's
+    ``GG`` and ``Q``) and as base state elsewhere.
     """
     own = getattr(opt, "memory_report", None)
     if callable(own):
@@ -241,8 +252,20 @@ def memory_report(opt: torch.optim.Optimizer) -> dict[str, int]:
         report.setdefault("base_state", report.get("total", 0) - report["preconditioners"])
         report.setdefault("total", report["preconditioners"] + report["base_state"])
         return report
-    total = sum(_nested_bytes(s) for s in opt.state.values())
-    return {"preconditioners": 0, "base_state": total, "total": total}
+    pre = base = 0
+    for state in opt.state.values():
+        for key, value in state.items():
+            n = _nested_bytes(value)
+            if key in precond_keys:
+                pre += n
+            else:
+                base += n
+    return {"preconditioners": pre, "base_state": base, "total": pre + base}
+
+
+def state_bytes(name: str, opt: torch.optim.Optimizer) -> dict[str, int]:
+    """:func:`memory_report` with the registry's knowledge of optimizer ``name``."""
+    return memory_report(opt, spec(name).precond_keys)
 
 
 DIAGNOSTIC_DEFAULTS = {

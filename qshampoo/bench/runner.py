@@ -462,7 +462,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
         "losses": losses,
         "evals": evals,
         "memory": {
-            "optimizer_state": optim_mod.memory_report(opt),
+            "optimizer_state": optim_mod.state_bytes(spec.optimizer, opt),
             "peak_rss_bytes": peak_rss(),
             "rss_start_bytes": rss_start,
             "cuda_peak_bytes": (

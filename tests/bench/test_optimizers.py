@@ -70,3 +70,16 @@ def test_qshampoo_adapters():
     assert rep["preconditioners"] > 0 and rep["total"] >= rep["preconditioners"]
     d = om.diagnostics(opt)
     assert d["nonfinite_steps"] == 0 and d["root_failures"] == 0
+
+
+def test_soap_state_split_when_installed():
+    if om.availability("soap") is not None:
+        pytest.skip("pytorch_optimizer is not installed")
+    p = torch.nn.Parameter(torch.randn(64, 64))
+    p.grad = torch.randn(64, 64)
+    opt = om.build("soap", [p], lr=1e-3)
+    for _ in range(2):
+        opt.step()
+    rep = om.state_bytes("soap", opt)
+    assert rep["preconditioners"] == 4 * 64 * 64 * 4  # GG and Q: two 64x64 fp32 each
+    assert rep["base_state"] == 2 * 64 * 64 * 4  # exp_avg, exp_avg_sq
