@@ -10,7 +10,7 @@ from qshampoo.metrics import exact_inverse_root, inverse_root_error, root_errors
 def test_root_errors_of_exact_and_scaled():
     A = synthetic_pd(32, 1e3)
     f = exact_inverse_root(A)
-    assert root_errors(f, f) == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert root_errors(f, f) == pytest.approx((0.0, 0.0), abs=1e-5)  # acos near 1 is coarse
     nre, ae = root_errors(f, 2 * f)  # same direction, twice the norm
     assert nre == pytest.approx(1.0) and ae == pytest.approx(0.0, abs=1e-4)
 
