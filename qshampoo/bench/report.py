@@ -502,6 +502,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     written = []
@@ -533,6 +534,11 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         xlabel = "step" if axis == "step" else "training time (s)"
         ax_loss.set(xlabel=xlabel, ylabel=f"training loss (moving mean of {window})", yscale="log")
         ax_metric.set(xlabel=xlabel, ylabel=mlabel + " (periodic evaluation)")
+        ax_loss.yaxis.set_major_locator(
+            matplotlib.ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
+        )
+        ax_loss.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax_loss.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for ax in (ax_loss, ax_metric):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
