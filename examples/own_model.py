@@ -67,7 +67,7 @@ def main() -> None:
         metric_name="test accuracy",
         percent=True,
         optimizers=args.optimizers.split(","),
-        seeds=2 if args.quick else 3,
+        seeds=2,
         steps=20 if args.quick else 300,
         batch_size=32,
         # One learning rate per optimizer; for a fair comparison tune them the same way, e.g.
