@@ -114,7 +114,7 @@ def _list_bench() -> int:
         print(f"  {name:<22} {t.description}; default {t.steps} steps")
     print("optimizers:")
     for name, s in optim_mod.REGISTRY.items():
-        reason = optim_mod.availability(name)
+        reason = optim_mod.availability(name, probe=False)
         status = "available" if reason is None else f"unavailable: {reason}"
         print(f"  {name:<22} {s.description} [{status}]")
     return 0

@@ -191,18 +191,26 @@ def build(name: str, params, **hyperparameters) -> torch.optim.Optimizer:
     Keywords the optimizer does not take (e.g. ``stat_interval`` for AdamW) are dropped, so one
     hyperparameter dict can serve a whole family.
     """
-    s = spec(name)
-    kw = {k: v for k, v in hyperparameters.items() if k in s.accepts}
-    return s.factory(params, **kw)
+    return spec(name).factory(params, **effective(name, hyperparameters))
 
 
-def availability(name: str, device: str | torch.device = "cpu") -> str | None:
-    """``None`` when ``name`` can be built here, else the reason it cannot."""
+def effective(name: str, hyperparameters: dict) -> dict:
+    """The part of ``hyperparameters`` that optimizer ``name`` takes (what :func:`build` passes)."""
+    accepts = spec(name).accepts
+    return {k: v for k, v in hyperparameters.items() if k in accepts}
+
+
+def availability(name: str, device: str | torch.device = "cpu", probe: bool = True) -> str | None:
+    """``None`` when ``name`` can be built here, else the reason it cannot.
+
+    With ``probe`` the optimizer also takes one step on a 64x64 parameter (which catches, e.g., a
+    CUDA-only kernel; it can take a while for optimizers that compile their step)."""
     p = torch.nn.Parameter(torch.zeros(64, 64, device=device))
     p.grad = torch.zeros_like(p)
     try:
         opt = build(name, [p], lr=1e-3)
-        opt.step()
+        if probe:
+            opt.step()
     except OptimizerUnavailable as e:
         return str(e)
     except Exception as e:  # e.g. a CUDA-only kernel on a CPU tensor

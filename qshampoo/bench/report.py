@@ -691,7 +691,7 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
     if meta.get("lr_source"):
         lines += [f"Learning rates: {meta['lr_source']}.", ""]
     if meta.get("overrides"):
-        lines += [f"Overrides given on the command line: `{json.dumps(meta['overrides'])}`.", ""]
+        lines += [f"Overrides (`--hp` / `hparams=`): `{json.dumps(meta['overrides'])}`.", ""]
     if meta.get("skipped"):
         lines += [
             "Skipped (not available here): "

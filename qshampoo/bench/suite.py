@@ -100,9 +100,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    for name in config.overrides:
-        if name != "*":
-            optim_mod.spec(name)
+    check_overrides(config.overrides, list(config.optimizers))
     optimizers, skipped = check_optimizers(list(config.optimizers), device, log)
     if not optimizers:
         raise RuntimeError(
@@ -121,6 +119,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
         hp = task.hyperparameters(name, steps)
         hp.update(config.overrides.get("*", {}))
         hp.update(config.overrides.get(name, {}))
+        hp = optim_mod.effective(name, hp)
         for seed in config.seeds:
             spec = RunSpec(
                 task=task,
@@ -197,6 +196,22 @@ def resolve_steps(task: Task, data, steps: int | None, epochs: float | None) -> 
             raise ValueError("--steps must be >= 1")
         return int(steps)
     return int(task.steps)
+
+
+def check_overrides(overrides: dict[str, dict[str, Any]], optimizers: list[str]) -> None:
+    """A key given for one optimizer must be one it takes; a key given for ``*`` one that at
+    least one of ``optimizers`` takes (a typo must not be dropped silently)."""
+    for name, values in overrides.items():
+        targets = optimizers if name == "*" else [name]
+        accepted = set()
+        for t in targets:
+            accepted |= optim_mod.spec(t).accepts
+        for key in values:
+            if key not in accepted:
+                raise ValueError(
+                    f"--hp {name}.{key}: no optimizer in {', '.join(targets)} takes {key!r} "
+                    f"(known: {', '.join(sorted(accepted))})"
+                )
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:

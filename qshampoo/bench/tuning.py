@@ -33,8 +33,7 @@ def _fmt_lr(lr: float) -> str:
 def _score(task, name, lr, steps, seeds, out, device, resume, progress, data):
     """Mean final metric (and total seconds) of ``name`` at learning rate ``lr``."""
     sign = 1.0 if task.higher_is_better else -1.0
-    hp = task.hyperparameters(name, steps)
-    hp["lr"] = lr
+    hp = optim_mod.effective(name, {**task.hyperparameters(name, steps), "lr": lr})
     values, secs = [], []
     for seed in seeds:
         spec = RunSpec(

@@ -80,3 +80,11 @@ def test_python_dash_m(tmp_path):
         [sys.executable, "-m", "qshampoo", "bench", "--help"], capture_output=True, text=True
     )
     assert r.returncode == 0 and "--resume" in r.stdout and "--optimizers" in r.stdout
+
+
+def test_misspelt_override_is_an_error(tmp_path, capsys):
+    base = ["bench", "--task", "digits", "--out", str(tmp_path), "--no-progress", "--steps", "2"]
+    assert main([*base, "--optimizers", "adamw", "--hp", "adamw.stat_interval=3"]) == 2
+    assert "takes 'stat_interval'" in capsys.readouterr().err
+    assert main([*base, "--optimizers", "adamw", "--hp", "*.ef_decy=0"]) == 2
+    assert "ef_decy" in capsys.readouterr().err

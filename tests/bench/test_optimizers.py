@@ -55,7 +55,7 @@ def test_unavailable_optimizers_give_a_reason():
     for name in ["adamw", "sgd"]:
         assert om.availability(name) is None
     for name in ["torchao-adamw4bit", "bnb-adamw8bit", "soap"]:
-        reason = om.availability(name)
+        reason = om.availability(name, probe=False)  # a probe step may compile: slow
         assert reason is None or isinstance(reason, str) and reason
 
 
