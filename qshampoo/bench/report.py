@@ -263,7 +263,7 @@ def results_table(meta: dict, summary: dict) -> str:
     return "\n".join(rows)
 
 
-def hparams_table(summary: dict) -> str:
+def hparams_table(summary: dict, lr_tuned: dict | None = None) -> str:
     keys = ["lr", "weight_decay", "betas", "momentum", "stat_interval", "root_interval"]
     present = [k for k in keys if any(k in s["hparams"] for s in summary.values())]
     extra = sorted({k for s in summary.values() for k in s["hparams"]} - set(keys) - {"base"})
@@ -278,7 +278,10 @@ def hparams_table(summary: dict) -> str:
             v = s["hparams"].get(k, "")
             if isinstance(v, list):
                 v = "(" + ", ".join(str(x) for x in v) + ")"
-            vals.append(f"{v:g}" if isinstance(v, float) else str(v))
+            text = f"{v:g}" if isinstance(v, float) else str(v)
+            if k == "lr" and lr_tuned is not None and lr_tuned.get(name) is False:
+                text += " (family default, not tuned)"
+            vals.append(text)
         rows.append(f"| `{name}` | " + " | ".join(vals) + " |")
     return "\n".join(rows)
 
@@ -687,7 +690,7 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
         ]
     lines += ["## Verdict", "", verdict(meta, summary), ""]
     lines += [DEFINITIONS.format(metric=meta["metric_name"]), ""]
-    lines += ["## Hyperparameters", "", hparams_table(summary), ""]
+    lines += ["## Hyperparameters", "", hparams_table(summary, meta.get("lr_tuned")), ""]
     if meta.get("lr_source"):
         lines += [f"Learning rates: {meta['lr_source']}.", ""]
     if meta.get("overrides"):

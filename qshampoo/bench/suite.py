@@ -173,6 +173,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
         "warmup": task.warmup,
         "final_lr": task.final_lr,
         "lr_source": task.lr_source,
+        "lr_tuned": {name: name in task.lr for name in optimizers},
         "overrides": config.overrides,
         "command": config.command,
         "bench_wall_s": time.time() - started,

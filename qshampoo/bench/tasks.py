@@ -223,8 +223,21 @@ class CharGPTFactory:
 
 # Learning rates chosen by benchmarks/tune_lr.py (see benchmarks/RESULTS_lr.md).
 TUNED_LR: dict[str, dict[str, float]] = {
-    "fashion-mnist": {},
-    "digits": {},
+    "fashion-mnist": {
+        "adamw": 0.01,
+        "shampoo": 0.01,
+        "shampoo4bit": 0.01,
+        "shampoo4bit-naive": 0.0316,
+    },
+    "digits": {
+        "adamw": 0.1,
+        "sgd": 0.3,
+        "shampoo": 0.003,
+        "shampoo4bit": 0.003,
+        "shampoo4bit-naive": 0.01,
+        "shampoo4bit-eigen": 0.003,
+        "shampoo4bit-cholesky": 0.003,
+    },
     "shakespeare": {},
 }
 _LR_SOURCE = "benchmarks/RESULTS_lr.md (benchmarks/tune_lr.py)"
