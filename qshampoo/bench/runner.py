@@ -336,7 +336,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
     step = 0
     losses: list[float] = []
     evals: list[dict] = []
-    train_s = eval_s = 0.0
+    train_s = eval_s = cpu_s = 0.0
     diverged = False
     resumed_from = None
     if spec.resume and ckpt_path.exists():
@@ -352,6 +352,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
         losses = list(ckpt["losses"])
         evals = list(ckpt["evals"])
         train_s, eval_s = float(ckpt["train_s"]), float(ckpt["eval_s"])
+        cpu_s = float(ckpt.get("cpu_s", 0.0))
         diverged = bool(ckpt["diverged"])
         _set_rng_state(ckpt["rng"], device)
         resumed_from = step
@@ -370,6 +371,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
                 "evals": evals,
                 "train_s": train_s,
                 "eval_s": eval_s,
+                "cpu_s": cpu_s,
                 "diverged": diverged,
                 "rng": _rng_state(device),
             },
@@ -400,7 +402,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
             factor = lr_factor(step, spec.steps, task.warmup, task.final_lr)
             for g, lr0 in zip(opt.param_groups, peak_lrs, strict=True):
                 g["lr"] = lr0 * factor
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             x, y = _to(task_batch(data, spec.seed, step), device)
             out = model(x)
             loss = task.loss_fn(out, y)
@@ -410,6 +412,7 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
             value = float(loss.detach())
             sync()
             train_s += time.perf_counter() - t0
+            cpu_s += time.process_time() - c0
             losses.append(value if math.isfinite(value) else float("nan"))
             step += 1
             if not math.isfinite(value) and not _params_finite(model):
@@ -474,6 +477,10 @@ def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -
             "eval_s": eval_s + final_eval_s,
             "wall_s": train_s + eval_s + final_eval_s,
             "ms_per_step": 1000.0 * train_s / max(step, 1),
+            # CPU time of the training steps (all threads of this process): less sensitive than
+            # wall time to other work on the machine, but it counts spinning threads.
+            "cpu_s": cpu_s,
+            "cpu_ms_per_step": 1000.0 * cpu_s / max(step, 1),
         },
         "stability": {
             "nonfinite_losses": stability.nonfinite_count(losses),
