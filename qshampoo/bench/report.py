@@ -640,8 +640,9 @@ statistics update, at the first and last periodic evaluation (mean over seeds).
 """
 
 
-def _machine_line(machine: dict) -> str:
-    text = f"{machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads)"
+def _machine_line(machine: dict, threads: int | None = None) -> str:
+    threads = threads or machine["torch_threads"]
+    text = f"{machine['cpu']}, {machine['cores']} cores ({threads} torch threads per run)"
     if machine.get("memory_bytes"):
         text += f", {fmt_bytes(machine['memory_bytes'])} RAM"
     for g in machine.get("gpus", []):
@@ -654,7 +655,8 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
     if meta.get("command"):
         lines += [f"Command: `{meta['command']}`", ""]
     lines += [
-        f"Date: {meta.get('date', '')}. Machine: {_machine_line(machine)}; device "
+        f"Date: {meta.get('date', '')}. Machine: {_machine_line(machine, meta.get('threads'))}; "
+        f"device "
         f"`{meta['device']}`. torch {vers.get('torch')}, qshampoo {vers.get('qshampoo', '?')}"
         + (f" (git {vers['qshampoo_git']})" if vers.get("qshampoo_git") else "")
         + ".",
