@@ -604,8 +604,8 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
             ax.plot(s, v, marker="o", ms=3, color=color[n], label=n)
         ax.set(
             xlabel="step",
-            ylabel="mean ‖C − D(C̄)‖ / ‖C‖",
-            title="quantization error of the 4-bit factors",
+            ylabel="mean relative error ‖x − D(Q(x))‖ / ‖x‖",
+            title="quantization error of what each variant stores",
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -635,8 +635,10 @@ plus evaluation of one run; *ms/step*: training time only, divided by the steps.
 {stability.SPIKE_MADS:g} robust standard deviations (1.4826 × MAD), and
 {100 * stability.SPIKE_MIN_RISE:g}% of the initial loss. *Root / Cholesky failures*: inverse
 roots or Cholesky factorizations that failed and kept the previous value (summed over seeds).
-*Quantization error*: mean relative error ‖C − D(C̄)‖/‖C‖ of the 4-bit factors at their latest
-statistics update, at the first and last periodic evaluation (mean over seeds).
+*Quantization error*: mean relative error ‖x − D(Q(x))‖/‖x‖ of what the 4-bit factors store
+(the Cholesky factor for CQ and CQ+EF, the statistics matrix for VQ: compare it over time within a
+variant, not across variants) at their latest statistics update, at the first and last periodic
+evaluation (mean over seeds).
 """
 
 
