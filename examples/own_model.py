@@ -4,7 +4,7 @@ The model and data here are ones the harness does not ship: a small tabular clas
 scikit-learn's breast-cancer dataset (569 samples, 30 features, 2 classes). Swap in your own model
 factory, datasets, loss and metric; everything else stays the same.
 
-    python examples/own_model.py            # about a minute on a 2-core CPU
+    python examples/own_model.py            # under a minute on a 2-core CPU
     python examples/own_model.py --quick    # a few seconds (smoke test)
 
 The report lands in report/own-model/ (report.md, results.json, PNG plots).
@@ -68,7 +68,7 @@ def main() -> None:
         percent=True,
         optimizers=args.optimizers.split(","),
         seeds=2,
-        steps=20 if args.quick else 300,
+        steps=20 if args.quick else 200,
         batch_size=32,
         # One learning rate per optimizer; for a fair comparison tune them the same way, e.g.
         # with qshampoo.bench.tune_lr (benchmarks/tune_lr.py does it for the built-in tasks).

@@ -6,9 +6,9 @@ import math
 import statistics
 
 SPIKE_WINDOW = 25
-SPIKE_RATIO = 1.5
+SPIKE_RATIO = 2.0
 SPIKE_MADS = 6.0
-SPIKE_MIN_RISE = 0.05
+SPIKE_MIN_RISE = 0.10
 
 
 def loss_spikes(
