@@ -30,6 +30,24 @@ _MOD = 65521
 EXACT_KEYS = ("kind", "order", "layout")
 
 
+def load_file(f, map_location=None) -> Any:
+    """``torch.load(f, weights_only=True)`` with a clear error for a damaged or truncated file.
+
+    Raises ``ValueError`` naming the file when it cannot be read back as a torch checkpoint
+    (``torch.load`` itself reports an empty file as a bare ``EOFError``).
+    """
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        name = f if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__") else "the checkpoint"
+        raise ValueError(
+            f"cannot read {name}: it is truncated, damaged, or not a torch checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unexpected end'})"
+        ) from e
+
+
 def state_checksum(obj: Any) -> int:
     """A checksum of a (nested) parameter state: tensors' bytes and plain values."""
     parts: list[str] = []
@@ -59,7 +77,10 @@ def _walk(obj: Any, parts: list[str], sums: list[Tensor]) -> None:
 
 def _byte_sum(t: Tensor) -> Tensor:
     """Position-weighted sum of a tensor's bytes, as an int64 0-d tensor on its device."""
-    b = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    flat = t.detach().reshape(-1)
+    if flat.numel() > 0 and flat.stride(0) != 1:  # e.g. a size-1 tensor with an odd stride
+        flat = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device).copy_(flat)
+    b = flat.view(torch.uint8)
     total = torch.zeros((), dtype=torch.int64, device=b.device)
     for start in range(0, b.numel(), _CHUNK):
         chunk = b[start : start + _CHUNK].long()

@@ -325,7 +325,10 @@ class Shampoo(Optimizer):
         """
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
-        sd["checksums"] = {k: state_checksum(v) for k, v in sd["state"].items()}
+        sd["checksums"] = {
+            "state": {k: state_checksum(v) for k, v in sd["state"].items()},
+            "param_groups": [state_checksum(g) for g in sd["param_groups"]],
+        }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -351,8 +354,29 @@ class Shampoo(Optimizer):
         saved, groups = state_dict.get("state"), state_dict.get("param_groups")
         if not isinstance(saved, dict) or not isinstance(groups, list):
             raise ValueError("state dict lacks its 'state' dict or its 'param_groups' list")
+        try:
+            merged, ids, owners = self._check_loadable(state_dict, saved, groups)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:  # anything else a damaged state could trip over
+            raise ValueError(
+                f"malformed optimizer state dict ({type(e).__name__}: {e}); the checkpoint is "
+                "corrupted or was not written by qshampoo.Shampoo.state_dict()"
+            ) from e
+
+        super().load_state_dict({**state_dict, "state": {}})
+        for mine, group in zip(self.param_groups, merged, strict=True):
+            for k, v in group.items():  # keys a checkpoint of an older format lacks
+                mine.setdefault(k, v)
+        self._views.clear()
+        for i, (p, _) in zip(ids, owners, strict=True):
+            if i in saved:
+                self.state[p] = _copy_to(saved[i], p.device)
+
+    def _check_loadable(self, state_dict: dict, saved: dict, groups: list):
+        """Every check ``load_state_dict`` makes before it changes anything."""
         merged = self._check_groups(groups)
-        self._check_checksums(saved, state_dict.get("checksums"))
+        self._check_checksums(saved, groups, state_dict.get("checksums"))
         ids = [i for g in groups for i in g["params"]]
         unknown = [k for k in saved if k not in set(ids)]
         if unknown:
@@ -367,15 +391,7 @@ class Shampoo(Optimizer):
         for n, (i, (p, group)) in enumerate(zip(ids, owners, strict=True)):
             if i in saved:
                 self._check_param_state(saved[i], p, group, n)
-
-        super().load_state_dict({**state_dict, "state": {}})
-        for mine, group in zip(self.param_groups, merged, strict=True):
-            for k, v in group.items():  # keys a checkpoint of an older format lacks
-                mine.setdefault(k, v)
-        self._views.clear()
-        for i, (p, _) in zip(ids, owners, strict=True):
-            if i in saved:
-                self.state[p] = _copy_to(saved[i], p.device)
+        return merged, ids, owners
 
     def _check_groups(self, groups: list) -> list[dict]:
         """The groups as they will be after loading; raise if they do not fit this optimizer."""
@@ -410,20 +426,33 @@ class Shampoo(Optimizer):
         return merged
 
     @staticmethod
-    def _check_checksums(saved: dict, checksums: Any) -> None:
+    def _check_checksums(saved: dict, groups: list, checksums: Any) -> None:
         if checksums is None:  # a state edited on purpose may drop its checksums
             return
-        if not isinstance(checksums, dict) or set(checksums) != set(saved):
+        edited = "(To load a state you edited on purpose, delete its 'checksums'.)"
+        if (
+            not isinstance(checksums, dict)
+            or not isinstance(checksums.get("state"), dict)
+            or set(checksums["state"]) != set(saved)
+            or not isinstance(checksums.get("param_groups"), list)
+            or len(checksums["param_groups"]) != len(groups)
+        ):
             raise ValueError(
-                "the checkpoint's checksums do not list the same parameters as its state: it is "
-                "corrupted or truncated"
+                "the checkpoint's checksums do not list the same parameters and param groups as "
+                f"its state: it is corrupted or truncated. {edited}"
             )
+        for g, (group, checksum) in enumerate(zip(groups, checksums["param_groups"], strict=True)):
+            if state_checksum(group) != checksum:
+                raise ValueError(
+                    f"param group {g} of the checkpoint does not match its checksum: the "
+                    f"checkpoint is corrupted, or was changed after state_dict(). {edited}"
+                )
         for k, v in saved.items():
-            if state_checksum(v) != checksums[k]:
+            if state_checksum(v) != checksums["state"][k]:
                 raise ValueError(
                     f"the optimizer state of parameter id {k} does not match its checksum: the "
                     "checkpoint is corrupted, or the state changed between state_dict() and "
-                    "saving. (To load a state you edited on purpose, delete its 'checksums'.)"
+                    f"saving. {edited}"
                 )
 
     def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
