@@ -26,10 +26,8 @@ from .blocking import Blocking
 from .checkpoint import compare_state, state_checksum
 from .factors import FACTORS, FactorConfig, StepHyper, check_failures, update_roots
 from .preconditioner import ParamPreconditioner
+from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
-
-#: the quantizer's codebooks (see qshampoo.quant)
-CODEBOOKS = ("linear2", "dynamic_tree")
 
 #: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
 STATE_FORMAT_VERSION = 1
@@ -456,7 +454,10 @@ class Shampoo(Optimizer):
                 )
 
     def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
-        expected = self._new_state(p, group, torch.device("meta"))
+        try:  # shapes and dtypes only: no memory, no work
+            expected = self._new_state(p, group, torch.device("meta"))
+        except (NotImplementedError, RuntimeError):  # an op without a meta kernel
+            expected = self._new_state(p, group, torch.device("cpu"))
         base = saved.get("base") if isinstance(saved, dict) else None
         if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
             expected["base"]["momentum_buffer"] = torch.empty(
@@ -473,24 +474,28 @@ class Shampoo(Optimizer):
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
-        """Bytes held by the optimizer state (``tensor.nbytes`` of what is stored).
+        """Bytes held by the optimizer state (``tensor.nbytes`` of every stored tensor).
 
-        ``preconditioners`` = ``statistics`` + ``roots`` (all factors), ``base_state`` = the
-        base optimizer's moments, ``total`` = everything.
+        ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
+        form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
+        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
         """
-        report = {"statistics": 0, "roots": 0, "base_state": 0}
+        report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
+        total = 0
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
                 if not st:
                     continue
+                total += _nbytes(st)
                 report["base_state"] += _nbytes(st["base"])
+                report["preconditioners"] += _nbytes(st.get("precond"))
                 pre = self._preconditioner(p, st, group)
                 for f in pre.factors() if pre is not None else ():
                     for k, v in f.nbytes().items():
                         report[k] += v
-        report["preconditioners"] = report["statistics"] + report["roots"]
-        report["total"] = report["preconditioners"] + report["base_state"]
+        report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
+        report["total"] = total
         return report
 
     def diagnostics(self) -> dict[str, Any]:
@@ -502,8 +507,8 @@ class Shampoo(Optimizer):
         ``factors``: one dict per factor with ``param`` (index over all groups), ``group``,
         ``shape``, ``block``, ``side`` ("L"/"R"), ``kind``, ``order``, its failure counts
         (total and current streak), ``root_damping`` / ``cholesky_damping`` (the damping its
-        last root / factorisation used, None before the first), ``quant_error`` and
-        ``skipped_steps`` (its parameter's skipped steps).
+        last root / factorisation used, None before the first), ``quant_error``, ``bits`` (the
+        quantized variants) and ``skipped_steps`` (its parameter's skipped steps).
         """
         out: dict[str, Any] = {
             "nonfinite_steps": 0,
@@ -623,7 +628,7 @@ def validate_group(g: dict[str, Any]) -> None:
         ("base", tuple(BASES)),
         ("quant", tuple(FACTORS)),
         ("root_method", ROOT_METHODS),
-        ("codebook", CODEBOOKS),
+        ("codebook", tuple(CODEBOOK_NAMES)),
         ("nonfinite", ("skip", "raise")),
     ):
         v = g[name]
@@ -668,8 +673,8 @@ def validate_group(g: dict[str, Any]) -> None:
     _integer("min_quant_numel", g["min_quant_numel"], 0)
     _integer("max_consecutive_failures", g["max_consecutive_failures"], 0)
     _check(
-        g["bits"] in (3, 4, 8) and not isinstance(g["bits"], bool),
+        g["bits"] in SUPPORTED_BITS and not isinstance(g["bits"], bool),
         "bits",
         g["bits"],
-        "must be 3, 4 or 8",
+        f"must be one of {SUPPORTED_BITS}",
     )

@@ -66,25 +66,40 @@ def inverse_root_ex(
     eye = torch.eye(n, dtype=A32.dtype, device=A32.device)
     A32 = torch.where(zero[:, None, None], eye, A32)
     root, ok = _attempt(fn, A32, p, eps)
-    damping = [eps] * A32.shape[0]
-    if not bool(ok.all()):
-        # fp32 failed somewhere: redo those matrices in fp64 (eigh's LAPACK error is
-        # matrix-wide, so retry only what failed), then with more damping.
-        tries = [(fn, eps)] + [
-            (_eigh_root, eps * DAMPING_GROWTH**k) for k in range(1, 1 + DAMPING_RETRIES)
-        ]
-        for try_fn, try_eps in tries:
-            bad = (~ok).nonzero().flatten()
-            if bad.numel() == 0:
-                break
-            r64, ok64 = _attempt(try_fn, A32[bad].double(), p, try_eps)
-            r32 = r64.float()
-            ok64 = ok64 & torch.isfinite(r32).flatten(-2).all(-1)
-            root[bad] = torch.where(ok64[:, None, None], r32, root[bad])
-            ok[bad] = ok64
-            for i in bad.tolist():
-                damping[i] = try_eps
+
+    def attempt(idx: Tensor, try_eps: float, first: bool) -> tuple[Tensor, Tensor]:
+        # eigh's LAPACK error is batch-wide, so only what failed is redone
+        return _attempt(fn if first else _eigh_root, A32[idx].double(), p, try_eps)
+
+    damping = retry_failed(root, ok, eps, attempt)
     return root.reshape(shape), ok.reshape(shape[:-2]), damping
+
+
+def retry_failed(root: Tensor, ok: Tensor, eps: float, attempt) -> list[float]:
+    """The retry ladder shared by every root computation, applied in place to a flat batch.
+
+    ``root`` ``(B, n, n)`` fp32 and ``ok`` ``(B,)`` come from a first attempt at relative
+    damping ``eps``. The failed entries are redone by ``attempt(idx, eps, first)`` (which
+    returns float64 roots for the batch indices ``idx`` and their ok mask) first at ``eps``
+    (``first=True``), then at ``eps * DAMPING_GROWTH**k`` for k = 1..``DAMPING_RETRIES``;
+    a result counts only if it is finite in float32. Returns the damping each entry ended with.
+    """
+    damping = [eps] * root.shape[0]
+    if bool(ok.all()):
+        return damping
+    for k in range(1 + DAMPING_RETRIES):
+        bad = (~ok).nonzero().flatten()
+        if bad.numel() == 0:
+            break
+        try_eps = eps * DAMPING_GROWTH**k
+        r64, ok64 = attempt(bad, try_eps, k == 0)
+        r32 = r64.float()
+        ok64 = ok64 & torch.isfinite(r32).flatten(-2).all(-1)
+        root[bad] = torch.where(ok64[:, None, None], r32, root[bad])
+        ok[bad] = ok64
+        for i in bad.tolist():
+            damping[i] = try_eps
+    return damping
 
 
 def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:

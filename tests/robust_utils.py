@@ -8,6 +8,8 @@ from qshampoo.factors import FACTORS
 
 #: every factor variant that exists (the 4-bit ones join as they land)
 VARIANTS = sorted(FACTORS)
+#: the most elaborate variant that exists (Shampoo4bit's default once it has landed)
+RICHEST = "cholesky_ef" if "cholesky_ef" in FACTORS else VARIANTS[-1]
 
 
 def variant_kwargs(quant: str, **kw) -> dict:

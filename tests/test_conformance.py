@@ -10,9 +10,17 @@ import torch
 from torch import nn
 
 import qshampoo
-from tests.robust_utils import VARIANTS, all_finite, leaves, same, snapshot, variant_kwargs
+from tests.robust_utils import (
+    RICHEST,
+    VARIANTS,
+    all_finite,
+    leaves,
+    same,
+    snapshot,
+    variant_kwargs,
+)
 
-LAST = VARIANTS[-1]  # the most elaborate variant that exists
+LAST = RICHEST
 
 
 def small_net(seed=0, dtype=torch.float32):

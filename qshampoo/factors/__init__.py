@@ -13,9 +13,15 @@ from .base import (
     cholesky_with_retry,
     update_roots,
 )
+from .cholesky import CholeskyEFFactor, CholeskyFactor
+from .eigen import EigenFactor
 from .fp32 import Fp32Factor
+from .naive import NaiveFactor
 
-FACTORS: dict[str, type[Factor]] = {"none": Fp32Factor}
+FACTORS: dict[str, type[Factor]] = {
+    cls.kind: cls
+    for cls in (Fp32Factor, NaiveFactor, EigenFactor, CholeskyFactor, CholeskyEFFactor)
+}
 
 
 def make_factor(

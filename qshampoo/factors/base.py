@@ -99,16 +99,27 @@ class Factor:
 
     # -- roots, batched over factors of the same variant and order ------------------------
     @classmethod
-    def compute_roots(cls, factors: list[Factor], hp: StepHyper) -> None:
-        """Recompute the roots of same-order factors of this class in one batched call.
+    def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
+        """Inverse 4th roots of same-order factors of this class, in one batched call.
 
-        A root that fails is retried in float64 with more damping (``inverse_root_ex``); one
-        that still fails keeps its previous root and counts the failure.
+        Returns ``(roots (B, n, n) fp32, ok (B,) bool)``. A root that fails is retried in
+        float64 and with more damping (``inverse_root_ex``); the damping each root ended up
+        with is kept as ``state["root_damping"]`` (for ``diagnostics()``), nothing else is
+        stored.
         """
         A = torch.stack([f.statistics() for f in factors])
         roots, ok, damping = inverse_root_ex(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
-        for f, r, good, d in zip(factors, roots, ok.tolist(), damping, strict=True):
-            f.record_root_result(good, d)
+        for f, d in zip(factors, damping, strict=True):
+            f.state["root_damping"] = d
+        return roots, ok
+
+    @classmethod
+    def compute_roots(cls, factors: list[Factor], hp: StepHyper) -> None:
+        """Recompute and store the roots; a factor whose root fails keeps its previous one
+        and counts the failure."""
+        roots, ok = cls.inverse_roots(factors, hp)
+        for f, r, good in zip(factors, roots, ok.tolist(), strict=True):
+            f.record_root_result(good)
             if good:
                 f.store_root(r)
 
@@ -128,23 +139,23 @@ class Factor:
             "cholesky_failures": st["cholesky_failures"],
             "consecutive_root_failures": st["consecutive_root_failures"],
             "consecutive_cholesky_failures": st["consecutive_cholesky_failures"],
-            "root_damping": st["root_damping"],
-            "cholesky_damping": st["cholesky_damping"],
+            "root_damping": _as_float(st["root_damping"]),
+            "cholesky_damping": _as_float(st["cholesky_damping"]),
             "quant_error": _as_float(st.get("quant_error")),
         }
 
-    def record_root_result(self, ok: bool, damping: float | None = None) -> None:
+    def record_root_result(self, ok: bool, damping: float | Tensor | None = None) -> None:
         """Count a root computation's outcome; ``damping`` is the relative damping it used."""
         self._record("root", ok, damping)
 
-    def record_cholesky_result(self, ok: bool, damping: float | None = None) -> None:
+    def record_cholesky_result(self, ok: bool, damping: float | Tensor | None = None) -> None:
         """Count a Cholesky factorisation's outcome; ``damping``: what the diagonal got."""
         self._record("cholesky", ok, damping)
 
     def _record(self, what: str, ok: bool, damping: float | None) -> None:
         st = self.state
-        if damping is not None:
-            st[f"{what}_damping"] = float(damping)
+        if damping is not None:  # a float, or a 0-d tensor (no host sync)
+            st[f"{what}_damping"] = damping
         if ok:
             st[f"consecutive_{what}_failures"] = 0
         else:
@@ -189,10 +200,11 @@ def check_failures(
         if streak < limit:
             continue
         op = "inverse root" if what == "root" else "Cholesky factorisation"
-        damping = f.state[f"{what}_damping"]
+        damping = _as_float(f.state[f"{what}_damping"])
+        tried = "n/a" if damping is None else f"{damping:.3g}"
         raise PreconditionerError(
             f"{where()}: the {op} of its {f.kind!r} factor of order {f.order} failed {streak} "
-            f"times in a row (last damping tried {damping:.3g}, float64 included), so this block "
+            f"times in a row (last damping tried {tried}, float64 included), so this block "
             f"is preconditioned with a stale value. The statistics are most likely too "
             f"ill-conditioned or too large: {advice}lower the learning rate or clip gradients. "
             "To keep training on the last good preconditioner instead, pass "
