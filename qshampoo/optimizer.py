@@ -453,11 +453,22 @@ class Shampoo(Optimizer):
                     f"saving. {edited}"
                 )
 
+    def _skeleton(self, p: Tensor, group: dict) -> dict:
+        """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes)."""
+        key = (tuple(p.shape), tuple(group[k] for k in _LAYOUT_KEYS))
+        skeleton = _SKELETONS.get(key)
+        if skeleton is None:
+            try:  # no memory, no work
+                skeleton = self._new_state(p, group, torch.device("meta"))
+            except (NotImplementedError, RuntimeError):  # an op without a meta kernel
+                skeleton = _to_meta(self._new_state(p, group, torch.device("cpu")))
+            if len(_SKELETONS) > 1024:
+                _SKELETONS.clear()
+            _SKELETONS[key] = skeleton
+        return _copy_to(skeleton, torch.device("meta"))
+
     def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
-        try:  # shapes and dtypes only: no memory, no work
-            expected = self._new_state(p, group, torch.device("meta"))
-        except (NotImplementedError, RuntimeError):  # an op without a meta kernel
-            expected = self._new_state(p, group, torch.device("cpu"))
+        expected = self._skeleton(p, group)
         base = saved.get("base") if isinstance(saved, dict) else None
         if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
             expected["base"]["momentum_buffer"] = torch.empty(
@@ -583,6 +594,20 @@ def _nbytes(obj) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(v) for v in obj)
     return 0
+
+
+#: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
+_SKELETONS: dict[tuple, dict] = {}
+
+
+def _to_meta(obj):
+    if isinstance(obj, Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: _to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_meta(v) for v in obj]
+    return obj
 
 
 def _copy_to(obj, device: torch.device):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qshampoo.factors import FACTORS
@@ -61,3 +62,12 @@ def all_finite(opt) -> bool:
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
                 return False
     return True
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tests use tiny matrices: one thread is faster, and spares a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

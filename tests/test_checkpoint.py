@@ -15,7 +15,14 @@ import torch
 
 import qshampoo
 from qshampoo.checkpoint import load_file
-from tests.robust_utils import RICHEST, VARIANTS, same, snapshot, variant_kwargs
+from tests.robust_utils import (
+    RICHEST,
+    VARIANTS,
+    same,
+    single_thread,  # noqa: F401 - an autouse fixture
+    snapshot,
+    variant_kwargs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(6, 9), (3, 2, 2, 2), (5,), (1, 7, 1, 4)]

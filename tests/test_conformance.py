@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 import qshampoo
-from tests.robust_utils import (
+from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
     RICHEST,
     VARIANTS,
     all_finite,
     leaves,
     same,
+    single_thread,
     snapshot,
     variant_kwargs,
 )

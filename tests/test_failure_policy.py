@@ -8,7 +8,14 @@ import torch
 import qshampoo
 from qshampoo.factors import PreconditionerError, cholesky_with_retry
 from qshampoo.roots import DAMPING_GROWTH, DAMPING_RETRIES, inverse_root_ex
-from tests.robust_utils import VARIANTS, all_finite, same, snapshot, variant_kwargs
+from tests.robust_utils import (
+    VARIANTS,
+    all_finite,
+    same,
+    single_thread,  # noqa: F401 - an autouse fixture
+    snapshot,
+    variant_kwargs,
+)
 
 DIAG_KEYS = {"nonfinite_steps", "root_failures", "cholesky_failures", "quant_error", "factors"}
 FACTOR_KEYS = {
@@ -266,12 +273,7 @@ def test_short_aggressive_run_stays_finite(quant):
     """Aggressive lr, tiny matrix_eps, statistics every step, roots every 5 steps."""
     from benchmarks.long_run import run_variant
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; spare a busy machine's cores
-    try:
-        result = run_variant(quant, steps=150, seed=0, nan_every=50)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_variant(quant, steps=150, seed=0, nan_every=50)
     assert result["nonfinite_steps"] == result["injected_nan"] == 3
     assert result["finite"], result
     assert result["final_loss"] < result["first_loss"]
