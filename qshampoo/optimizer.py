@@ -21,8 +21,16 @@ from torch.optim import Optimizer
 
 from .base import BASES
 from .blocking import Blocking
+from .distributed import (
+    is_dtensor,
+    is_shard_state,
+    like_param,
+    local,
+    make_sharding,
+    shard_key,
+)
 from .factors import FACTORS, FactorConfig, StepHyper, update_roots
-from .preconditioner import ParamPreconditioner
+from .preconditioner import ParamPreconditioner, block_list, held_dict
 from .roots import ROOT_METHODS
 
 #: the quantizer's codebooks (see qshampoo.quant)
@@ -69,6 +77,14 @@ class Shampoo(Optimizer):
         precondition: False sends the group's parameters straight to the base optimizer.
         nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN (counted in
             ``diagnostics()``; statistics stay clean) or ``"raise"``.
+        distributed: split the preconditioner blocks of replicated parameters across the
+            ranks of ``process_group`` (each rank keeps and computes only its blocks, and the
+            preconditioned blocks are all-gathered). ``None`` (default): on when
+            ``torch.distributed`` is initialized with more than one rank; ``False``: every
+            rank computes everything. Needs the same gradient on every rank (as under DDP).
+            DTensor (FSDP2) parameters are always preconditioned per local shard.
+            Optimizer-wide, not per group. See ``docs/distributed.md``.
+        process_group: the group to split across (default: the default group).
     """
 
     def __init__(
@@ -97,6 +113,8 @@ class Shampoo(Optimizer):
         min_quant_numel: int = 4096,
         precondition: bool = True,
         nonfinite: str = "skip",
+        distributed: bool | None = None,
+        process_group: Any = None,
     ):
         defaults = dict(
             lr=lr,
@@ -122,12 +140,14 @@ class Shampoo(Optimizer):
             precondition=precondition,
             nonfinite=nonfinite,
         )
-        self._views: dict[Tensor, tuple[list, ParamPreconditioner]] = {}
+        self._sharding = make_sharding(distributed, process_group)
+        self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
+        self.__dict__.setdefault("_sharding", None)
 
     # -- param groups -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -150,6 +170,8 @@ class Shampoo(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
         for group in self.param_groups:
             self._step_group(group)
         return loss
@@ -162,7 +184,8 @@ class Shampoo(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Shampoo does not support sparse gradients")
             params.append(p)
-            grads.append(p.grad.float() if not group["maximize"] else -p.grad.float())
+            g = local(p.grad).float()
+            grads.append(g if not group["maximize"] else -g)
         if not params:
             return
         states = [self._state(p, group) for p in params]
@@ -171,10 +194,11 @@ class Shampoo(Optimizer):
         hp = StepHyper(
             group["stat_decay"], group["matrix_eps"], group["ef_decay"], group["root_method"]
         )
-        due_roots = []
+        due_roots, pres = [], []
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
+            pres.append(pre)
             if pre is None:
                 continue
             if st["step"] % group["stat_interval"] == 0:
@@ -184,12 +208,42 @@ class Shampoo(Optimizer):
         if due_roots:
             update_roots(due_roots, hp)
 
-        init, update = BASES[group["base"]]
+        directions = self._precondition(params, grads, pres)
+        _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
-        for p, g, st in zip(params, grads, states, strict=True):
-            pre = self._preconditioner(p, st, group)
-            direction = g if pre is None else graft(pre.precondition(g), g)
-            update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+        for p, g, st, d in zip(params, grads, states, directions, strict=True):
+            direction = g if d is None else graft(d, g)
+            if is_dtensor(p):  # FSDP2: update the local shard and its local state
+                base = st["base"]
+                view = {k: local(v) for k, v in base.items()}
+                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
+                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
+            else:
+                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+
+    def _precondition(self, params, grads, pres) -> list[Tensor | None]:
+        """``L_hat G R_hat`` per parameter (None where not preconditioned).
+
+        Parameters whose blocks are split across ranks are done together, in one exchange.
+        """
+        if self._sharding is None:
+            return [
+                None if pre is None else pre.precondition(g)
+                for g, pre in zip(grads, pres, strict=True)
+            ]
+        out: list[Tensor | None] = [None] * len(params)
+        split = []
+        for i, (p, g, pre) in enumerate(zip(params, grads, pres, strict=True)):
+            if pre is not None:
+                if self._sharding.owners(p) is None:
+                    out[i] = pre.precondition(g)
+                else:
+                    split.append(i)
+        if split:
+            items = [(params[i], grads[i], pres[i]) for i in split]
+            for i, d in zip(split, self._sharding.precondition(items), strict=True):
+                out[i] = d
+        return out
 
     def _drop_nonfinite(self, params, grads, states, group):
         """Leave out parameters whose gradient holds inf/NaN (one host sync per group)."""
@@ -217,7 +271,7 @@ class Shampoo(Optimizer):
             st["step"] = 0
             st["nonfinite_steps"] = 0
             st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
-            st["base"] = init(p)
+            st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
             blocking = _blocking(p, group)
             if blocking is not None:
                 pre, stored = ParamPreconditioner.create(
@@ -227,9 +281,11 @@ class Shampoo(Optimizer):
                     p.device,
                     group["matrix_eps"],
                     group["min_quant_numel"],
+                    held=self._sharding.held(p) if self._sharding is not None else None,
                 )
-                st["precond"] = stored
-                self._views[p] = (stored, pre)
+                # a DTensor's shard has its own preconditioner, stored under the shard's name
+                st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
+                self._views[p] = (st["precond"], pre)
         else:
             changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
@@ -245,11 +301,18 @@ class Shampoo(Optimizer):
             return None
         cached = self._views.get(p)
         if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
-            pre = ParamPreconditioner.view(_blocking(p, group), stored, _factor_config(group))
+            blocks = stored[shard_key(p)] if is_dtensor(p) else stored
+            pre = ParamPreconditioner.view(_blocking(p, group), blocks, _factor_config(group))
             self._views[p] = cached = (stored, pre)
         return cached[1]
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer state, ``torch.optim`` style.
+
+        With blocks split across ranks (``distributed``), each rank's state dict holds only the
+        preconditioner blocks that rank owns (a block owned elsewhere is an empty dict); the
+        base-optimizer state is complete on every rank. See ``docs/distributed.md``.
+        """
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
         return sd
@@ -262,6 +325,9 @@ class Shampoo(Optimizer):
         the parameter's device.
         """
         version = state_dict.get("format_version")
+        if version is None and _looks_like_ours(state_dict):
+            # torch.distributed.checkpoint.state_dict keeps only "state" and "param_groups"
+            version = STATE_FORMAT_VERSION
         if version != STATE_FORMAT_VERSION:
             raise ValueError(
                 f"this is not a qshampoo.Shampoo state dict of format {STATE_FORMAT_VERSION} "
@@ -271,10 +337,46 @@ class Shampoo(Optimizer):
         super().load_state_dict({**state_dict, "state": {}})
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
         self._views.clear()
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
         for i, p in zip(ids, params, strict=True):
             if i in saved:
-                self.state[p] = _copy_to(saved[i], p.device)
+                st = _copy_to(saved[i], p.device)
+                self._fit_loaded_blocks(i, p, st, group_of[p])
+                self.state[p] = st
+
+    def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
+        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones."""
+        stored = st.get("precond")
+        if stored is None:
+            return
+        sharded_state = is_shard_state(stored)
+        if is_dtensor(p) or sharded_state:
+            if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
+                raise ValueError(
+                    f"the state of parameter {i!r} holds preconditioners for "
+                    f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
+                    f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
+                    "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
+                    "same device mesh and sharding (see docs/distributed.md)"
+                )
+            return
+        held = self._sharding.held(p) if self._sharding is not None else None
+        blocks = block_list(stored, len(_blocking(p, group).slices))
+        for b, entry in enumerate(blocks):
+            if held is not None and b not in held:
+                blocks[b] = None  # owned by another rank: do not keep its memory here
+            elif not entry:
+                raise ValueError(
+                    f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
+                    "rank's state_dict() from a distributed run, which holds only that rank's "
+                    "blocks. Load per-rank state dicts at the same world size, or save with "
+                    "torch.distributed.checkpoint or qshampoo.distributed."
+                    "consolidated_state_dict() to load at another world size"
+                )
+        st["precond"] = blocks if held is None else held_dict(blocks)
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
@@ -332,7 +434,7 @@ def graft(direction: Tensor, grad: Tensor) -> Tensor:
 def _blocking(p: Tensor, group: dict) -> Blocking | None:
     if not group["precondition"]:
         return None
-    return Blocking.of(tuple(p.shape), group["max_preconditioner_dim"])
+    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
 
 
 def _factor_config(group: dict) -> FactorConfig:
@@ -347,9 +449,19 @@ def _base_kwargs(group: dict) -> dict:
     )
 
 
+def _looks_like_ours(state_dict: dict) -> bool:
+    groups = state_dict.get("param_groups") or []
+    states = (state_dict.get("state") or {}).values()
+    return (
+        bool(groups)
+        and all("quant" in g and "stat_decay" in g for g in groups)
+        and all("layout" in st for st in states)
+    )
+
+
 def _nbytes(obj) -> int:
     if isinstance(obj, Tensor):
-        return obj.nbytes
+        return local(obj).nbytes  # a DTensor counts this rank's shard
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):

@@ -1,0 +1,356 @@
+"""qshampoo under torch.distributed: 2 gloo processes on loopback (CPU).
+
+Each spawned job runs several scenarios and saves what it saw; the tests then compare with
+single-process runs done here. Two jobs in all (DDP + checkpoints, FSDP2), to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import qshampoo
+from qshampoo.distributed import assign_blocks, consolidated_state_dict
+from qshampoo.factors import FACTORS
+
+WORLD = 2
+VARIANTS = sorted(FACTORS)
+STEPS, SAVE_AT = 6, 3
+BATCH = 64
+# Small blocks so each weight is cut into several; 32x32 factors get quantized.
+KW = dict(
+    lr=1e-2,
+    stat_interval=1,
+    root_interval=2,
+    max_preconditioner_dim=32,
+    min_quant_numel=1024,
+    weight_decay=0.01,
+)
+
+
+# -- shared helpers (also run inside the spawned processes) -----------------------------------
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 10),
+    )
+
+
+def batch(x, y, step: int, rank: int | None = None):
+    """Batch ``step`` of the full data; ``rank`` takes its half of it."""
+    g = torch.Generator().manual_seed(1000 + step)
+    idx = torch.randint(0, len(y), (BATCH,), generator=g)
+    if rank is not None:
+        idx = idx.chunk(WORLD)[rank]
+    return x[idx], y[idx]
+
+
+def train(model, opt, x, y, steps, rank=None):
+    """``rank``: this rank's half of each batch (under DDP); None: the full batch, whose
+    gradient is accumulated over the same two halves, so it is summed as DDP sums it."""
+    for k in steps:
+        xb, yb = batch(x, y, k, rank)
+        opt.zero_grad()
+        if rank is not None:
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        else:
+            for xh, yh in zip(xb.chunk(WORLD), yb.chunk(WORLD), strict=True):
+                (torch.nn.functional.cross_entropy(model(xh), yh) / WORLD).backward()
+        opt.step()
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _init(rank: int, port: int) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, *args, timeout: float = 120.0) -> None:
+    """Run ``fn(rank, port, *args)`` in WORLD processes; fail (not hang) past ``timeout``."""
+    ctx = mp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+            raise TimeoutError(f"{fn.__name__} did not finish in {timeout} s")
+
+
+# -- job 1: DDP, every variant, and checkpoints -----------------------------------------------
+def _ddp_job(rank: int, port: int, out: str) -> None:
+    _init(rank, port)
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    x, y = digits()
+    result = {}
+    for quant in VARIANTS:
+        runs = {}
+        for mode in (None, False):  # split (auto) and every-rank-computes-everything
+            model = torch.nn.parallel.DistributedDataParallel(make_model())
+            opt = qshampoo.Shampoo(model.parameters(), quant=quant, distributed=mode, **KW)
+            train(model, opt, x, y, range(STEPS), rank)
+            runs[mode] = (flat_params(model), opt.memory_report())
+        result[quant] = {"split": runs[None], "replicated": runs[False]}
+
+    # Checkpoints: save after SAVE_AT steps, go on; reload into fresh objects, go on again.
+    quant = "cholesky_ef" if "cholesky_ef" in FACTORS else "none"
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = qshampoo.Shampoo(model.parameters(), quant=quant, **KW)
+    train(model, opt, x, y, range(SAVE_AT), rank)
+    dcp_dir = os.path.join(out, "dcp")
+    dist.checkpoint.save(
+        {"model": model.module.state_dict(), "optim": get_optimizer_state_dict(model, opt)},
+        checkpoint_id=dcp_dir,
+    )
+    full = consolidated_state_dict(opt)
+    if rank == 0:
+        torch.save({"model": model.module.state_dict(), "optim": full}, f"{out}/full.pt")
+    per_rank = opt.state_dict()
+    train(model, opt, x, y, range(SAVE_AT, STEPS), rank)
+    continued = flat_params(model)
+
+    model2 = torch.nn.parallel.DistributedDataParallel(make_model(seed=1))
+    opt2 = qshampoo.Shampoo(model2.parameters(), quant=quant, **KW)
+    sd = {"model": model2.module.state_dict(), "optim": get_optimizer_state_dict(model2, opt2)}
+    dist.checkpoint.load(sd, checkpoint_id=dcp_dir)
+    model2.module.load_state_dict(sd["model"])
+    set_optimizer_state_dict(model2, opt2, optim_state_dict=sd["optim"])
+    train(model2, opt2, x, y, range(SAVE_AT, STEPS), rank)
+    result["ckpt"] = {
+        "quant": quant,
+        "continued": continued,
+        "dcp_resumed": flat_params(model2),
+        "held": {i: list(st["precond"]) for i, st in per_rank["state"].items() if "precond" in st},
+    }
+    torch.save(result, f"{out}/ddp{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ddp"))
+    spawn(_ddp_job, out)
+    ranks = [torch.load(f"{out}/ddp{r}.pt", weights_only=False) for r in range(WORLD)]
+    return out, ranks
+
+
+def single_run(quant: str, steps=range(STEPS)):
+    x, y = digits()
+    model = make_model()
+    opt = qshampoo.Shampoo(model.parameters(), quant=quant, **KW)
+    train(model, opt, x, y, steps)
+    return flat_params(model), opt.memory_report()
+
+
+@pytest.mark.parametrize("quant", VARIANTS)
+def test_ddp_split_equals_single_process_full_batch(ddp, quant):
+    _, ranks = ddp
+    expected, _ = single_run(quant)
+    for r in ranks:
+        split, _ = r[quant]["split"]
+        replicated, _ = r[quant]["replicated"]
+        # The split exchange reproduces every-rank-computes-everything bit for bit ...
+        torch.testing.assert_close(split, replicated, rtol=0, atol=0)
+        # ... and equals one process stepping on the full batch.
+        torch.testing.assert_close(split, expected, **TOL)
+    torch.testing.assert_close(ranks[0][quant]["split"][0], ranks[1][quant]["split"][0])
+
+
+@pytest.mark.parametrize("quant", VARIANTS)
+def test_ddp_preconditioner_memory_is_split(ddp, quant):
+    _, ranks = ddp
+    _, single = single_run(quant, steps=range(1))
+    per_rank = [r[quant]["split"][1] for r in ranks]
+    pre = [m["preconditioners"] for m in per_rank]
+    assert sum(pre) == single["preconditioners"]  # every block once, on exactly one rank
+    assert max(pre) <= 0.6 * single["preconditioners"]  # and the halves are balanced
+    for m in per_rank:
+        assert m["base_state"] == single["base_state"]  # base state stays replicated
+    for r in ranks:  # distributed=False keeps everything on every rank
+        assert r[quant]["replicated"][1]["preconditioners"] == single["preconditioners"]
+
+
+def test_dcp_round_trip_continues_identically(ddp):
+    _, ranks = ddp
+    for r in ranks:
+        torch.testing.assert_close(r["ckpt"]["dcp_resumed"], r["ckpt"]["continued"], rtol=0, atol=0)
+
+
+def test_per_rank_state_dict_holds_only_its_blocks(ddp):
+    _, ranks = ddp
+    model = make_model()
+    opt = qshampoo.Shampoo(model.parameters(), **KW)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    full = {i: len(st["precond"]) for i, st in opt.state_dict()["state"].items() if "precond" in st}
+    held = [r["ckpt"]["held"] for r in ranks]
+    assert held[0].keys() == held[1].keys() == full.keys()
+    for i, n in full.items():
+        assert sorted(held[0][i] + held[1][i], key=int) == [str(b) for b in range(n)]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_dcp_checkpoint_loads_into_a_single_process(ddp):
+    """World size 2 -> 1 through torch.distributed.checkpoint (no process group here)."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    out, ranks = ddp
+    quant = ranks[0]["ckpt"]["quant"]
+    x, y = digits()
+    model = make_model(seed=1)
+    opt = qshampoo.Shampoo(model.parameters(), quant=quant, **KW)
+    sd = {"model": model.state_dict(), "optim": get_optimizer_state_dict(model, opt)}
+    dist.checkpoint.load(sd, checkpoint_id=os.path.join(out, "dcp"), no_dist=True)
+    model.load_state_dict(sd["model"])
+    set_optimizer_state_dict(model, opt, optim_state_dict=sd["optim"])
+    assert all(b for st in opt.state.values() for b in st.get("precond", []))
+    train(model, opt, x, y, range(SAVE_AT, STEPS))
+    torch.testing.assert_close(flat_params(model), ranks[0]["ckpt"]["continued"], **TOL)
+
+
+def test_consolidated_state_dict_loads_into_a_single_process(ddp):
+    out, ranks = ddp
+    quant = ranks[0]["ckpt"]["quant"]
+    x, y = digits()
+    ckpt = torch.load(f"{out}/full.pt", weights_only=True)
+    model = make_model(seed=1)
+    model.load_state_dict(ckpt["model"])
+    opt = qshampoo.Shampoo(model.parameters(), quant=quant, **KW)
+    opt.load_state_dict(ckpt["optim"])
+    train(model, opt, x, y, range(SAVE_AT, STEPS))
+    torch.testing.assert_close(flat_params(model), ranks[0]["ckpt"]["continued"], **TOL)
+
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+# -- job 2: FSDP2 -------------------------------------------------------------------------------
+FSDP_STEPS = 30
+FSDP_QUANT = "cholesky_ef" if "cholesky_ef" in FACTORS else "none"
+FSDP_KW = dict(lr=1e-2, stat_interval=1, root_interval=5, quant=FSDP_QUANT)
+
+
+def _fsdp_job(rank: int, port: int, out: str) -> None:
+    _init(rank, port)
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+
+    def sharded(seed):
+        model = make_model(seed)
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        return fully_shard(model)
+
+    x, y = digits()
+    model = sharded(0)
+    opt = qshampoo.Shampoo(model.parameters(), **FSDP_KW)
+    with torch.no_grad():
+        loss0 = torch.nn.functional.cross_entropy(model(x), y).item()
+    train(model, opt, x, y, range(FSDP_STEPS), rank)
+    with torch.no_grad():
+        out_all = model(x)
+        loss = torch.nn.functional.cross_entropy(out_all, y).item()
+        acc = (out_all.argmax(1) == y).float().mean().item()
+    report = opt.memory_report()
+
+    # DCP round trip at the same world size.
+    dcp_dir = os.path.join(out, "fsdp_dcp")
+    dist.checkpoint.save(
+        {"model": model.state_dict(), "optim": get_optimizer_state_dict(model, opt)},
+        checkpoint_id=dcp_dir,
+    )
+    train(model, opt, x, y, range(FSDP_STEPS, FSDP_STEPS + 3), rank)
+    continued = torch.cat([p.to_local().detach().reshape(-1) for p in model.parameters()])
+    model2 = sharded(1)
+    opt2 = qshampoo.Shampoo(model2.parameters(), **FSDP_KW)
+    sd = {"model": model2.state_dict(), "optim": get_optimizer_state_dict(model2, opt2)}
+    dist.checkpoint.load(sd, checkpoint_id=dcp_dir)
+    model2.load_state_dict(sd["model"])
+    set_optimizer_state_dict(model2, opt2, optim_state_dict=sd["optim"])
+    train(model2, opt2, x, y, range(FSDP_STEPS, FSDP_STEPS + 3), rank)
+    resumed = torch.cat([p.to_local().detach().reshape(-1) for p in model2.parameters()])
+    torch.save(
+        {
+            "loss0": loss0,
+            "loss": loss,
+            "acc": acc,
+            "report": report,
+            "continued": continued,
+            "resumed": resumed,
+        },
+        f"{out}/fsdp{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_fsdp2_trains_digits_and_round_trips(tmp_path):
+    spawn(_fsdp_job, str(tmp_path))
+    ranks = [torch.load(f"{tmp_path}/fsdp{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r in ranks:
+        assert r["loss"] < 0.3 * r["loss0"]
+        assert r["acc"] > 0.9
+        assert r["report"]["preconditioners"] > 0
+        torch.testing.assert_close(r["resumed"], r["continued"], rtol=0, atol=0)
+
+
+# -- no processes needed --------------------------------------------------------------------------
+def test_assignment_is_balanced_and_deterministic():
+    costs = [(8 * n * n, n**3) for n in (64, 64, 32, 32, 16, 16, 16, 16, 8)]
+    owners = assign_blocks(costs, 2)
+    assert owners == assign_blocks(costs, 2)
+    loads = [sum(c[0] for c, r in zip(costs, owners, strict=True) if r == k) for k in range(2)]
+    assert max(loads) <= 0.55 * sum(loads)
+    assert assign_blocks(costs, 1) == [0] * len(costs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"distributed": "yes"}, "distributed"),
+        ({"distributed": True}, "distributed"),  # torch.distributed is not initialized here
+        ({"process_group": "world"}, "process_group"),
+    ],
+)
+def test_invalid_distributed_keywords_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        qshampoo.Shampoo([torch.zeros(3, 3, requires_grad=True)], **kwargs)
