@@ -18,7 +18,6 @@ See ``docs/distributed.md`` for the numerics, memory and checkpoint behaviour.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .blocking import Blocking
-from .factors import FactorConfig, make_factor
+from .memory import factor_bytes
 
 try:  # absent from builds without distributed support
     from torch.distributed.tensor import DTensor
@@ -71,29 +70,23 @@ def is_shard_state(stored: Any) -> bool:
 
 
 # -- the cost model and the assignment of blocks to ranks --------------------------------------
-@functools.lru_cache(maxsize=1024)
-def factor_bytes(quant: str, order: int, config: FactorConfig, min_quant_numel: int) -> int:
-    """Bytes of one factor's stored state, measured on a factor built on the meta device.
-
-    Meta tensors carry shapes and dtypes but no data, so this allocates nothing and needs no
-    knowledge of the variant. A variant whose construction cannot run on meta is costed as
-    fp32 (statistics + root), which only affects the balance, never the result.
-    """
-    try:
-        f = make_factor(quant, order, config, torch.device("meta"), 1.0, min_quant_numel)
-        return int(sum(f.nbytes().values()))
-    except Exception:  # noqa: BLE001 - an estimate; any failure falls back to fp32
-        return 8 * order * order
-
-
 def block_costs(blocking: Blocking, group: dict) -> list[tuple[int, int]]:
-    """``(bytes, root flops)`` of each block: both factors' state, and ``n^3 + m^3``."""
-    config = FactorConfig(group["bits"], group["block_size"], group["codebook"])
+    """``(bytes, root flops)`` of each block: both factors' stored state (``qshampoo.memory``'s
+    formulas, which ``memory_report()`` equals) and ``n^3 + m^3``."""
     out = []
     for rows, cols in blocking.slices:
         n, m = rows.stop - rows.start, cols.stop - cols.start
         nbytes = sum(
-            factor_bytes(group["quant"], k, config, group["min_quant_numel"]) for k in (n, m)
+            sum(
+                factor_bytes(
+                    group["quant"],
+                    k,
+                    bits=group["bits"],
+                    block_size=group["block_size"],
+                    min_quant_numel=group["min_quant_numel"],
+                ).values()
+            )
+            for k in (n, m)
         )
         out.append((nbytes, n**3 + m**3))
     return out

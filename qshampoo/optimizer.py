@@ -31,10 +31,8 @@ from .distributed import (
 )
 from .factors import FACTORS, FactorConfig, StepHyper, update_roots
 from .preconditioner import ParamPreconditioner, block_list, held_dict
+from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
-
-#: the quantizer's codebooks (see qshampoo.quant)
-CODEBOOKS = ("linear2", "dynamic_tree")
 
 #: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
 STATE_FORMAT_VERSION = 1
@@ -380,39 +378,56 @@ class Shampoo(Optimizer):
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
-        """Bytes held by the optimizer state (``tensor.nbytes`` of what is stored).
+        """Bytes held by the optimizer state (``tensor.nbytes`` of every stored tensor).
 
-        ``preconditioners`` = ``statistics`` + ``roots`` (all factors), ``base_state`` = the
-        base optimizer's moments, ``total`` = everything.
+        ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
+        form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
+        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
         """
-        report = {"statistics": 0, "roots": 0, "base_state": 0}
+        report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
+        total = 0
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
                 if not st:
                     continue
+                total += _nbytes(st)
                 report["base_state"] += _nbytes(st["base"])
+                report["preconditioners"] += _nbytes(st.get("precond"))
                 pre = self._preconditioner(p, st, group)
                 for f in pre.factors() if pre is not None else ():
                     for k, v in f.nbytes().items():
                         report[k] += v
-        report["preconditioners"] = report["statistics"] + report["roots"]
-        report["total"] = report["preconditioners"] + report["base_state"]
+        report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
+        report["total"] = total
         return report
 
     def diagnostics(self) -> dict[str, Any]:
-        """Counters a long run should watch: failures, skipped steps, quantization error."""
-        out = {"nonfinite_steps": 0, "root_failures": 0, "factors": []}
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
+        """Counters a long run should watch: failures, skipped steps, quantization error.
+
+        ``factors`` lists one dict per factor (``param`` index over all groups, ``block``,
+        ``side`` "L"/"R", ``kind``, ``order``, ``root_failures``, ``quant_error`` and, per
+        variant, ``cholesky_failures``, ``damping``, ``bits``); ``quant_error`` at the top is
+        the mean over the quantized factors (None when none is quantized).
+        """
+        out = {"nonfinite_steps": 0, "root_failures": 0, "cholesky_failures": 0, "factors": []}
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for index, (p, group) in enumerate(params):
+            st = self.state.get(p)
+            if not st:
+                continue
+            out["nonfinite_steps"] += st["nonfinite_steps"]
+            pre = self._preconditioner(p, st, group)
+            for b, pair in enumerate(pre.blocks if pre is not None else ()):
+                if pair is None:  # the block is held by another rank
                     continue
-                out["nonfinite_steps"] += st["nonfinite_steps"]
-                pre = self._preconditioner(p, st, group)
-                for f in pre.factors() if pre is not None else ():
-                    out["root_failures"] += f.state["root_failures"]
-                    out["factors"].append(f.diagnostics())
+                for side, f in zip("LR", pair, strict=True):
+                    d = {"param": index, "block": b, "side": side, **f.diagnostics()}
+                    out["root_failures"] += d["root_failures"]
+                    out["cholesky_failures"] += d.get("cholesky_failures", 0)
+                    out["factors"].append(d)
+        errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
+        out["quant_error"] = sum(errors) / len(errors) if errors else None
         return out
 
 
@@ -496,7 +511,10 @@ def validate_group(g: dict[str, Any]) -> None:
         f"must be one of {ROOT_METHODS}",
     )
     _check(
-        g["codebook"] in CODEBOOKS, "codebook", g["codebook"], f"must be one of {tuple(CODEBOOKS)}"
+        g["codebook"] in CODEBOOK_NAMES,
+        "codebook",
+        g["codebook"],
+        f"must be one of {CODEBOOK_NAMES}",
     )
     _check(
         g["nonfinite"] in ("skip", "raise"),
@@ -540,4 +558,4 @@ def validate_group(g: dict[str, Any]) -> None:
         g["min_quant_numel"],
         "must be an integer >= 0",
     )
-    _check(g["bits"] in (3, 4, 8), "bits", g["bits"], "must be 3, 4 or 8")
+    _check(g["bits"] in SUPPORTED_BITS, "bits", g["bits"], f"must be one of {SUPPORTED_BITS}")

@@ -1,11 +1,12 @@
 """qshampoo under torch.distributed: 2 gloo processes on loopback (CPU).
 
-Each spawned job runs several scenarios and saves what it saw; the tests then compare with
-single-process runs done here. Two jobs in all (DDP + checkpoints, FSDP2), to keep the file fast.
+One spawned job (DDP for every variant, checkpoints, FSDP2) saves what each rank saw; the
+tests compare that with single-process runs done here. One job keeps the file fast.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 import qshampoo
 from qshampoo.distributed import assign_blocks, consolidated_state_dict
 from qshampoo.factors import FACTORS
+from qshampoo.memory import state_bytes
 
 WORLD = 2
 VARIANTS = sorted(FACTORS)
@@ -35,6 +37,7 @@ KW = dict(
 
 
 # -- shared helpers (also run inside the spawned processes) -----------------------------------
+@functools.lru_cache(maxsize=1)
 def digits():
     from sklearn.datasets import load_digits
 
@@ -105,15 +108,30 @@ def spawn(fn, *args, timeout: float = 120.0) -> None:
             raise TimeoutError(f"{fn.__name__} did not finish in {timeout} s")
 
 
-# -- job 1: DDP, every variant, and checkpoints -----------------------------------------------
-def _ddp_job(rank: int, port: int, out: str) -> None:
+def _job(rank: int, port: int, out: str) -> None:
     _init(rank, port)
+    x, y = torch.load(f"{out}/digits.pt")
+    _ddp_part(rank, out, x, y)
+    _fsdp_part(rank, out, x, y)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """(output folder, what each rank saved)."""
+    out = str(tmp_path_factory.mktemp("dist"))
+    torch.save(digits(), f"{out}/digits.pt")  # loaded by the workers (no sklearn import there)
+    spawn(_job, out)
+    return out, [torch.load(f"{out}/rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# -- DDP, every variant, and checkpoints --------------------------------------------------------
+def _ddp_part(rank: int, out: str, x, y) -> None:
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
 
-    x, y = digits()
     result = {}
     for quant in VARIANTS:
         runs = {}
@@ -154,18 +172,10 @@ def _ddp_job(rank: int, port: int, out: str) -> None:
         "dcp_resumed": flat_params(model2),
         "held": {i: list(st["precond"]) for i, st in per_rank["state"].items() if "precond" in st},
     }
-    torch.save(result, f"{out}/ddp{rank}.pt")
-    dist.destroy_process_group()
+    torch.save(result, f"{out}/rank{rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ddp"))
-    spawn(_ddp_job, out)
-    ranks = [torch.load(f"{out}/ddp{r}.pt", weights_only=False) for r in range(WORLD)]
-    return out, ranks
-
-
+@functools.lru_cache
 def single_run(quant: str, steps=range(STEPS)):
     x, y = digits()
     model = make_model()
@@ -175,8 +185,8 @@ def single_run(quant: str, steps=range(STEPS)):
 
 
 @pytest.mark.parametrize("quant", VARIANTS)
-def test_ddp_split_equals_single_process_full_batch(ddp, quant):
-    _, ranks = ddp
+def test_ddp_split_equals_single_process_full_batch(ranks, quant):
+    _, ranks = ranks
     expected, _ = single_run(quant)
     for r in ranks:
         split, _ = r[quant]["split"]
@@ -189,8 +199,8 @@ def test_ddp_split_equals_single_process_full_batch(ddp, quant):
 
 
 @pytest.mark.parametrize("quant", VARIANTS)
-def test_ddp_preconditioner_memory_is_split(ddp, quant):
-    _, ranks = ddp
+def test_ddp_preconditioner_memory_is_split(ranks, quant):
+    _, ranks = ranks
     _, single = single_run(quant, steps=range(1))
     per_rank = [r[quant]["split"][1] for r in ranks]
     pre = [m["preconditioners"] for m in per_rank]
@@ -202,14 +212,14 @@ def test_ddp_preconditioner_memory_is_split(ddp, quant):
         assert r[quant]["replicated"][1]["preconditioners"] == single["preconditioners"]
 
 
-def test_dcp_round_trip_continues_identically(ddp):
-    _, ranks = ddp
+def test_dcp_round_trip_continues_identically(ranks):
+    _, ranks = ranks
     for r in ranks:
         torch.testing.assert_close(r["ckpt"]["dcp_resumed"], r["ckpt"]["continued"], rtol=0, atol=0)
 
 
-def test_per_rank_state_dict_holds_only_its_blocks(ddp):
-    _, ranks = ddp
+def test_per_rank_state_dict_holds_only_its_blocks(ranks):
+    _, ranks = ranks
     model = make_model()
     opt = qshampoo.Shampoo(model.parameters(), **KW)
     for p in model.parameters():
@@ -223,14 +233,14 @@ def test_per_rank_state_dict_holds_only_its_blocks(ddp):
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
-def test_dcp_checkpoint_loads_into_a_single_process(ddp):
+def test_dcp_checkpoint_loads_into_a_single_process(ranks):
     """World size 2 -> 1 through torch.distributed.checkpoint (no process group here)."""
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
 
-    out, ranks = ddp
+    out, ranks = ranks
     quant = ranks[0]["ckpt"]["quant"]
     x, y = digits()
     model = make_model(seed=1)
@@ -244,8 +254,8 @@ def test_dcp_checkpoint_loads_into_a_single_process(ddp):
     torch.testing.assert_close(flat_params(model), ranks[0]["ckpt"]["continued"], **TOL)
 
 
-def test_consolidated_state_dict_loads_into_a_single_process(ddp):
-    out, ranks = ddp
+def test_consolidated_state_dict_loads_into_a_single_process(ranks):
+    out, ranks = ranks
     quant = ranks[0]["ckpt"]["quant"]
     x, y = digits()
     ckpt = torch.load(f"{out}/full.pt", weights_only=True)
@@ -260,14 +270,13 @@ def test_consolidated_state_dict_loads_into_a_single_process(ddp):
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-# -- job 2: FSDP2 -------------------------------------------------------------------------------
+# -- FSDP2 ----------------------------------------------------------------------------------------
 FSDP_STEPS = 30
 FSDP_QUANT = "cholesky_ef" if "cholesky_ef" in FACTORS else "none"
 FSDP_KW = dict(lr=1e-2, stat_interval=1, root_interval=5, quant=FSDP_QUANT)
 
 
-def _fsdp_job(rank: int, port: int, out: str) -> None:
-    _init(rank, port)
+def _fsdp_part(rank: int, out: str, x, y) -> None:
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
         set_optimizer_state_dict,
@@ -281,7 +290,6 @@ def _fsdp_job(rank: int, port: int, out: str) -> None:
                 fully_shard(layer)
         return fully_shard(model)
 
-    x, y = digits()
     model = sharded(0)
     opt = qshampoo.Shampoo(model.parameters(), **FSDP_KW)
     with torch.no_grad():
@@ -309,27 +317,39 @@ def _fsdp_job(rank: int, port: int, out: str) -> None:
     set_optimizer_state_dict(model2, opt2, optim_state_dict=sd["optim"])
     train(model2, opt2, x, y, range(FSDP_STEPS, FSDP_STEPS + 3), rank)
     resumed = torch.cat([p.to_local().detach().reshape(-1) for p in model2.parameters()])
-    torch.save(
-        {
-            "loss0": loss0,
-            "loss": loss,
-            "acc": acc,
-            "report": report,
-            "continued": continued,
-            "resumed": resumed,
-        },
-        f"{out}/fsdp{rank}.pt",
-    )
-    dist.destroy_process_group()
+    result = torch.load(f"{out}/rank{rank}.pt", weights_only=False)
+    result["fsdp"] = {
+        "loss0": loss0,
+        "loss": loss,
+        "acc": acc,
+        "report": report,
+        "continued": continued,
+        "resumed": resumed,
+    }
+    torch.save(result, f"{out}/rank{rank}.pt")
 
 
-def test_fsdp2_trains_digits_and_round_trips(tmp_path):
-    spawn(_fsdp_job, str(tmp_path))
-    ranks = [torch.load(f"{tmp_path}/fsdp{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r in ranks:
+def test_fsdp2_trains_digits(ranks):
+    _, ranks = ranks
+    for r in (r["fsdp"] for r in ranks):
         assert r["loss"] < 0.3 * r["loss0"]
         assert r["acc"] > 0.9
-        assert r["report"]["preconditioners"] > 0
+
+
+def test_fsdp2_memory_report_counts_the_local_shard(ranks):
+    _, ranks = ranks
+    shapes = [tuple(p.shape) for p in make_model().parameters()]
+    for rank, r in enumerate(ranks):
+        # fully_shard cuts dim 0 like torch.chunk; each rank is preconditioned as its shard
+        local = [(torch.empty(s[0]).chunk(WORLD)[rank].numel(), *s[1:]) for s in shapes]
+        expected = state_bytes(local, quant=FSDP_QUANT)
+        for key in ("preconditioners", "base_state", "total"):
+            assert r["fsdp"]["report"][key] == expected[key]
+
+
+def test_fsdp2_dcp_round_trip_continues_identically(ranks):
+    _, ranks = ranks
+    for r in (r["fsdp"] for r in ranks):
         torch.testing.assert_close(r["resumed"], r["continued"], rtol=0, atol=0)
 
 

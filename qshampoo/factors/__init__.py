@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 
 from .base import Factor, FactorConfig, StepHyper, update_roots
+from .cholesky import CholeskyEFFactor, CholeskyFactor
+from .eigen import EigenFactor
 from .fp32 import Fp32Factor
+from .naive import NaiveFactor
 
-FACTORS: dict[str, type[Factor]] = {"none": Fp32Factor}
+FACTORS: dict[str, type[Factor]] = {
+    cls.kind: cls
+    for cls in (Fp32Factor, NaiveFactor, EigenFactor, CholeskyFactor, CholeskyEFFactor)
+}
 
 
 def make_factor(

@@ -96,13 +96,18 @@ class Factor:
 
     # -- roots, batched over factors of the same variant and order ------------------------
     @classmethod
-    def compute_roots(cls, factors: list[Factor], hp: StepHyper) -> None:
-        """Recompute the roots of same-order factors of this class in one batched call.
+    def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
+        """Inverse 4th roots of same-order factors of this class, in one batched call.
 
-        A factor whose root fails keeps its previous root and counts the failure.
+        Returns ``(roots (B, n, n) fp32, ok (B,) bool)``; nothing is stored.
         """
         A = torch.stack([f.statistics() for f in factors])
-        roots, ok = inverse_root(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
+        return inverse_root(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
+
+    @classmethod
+    def compute_roots(cls, factors: list[Factor], hp: StepHyper) -> None:
+        """Recompute and store the roots; a factor whose root fails keeps its previous one."""
+        roots, ok = cls.inverse_roots(factors, hp)
         for f, r, good in zip(factors, roots, ok.tolist(), strict=True):
             f.record_root_result(good)
             if good:

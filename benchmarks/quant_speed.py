@@ -1,0 +1,70 @@
+"""Time block-wise quantize / dequantize of n x n matrices and print a table.
+
+    PYTHONPATH=. python benchmarks/quant_speed.py [--device cpu|cuda] [--bits 4] [--repeats 10]
+
+Prints the median wall time of each call in milliseconds. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from qshampoo.quant import dequantize, quantize
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: builds cached codebooks and index tensors
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--codebook", default="linear2")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(
+        f"device: {device} ({where or platform.machine()}), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, bits {args.bits}, block {args.block_size}, "
+        f"codebook {args.codebook}"
+    )
+    print("exact_diagonal=True; median of --repeats calls")
+    print(f"{'n':>6} {'layout':>6} {'quantize ms':>12} {'dequantize ms':>14} {'bytes':>10}")
+    gen = torch.Generator().manual_seed(0)
+    for n in args.sizes:
+        x = torch.randn(n, n, generator=gen).to(device)
+        for layout in ("full", "tril"):
+            kw = dict(
+                layout=layout,
+                exact_diagonal=True,
+                bits=args.bits,
+                block_size=args.block_size,
+                codebook=args.codebook,
+            )
+            q = quantize(x, **kw)
+            tq = _median_ms(lambda x=x, kw=kw: quantize(x, **kw), device, args.repeats)
+            td = _median_ms(lambda q=q: dequantize(q), device, args.repeats)
+            print(f"{n:>6} {layout:>6} {tq:>12.2f} {td:>14.2f} {q.nbytes:>10}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Cholesky-quantized Shampoo (Paper A): store the Cholesky factor of L, not L itself.
+
+Stored: the strict lower triangle of ``C`` in low bits (row-wise chunks: rows of a Cholesky
+factor differ in norm by orders of magnitude, so a chunk never spans two rows), its diagonal in
+fp32, and the low-bit root. ``D(C_bar) D(C_bar)^T`` is positive semi-definite by construction,
+which is why CQ keeps the small eigenvalues (those that dominate ``L^(-1/4)``) far better than
+quantizing ``L`` directly.
+
+Statistics step:
+
+    L_prev = D(C_bar) D(C_bar)^T
+    L      = beta L_prev + (1 - beta) gram
+    C      = cholesky(L + delta I)          delta = eps * max(diag L), retried at 10x on failure
+    C_bar  = Q(C)
+
+With error feedback (``cholesky_ef``), the quantizer sees the compensated factor and the
+residual is carried forward in a second low-bit triangle ``E`` with its own chunk scales
+(E is orders of magnitude smaller than C; shared scales would crush it to zero):
+
+    X = C + E;   C_bar = Q(X);   E <- beta_e E + (1 - beta_e) (X - D(C_bar))
+
+C's and E's codes are interleaved one pair per byte, so C+EF costs what one n x n 4-bit matrix
+costs (Paper A stores E in the upper triangle of the same matrix).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..quant import decode, encode, pack, unpack
+from .base import StepHyper
+from .quantized import QuantizedFactor
+
+#: damping is multiplied by 10 this many times before a factor keeps its previous value
+CHOLESKY_RETRIES = 3
+
+
+def damped_cholesky(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Cholesky factors of ``L + delta I`` for a batch ``(B, n, n)``.
+
+    ``delta = eps * max(diag L)`` (floored at ``eps**2``), multiplied by 10 up to
+    ``CHOLESKY_RETRIES`` times for the matrices that fail. Returns ``(C, ok, delta)`` with
+    ``ok`` False where every attempt failed (that C is undefined).
+    """
+    eye = torch.eye(L.shape[-1], device=L.device, dtype=L.dtype)
+    delta = (eps * L.diagonal(dim1=-2, dim2=-1).amax(-1)).clamp_min(eps * eps)
+    C, info = torch.linalg.cholesky_ex(L + delta[:, None, None] * eye)
+    for _ in range(CHOLESKY_RETRIES):
+        bad = info > 0
+        if not bool(bad.any()):
+            break
+        delta = torch.where(bad, 10 * delta, delta)
+        C_retry, info_retry = torch.linalg.cholesky_ex(L[bad] + delta[bad, None, None] * eye)
+        C[bad], info[bad] = C_retry, info_retry
+    ok = (info == 0) & torch.isfinite(C).flatten(1).all(1)
+    return C, ok, delta
+
+
+class CholeskyFactor(QuantizedFactor):
+    """``quant="cholesky"`` (CQ): low-bit strict lower triangle + fp32 diagonal."""
+
+    kind = "cholesky"
+    #: whether the quantization residual is fed back (CQ+EF)
+    error_feedback = False
+
+    def init_statistics(self, statistics: Tensor) -> None:
+        n = self.order
+        self.state["chol_diag"] = statistics.diagonal().sqrt()
+        self.state["damping"] = torch.zeros((), device=statistics.device)
+        self.state["cholesky_failures"] = 0
+        zero = torch.zeros(n, n, device=statistics.device)
+        self.requantize(zero, zero if self.error_feedback else None, ef_decay=0.0)
+
+    # -- the stored factor ----------------------------------------------------------------
+    def _codes(self) -> Tensor:
+        """Unpacked codes, ``(N, 2)`` for C and E with error feedback, else ``(N, 1)``."""
+        n, k = self.order, 2 if self.error_feedback else 1
+        N = n * (n - 1) // 2
+        return unpack(self.state["codes"], self.state["bits"], k * N).view(N, k)
+
+    def _decode(self, codes: Tensor, scales: Tensor) -> Tensor:
+        n = self.order
+        return decode(
+            codes,
+            scales,
+            (n, n),
+            layout="tril",
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=self.state["bits"],
+        )
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return encode(
+            x,
+            layout="tril",
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=self.state["bits"],
+        )
+
+    def factor(self) -> Tensor:
+        """``D(C_bar)``: the dense lower-triangular fp32 factor."""
+        lower = self._decode(self._codes()[:, 0].contiguous(), self.state["c_scales"])
+        return lower + torch.diag(self.state["chol_diag"])
+
+    def error_state(self) -> Tensor:
+        """``E``: the strictly lower fp32 error-feedback state."""
+        return self._decode(self._codes()[:, 1].contiguous(), self.state["e_scales"])
+
+    def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
+        """Store the strictly lower ``X`` as ``C_bar``; with EF, fold the residual into ``E``.
+
+        ``X`` is the factor's strict lower part, already compensated by ``E`` when EF is on.
+        Returns ``D(C_bar)``'s strict lower part.
+        """
+        c_codes, c_scales = self._encode(X)
+        stored = self._decode(c_codes, c_scales)
+        codes = c_codes[:, None]
+        if E is not None:
+            E = E.mul_(ef_decay).add_(X - stored, alpha=1.0 - ef_decay)
+            e_codes, self.state["e_scales"] = self._encode(E)
+            codes = torch.stack([c_codes, e_codes], 1)  # one (C, E) pair of codes per byte
+        self.state["c_scales"] = c_scales
+        self.state["codes"] = pack(codes.reshape(-1), self.state["bits"])
+        return stored
+
+    # -- the interface ----------------------------------------------------------------------
+    def statistics(self) -> Tensor:
+        C = self.factor()
+        return C @ C.mT
+
+    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
+        L = self.statistics().lerp_(gram, 1.0 - hp.stat_decay)
+        C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
+        if not bool(ok[0]):
+            self.state["cholesky_failures"] += 1  # keep the previous factor
+            return
+        C = C[0]
+        self.state["damping"] = delta[0]
+        self.state["chol_diag"] = C.diagonal().clone()
+        if self.error_feedback:
+            E = self.error_state()
+            stored = self.requantize(C.tril(-1) + E, E, hp.ef_decay)
+        else:
+            stored = self.requantize(C.tril(-1), None, hp.ef_decay)
+        self.record_quant_error(C, stored + torch.diag(self.state["chol_diag"]))
+
+    def statistics_bytes(self) -> int:
+        keys = ("codes", "c_scales", "e_scales", "chol_diag")
+        return sum(self.state[k].nbytes for k in keys if k in self.state)
+
+    def diagnostics(self) -> dict:
+        out = super().diagnostics()
+        out["cholesky_failures"] = self.state["cholesky_failures"]
+        out["damping"] = float(self.state["damping"])
+        return out
+
+
+class CholeskyEFFactor(CholeskyFactor):
+    """``quant="cholesky_ef"`` (CQ+EF): CQ plus a low-bit error-feedback triangle."""
+
+    kind = "cholesky_ef"
+    error_feedback = True

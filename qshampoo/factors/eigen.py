@@ -1,0 +1,63 @@
+"""4-bit Shampoo of Paper B: fp32 eigenvalues and a low-bit eigenvector matrix.
+
+``L = U diag(lam) U^T`` with ``U``'s columns the eigenvectors. Quantization breaks U's
+orthogonality; Bjorck steps ``U <- 1.5 U - 0.5 U U^T U`` repair it before U is used.
+
+Statistics step: one Bjorck step; ``A = U diag(lam) U^T``; ``A <- beta A + (1-beta) gram``;
+one subspace-iteration step ``Q, _ = qr(A U)``, ``lam = diag(Q^T A Q)``; store ``Q`` as U.
+Root step: four Bjorck steps, then ``U diag((lam + eps max lam)^(-1/4)) U^T``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..quant import dequantize
+from .base import Factor, StepHyper
+from .quantized import QuantizedFactor
+
+
+def bjorck(U: Tensor, steps: int) -> Tensor:
+    """``steps`` Bjorck orthonormalisation steps on ``(..., n, n)`` matrices."""
+    for _ in range(steps):
+        U = 1.5 * U - 0.5 * U @ (U.mT @ U)
+    return U
+
+
+class EigenFactor(QuantizedFactor):
+    kind = "eigen"
+
+    def init_statistics(self, statistics: Tensor) -> None:
+        # statistics is eps * I: eigenvectors I, eigenvalues eps
+        self.state["eigvals"] = statistics.diagonal().clone()
+        self.put("vecs", self.quantize(torch.eye(self.order, device=statistics.device)))
+
+    def eigenvectors(self) -> Tensor:
+        n = self.order
+        return dequantize(self.get("vecs", "full", (n, n)))
+
+    def statistics(self) -> Tensor:
+        U = bjorck(self.eigenvectors(), 1)
+        return (U * self.state["eigvals"]) @ U.mT
+
+    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
+        U = bjorck(self.eigenvectors(), 1)
+        A = (U * self.state["eigvals"]) @ U.mT
+        A.lerp_(gram, 1.0 - hp.stat_decay)
+        Q, _ = torch.linalg.qr(A @ U)
+        self.state["eigvals"] = (Q * (A @ Q)).sum(0)  # diag(Q^T A Q)
+        q = self.quantize(Q)
+        self.put("vecs", q)
+        self.record_quant_error(Q, dequantize(q))
+
+    @classmethod
+    def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
+        U = bjorck(torch.stack([f.eigenvectors() for f in factors]), 4)
+        lam = torch.stack([f.state["eigvals"] for f in factors]).clamp_min(0.0)
+        inv = (lam + hp.matrix_eps * lam.amax(-1, keepdim=True)).pow(-0.25)
+        roots = (U * inv.unsqueeze(-2)) @ U.mT
+        return roots, torch.isfinite(roots).flatten(1).all(1)
+
+    def statistics_bytes(self) -> int:
+        return self.stored_bytes("vecs") + self.state["eigvals"].nbytes

@@ -1,0 +1,33 @@
+"""Naive 4-bit Shampoo (Paper B's baseline, Paper A's "VQ"): quantize the statistics matrix.
+
+Stored: ``L`` in low bits (row-wise chunks, exact diagonal) and the low-bit root. Each
+statistics update dequantizes ``L``, applies the EMA and re-quantizes it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..quant import dequantize
+from .base import StepHyper
+from .quantized import QuantizedFactor
+
+
+class NaiveFactor(QuantizedFactor):
+    kind = "naive"
+
+    def init_statistics(self, statistics: Tensor) -> None:
+        self.put("stat", self.quantize(statistics, exact_diagonal=True))
+
+    def statistics(self) -> Tensor:
+        n = self.order
+        return dequantize(self.get("stat", "full", (n, n)))
+
+    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
+        L = self.statistics().lerp_(gram, 1.0 - hp.stat_decay)
+        q = self.quantize(L, exact_diagonal=True)
+        self.put("stat", q)
+        self.record_quant_error(L, dequantize(q))
+
+    def statistics_bytes(self) -> int:
+        return self.stored_bytes("stat")

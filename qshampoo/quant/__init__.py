@@ -1,0 +1,30 @@
+"""Block-wise low-bit quantization: codebooks, bit packing, quantize / dequantize."""
+
+from .blockwise import (
+    LAYOUTS,
+    QuantizedTensor,
+    decode,
+    dequantize,
+    encode,
+    num_chunks,
+    quantize,
+)
+from .codebooks import CODEBOOK_NAMES, SUPPORTED_BITS, codebook, max_rounding_error
+from .packing import pack, packed_numel, unpack
+
+__all__ = [
+    "CODEBOOK_NAMES",
+    "LAYOUTS",
+    "SUPPORTED_BITS",
+    "QuantizedTensor",
+    "codebook",
+    "decode",
+    "dequantize",
+    "encode",
+    "max_rounding_error",
+    "num_chunks",
+    "pack",
+    "packed_numel",
+    "quantize",
+    "unpack",
+]

@@ -1,0 +1,337 @@
+"""Block-wise absmax quantization to a low-bit codebook.
+
+A tensor is seen as rows of elements (see ``layout``). Every row is cut into chunks of
+``block_size`` consecutive elements, the last chunk of a row possibly shorter; chunks never
+cross rows. Each chunk keeps one fp32 absmax scale ``a``; each element ``x`` is stored as the
+index of the codebook entry nearest to ``x / a`` (``a = 0`` gives the index of the entry 0.0).
+Decoding is ``codebook[index] * a``.
+
+Layouts
+    ``"full"``: a tensor with >= 2 dims is viewed as ``(shape[0], prod(shape[1:]))``; a 0-D or
+    1-D tensor is a single row.
+    ``"tril"``: the strict lower triangle of a square ``n x n`` matrix, row-major in the order of
+    ``torch.tril_indices(n, n, -1)``; row ``i`` has ``i`` elements, hence ``ceil(i/block_size)``
+    chunks (row 0 has none). Decoding gives zeros on and above the diagonal.
+
+Computation is vectorized: both layouts are handled on a zero-padded grid of shape
+``(rows, chunks_per_row, block_size)``; only existing chunks' scales and existing elements' codes
+are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .codebooks import codebook as _codebook
+from .codebooks import codebook_byte_table, codebook_midpoints
+from .packing import _check_packed, pack, unpack
+
+LAYOUTS: tuple[str, ...] = ("full", "tril")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_block_size(block_size: int) -> None:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (fp32, bf16, fp16, ...), got {x.dtype}")
+
+
+def _check_square(shape: tuple[int, ...], what: str) -> int:
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{what} needs a square 2-D matrix, got shape {tuple(shape)}")
+    return shape[0]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _full_rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) <= 1:
+        return 1, math.prod(shape)
+    return shape[0], math.prod(shape[1:])
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def num_chunks(shape, *, layout: str = "full", block_size: int = 64) -> int:
+    """Number of chunks (and so of fp32 scales) a tensor of ``shape`` is quantized with."""
+    _check_layout(layout)
+    _check_block_size(block_size)
+    shape = tuple(shape)
+    if layout == "tril":
+        n = _check_square(shape, 'layout="tril"')
+        # sum over rows i = 1..n-1 of ceil(i / block_size), in closed form
+        q, r = divmod(max(n - 1, 0), block_size)
+        return block_size * q * (q + 1) // 2 + r * (q + 1)
+    rows, cols = _full_rows_cols(shape)
+    return rows * _ceil_div(cols, block_size)
+
+
+def _num_elements(shape: tuple[int, ...], layout: str) -> int:
+    if layout == "tril":
+        n = shape[0]
+        return n * (n - 1) // 2
+    return math.prod(shape)
+
+
+@lru_cache(maxsize=16)
+def _tril_indices(n: int, block_size: int, device: torch.device):
+    """Indices into the padded ``(n, k*block_size)`` grid, ``k = ceil(n/block_size)``.
+
+    Returns (element index of each strict-lower entry, in tril order;
+             chunk index into the ``(n, k)`` scale grid of each existing chunk, in order).
+    """
+    k = _ceil_div(n, block_size)
+    width = k * block_size
+    rows, cols = torch.tril_indices(n, n, -1, device=device)
+    elem = rows * width + cols
+    # chunk j of row i exists iff j * block_size < i
+    i = torch.arange(n, device=device).unsqueeze(1)
+    j = torch.arange(k, device=device).unsqueeze(0)
+    chunk = (i * k + j)[j * block_size < i]
+    return elem, chunk
+
+
+# --------------------------------------------------------------------------- core
+
+
+def _normalize_grid(grid: torch.Tensor):
+    """fp32 grid (rows, k, block_size) -> (grid / chunk absmax, fp32 absmax scales (rows, k))."""
+    scales = grid.abs().amax(dim=-1)
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    return grid / safe.unsqueeze(-1), scales
+
+
+def _nearest_codes(y: torch.Tensor, name: str, bits: int) -> torch.Tensor:
+    """Index of the codebook entry nearest to each element of ``y``, as uint8."""
+    mids = codebook_midpoints(name, bits, y.device)
+    return torch.bucketize(y.contiguous(), mids, out_int32=True).to(torch.uint8)
+
+
+def encode(
+    x: torch.Tensor,
+    *,
+    layout: str = "full",
+    block_size: int = 64,
+    codebook: str = "linear2",
+    bits: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` to unpacked codes and per-chunk scales.
+
+    Returns ``(codes, scales)``: ``codes`` a 1-D uint8 tensor with one code per stored element
+    (``x.numel()`` for "full", ``n(n-1)/2`` for "tril"), ``scales`` a 1-D fp32 tensor with one
+    absmax per chunk, in row order. Both live on ``x``'s device.
+    """
+    _check_input(x)
+    _check_layout(layout)
+    _check_block_size(block_size)
+    _codebook(codebook, bits)  # validates name and bits
+    bs = block_size
+    if layout == "tril":
+        n = _check_square(tuple(x.shape), 'layout="tril"')
+        k = _ceil_div(n, bs)
+        lower = x.to(torch.float32).tril(-1)
+        if k * bs != n:
+            lower = F.pad(lower, (0, k * bs - n))
+        normed, scales = _normalize_grid(lower.view(n, k, bs))
+        elem, chunk = _tril_indices(n, bs, x.device)
+        codes = _nearest_codes(normed.view(-1).index_select(0, elem), codebook, bits)
+        return codes, scales.view(-1).index_select(0, chunk)
+
+    rows, cols = _full_rows_cols(tuple(x.shape))
+    k = _ceil_div(cols, bs)
+    flat = x.to(torch.float32).reshape(rows, cols)
+    if k * bs != cols:
+        flat = F.pad(flat, (0, k * bs - cols))
+    normed, scales = _normalize_grid(flat.view(rows, k, bs))
+    normed = normed.view(rows, k * bs)
+    if k * bs != cols:
+        normed = normed[:, :cols].contiguous()
+    return _nearest_codes(normed, codebook, bits).reshape(-1), scales.reshape(-1)
+
+
+def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[int, ...]:
+    _check_layout(layout)
+    _check_block_size(block_size)
+    shape = tuple(int(s) for s in shape)
+    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.dim() != 1:
+        raise TypeError("scales must be a 1-D torch.float32 tensor")
+    if layout == "tril":
+        _check_square(shape, 'layout="tril"')
+    n_elem = _num_elements(shape, layout)
+    if codes_numel != n_elem:
+        raise ValueError(
+            f"codes has {codes_numel} entries, shape {shape} ({layout}) needs {n_elem}"
+        )
+    n_chunks = num_chunks(shape, layout=layout, block_size=block_size)
+    if scales.numel() != n_chunks:
+        raise ValueError(
+            f"scales has {scales.numel()} entries, shape {shape} ({layout}, "
+            f"block_size={block_size}) needs {n_chunks}"
+        )
+    return shape
+
+
+def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
+    """Unscaled fp32 values (one per stored element) times their chunk scales, as ``shape``."""
+    device = values.device
+    scales = scales.to(device)
+    if layout == "tril":
+        n = shape[0]
+        k = _ceil_div(n, bs)
+        elem, chunk = _tril_indices(n, bs, device)
+        grid = torch.zeros(n * k * bs, dtype=torch.float32, device=device)
+        grid.index_copy_(0, elem, values)
+        scale_grid = torch.zeros(n * k, dtype=torch.float32, device=device)
+        scale_grid.index_copy_(0, chunk, scales)
+        out = (grid.view(n, k, bs) * scale_grid.view(n, k, 1)).view(n, k * bs)
+        return out if k * bs == n else out[:, :n].contiguous()
+
+    rows, cols = _full_rows_cols(shape)
+    k = _ceil_div(cols, bs)
+    values = values.view(rows, cols)
+    if k * bs != cols:
+        values = F.pad(values, (0, k * bs - cols))
+    out = (values.view(rows, k, bs) * scales.view(rows, k, 1)).view(rows, k * bs)
+    if k * bs != cols:
+        out = out[:, :cols].contiguous()
+    return out.reshape(shape)
+
+
+def decode(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    shape,
+    *,
+    layout: str = "full",
+    block_size: int = 64,
+    codebook: str = "linear2",
+    bits: int = 4,
+) -> torch.Tensor:
+    """Inverse of ``encode``: an fp32 tensor of ``shape`` on ``codes``' device.
+
+    For "tril" the result is the ``n x n`` matrix with zeros on and above the diagonal.
+    """
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 1:
+        raise TypeError("codes must be a 1-D torch.uint8 tensor of unpacked codes")
+    shape = _check_decode_args(codes.numel(), scales, shape, layout, block_size)
+    cb = _codebook(codebook, bits, codes.device)
+    values = cb.index_select(0, codes.to(torch.int32))
+    return _scale_values(values, scales, shape, layout, block_size)
+
+
+# --------------------------------------------------------------------------- high level
+
+
+@dataclass
+class QuantizedTensor:
+    """A block-wise quantized tensor.
+
+    ``codes``: packed uint8 codes (``ceil(N*bits/8)`` bytes, N = stored elements);
+    ``scales``: fp32, one per chunk; ``diag``: the exact fp32 diagonal or None;
+    ``shape``: the original shape; ``layout``, ``block_size``, ``codebook``, ``bits``: the format.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    diag: torch.Tensor | None
+    shape: tuple[int, ...]
+    layout: str = "full"
+    block_size: int = 64
+    codebook: str = "linear2"
+    bits: int = 4
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors: codes + scales (+ diagonal)."""
+        total = self.codes.nbytes + self.scales.nbytes
+        if self.diag is not None:
+            total += self.diag.nbytes
+        return total
+
+
+def quantize(
+    x: torch.Tensor,
+    *,
+    block_size: int = 64,
+    codebook: str = "linear2",
+    bits: int = 4,
+    exact_diagonal: bool = False,
+    layout: str = "full",
+) -> QuantizedTensor:
+    """Quantize ``x`` block-wise (computation in fp32 whatever ``x``'s dtype).
+
+    ``exact_diagonal=True`` stores the diagonal of a square matrix in fp32, exactly, and zeroes
+    it before the chunk scales are computed. With ``layout="tril"`` the diagonal is not part of
+    the quantized strict lower triangle anyway; ``exact_diagonal`` then stores it as well (the
+    format of a Cholesky factor: strict lower triangle quantized, diagonal exact).
+    """
+    _check_input(x)
+    _check_layout(layout)
+    _check_block_size(block_size)
+    _codebook(codebook, bits)
+    shape = tuple(x.shape)
+    diag = None
+    if layout == "tril":
+        _check_square(shape, 'layout="tril"')
+        if exact_diagonal:
+            diag = x.diagonal().to(torch.float32, copy=True)
+    elif exact_diagonal:
+        _check_square(shape, "exact_diagonal=True")
+        x = x.to(torch.float32, copy=True)
+        diag = x.diagonal().clone()
+        x.diagonal().zero_()
+    codes, scales = encode(x, layout=layout, block_size=block_size, codebook=codebook, bits=bits)
+    return QuantizedTensor(
+        codes=pack(codes, bits),
+        scales=scales,
+        diag=diag,
+        shape=shape,
+        layout=layout,
+        block_size=block_size,
+        codebook=codebook,
+        bits=bits,
+    )
+
+
+def dequantize(q: QuantizedTensor) -> torch.Tensor:
+    """Reconstruct an fp32 tensor of ``q.shape`` from ``q`` (on ``q.codes``' device)."""
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    _check_layout(q.layout)
+    if q.layout == "tril":
+        _check_square(tuple(q.shape), 'layout="tril"')
+    n = _num_elements(tuple(q.shape), q.layout)
+    shape = _check_decode_args(n, q.scales, q.shape, q.layout, q.block_size)
+    if q.bits == 4:
+        # one gather for both nibbles: byte -> (value of low code, value of high code)
+        _check_packed(q.codes, n, 4)
+        table = codebook_byte_table(q.codebook, q.codes.device)
+        values = table.index_select(0, q.codes.to(torch.int32)).view(-1)[:n]
+    else:
+        codes = unpack(q.codes, q.bits, n)
+        values = _codebook(q.codebook, q.bits, codes.device).index_select(0, codes.to(torch.int32))
+    out = _scale_values(values, q.scales, shape, q.layout, q.block_size)
+    if q.diag is not None:
+        out.diagonal().copy_(q.diag)
+    return out

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from qshampoo.bench.memory_table import markdown as memory_markdown
+from qshampoo.bench.memory_table import memory_rows
+from qshampoo.bench.spectral import markdown, root_storage_rows, spectral_rows
+from qshampoo.metrics import exact_inverse_root, inverse_root_error, root_errors, synthetic_pd
+
+
+def test_root_errors_of_exact_and_scaled():
+    A = synthetic_pd(32, 1e3)
+    f = exact_inverse_root(A)
+    assert root_errors(f, f) == pytest.approx((0.0, 0.0), abs=1e-5)  # acos near 1 is coarse
+    nre, ae = root_errors(f, 2 * f)  # same direction, twice the norm
+    assert nre == pytest.approx(1.0) and ae == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["logspace", "lowrank"])
+def test_synthetic_matrix_has_the_condition_number(kind):
+    A = synthetic_pd(64, 1e4, kind=kind).double()
+    lam = torch.linalg.eigvalsh(A)
+    assert lam[0] > 0
+    assert (lam[-1] / lam[0]).item() == pytest.approx(1e4, rel=1e-3)
+
+
+def test_papers_shape_cholesky_beats_naive():
+    """Paper A: VQ -> CQ cuts NRE about 5x (46 -> 9); the shape must hold here too."""
+    A = synthetic_pd(128, 1e4)
+    nre_none, _ = inverse_root_error(A, "none")
+    nre_naive, ae_naive = inverse_root_error(A, "naive")
+    nre_cq, ae_cq = inverse_root_error(A, "cholesky")
+    assert nre_none < 1e-3
+    assert nre_cq < nre_naive / 3 and ae_cq < ae_naive / 3
+
+
+def test_inverse_root_error_validates_input():
+    with pytest.raises(ValueError, match="square"):
+        inverse_root_error(torch.ones(3, 4))
+    with pytest.raises(ValueError, match="quant"):
+        inverse_root_error(torch.eye(3), "int4")
+
+
+def test_spectral_table_small():
+    rows = spectral_rows(sizes=(64,), conds=(1e2,), real=False)
+    table = markdown(rows)
+    assert table.count("\n") == 1 + len(rows)
+    assert all(set(r.errors) == {"none", "naive", "eigen", "cholesky", "cholesky_ef"} for r in rows)
+    assert "lower triangle" in root_storage_rows(sizes=(64,))
+
+
+def test_memory_table_of_paper_models():
+    rows = memory_rows()
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["llama-130m"]["params_M"] == pytest.approx(134.1, abs=0.1)
+    assert by_name["vit-small-cifar100"]["params_M"] == pytest.approx(21.4, abs=0.1)
+    for r in rows:
+        assert r["none"] / r["cholesky_ef"] > 9
+    assert "paper base" in memory_markdown(rows)
