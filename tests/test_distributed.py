@@ -166,13 +166,46 @@ def _ddp_part(rank: int, out: str, x, y) -> None:
     model2.module.load_state_dict(sd["model"])
     set_optimizer_state_dict(model2, opt2, optim_state_dict=sd["optim"])
     train(model2, opt2, x, y, range(SAVE_AT, STEPS), rank)
+
+    # The consolidated (single-process) state dict loads into 2 ranks; each keeps its blocks.
+    dist.barrier()  # full.pt is written
+    ckpt = torch.load(f"{out}/full.pt", weights_only=True)
+    model3 = torch.nn.parallel.DistributedDataParallel(make_model(seed=1))
+    model3.module.load_state_dict(ckpt["model"])
+    opt3 = qshampoo.Shampoo(model3.parameters(), quant=quant, **KW)
+    opt3.load_state_dict(ckpt["optim"])
+    loaded_bytes = opt3.memory_report()["preconditioners"]
+    train(model3, opt3, x, y, range(SAVE_AT, STEPS), rank)
     result["ckpt"] = {
         "quant": quant,
         "continued": continued,
         "dcp_resumed": flat_params(model2),
+        "full_resumed": flat_params(model3),
+        "bytes": (opt.memory_report()["preconditioners"], loaded_bytes),
         "held": {i: list(st["precond"]) for i, st in per_rank["state"].items() if "precond" in st},
     }
+    result["add_group"] = _add_group_part()
     torch.save(result, f"{out}/rank{rank}.pt")
+
+
+def _add_group_part():
+    """A param group added after some steps: its blocks are assigned on top of the others."""
+    finals = []
+    for mode in (None, False):
+        g = torch.Generator().manual_seed(5)
+        a = torch.randn(40, 24, generator=g, requires_grad=True)
+        b = torch.randn(30, 20, generator=g, requires_grad=True)
+        opt = qshampoo.Shampoo(
+            [a], lr=0.01, distributed=mode, max_preconditioner_dim=16, root_interval=1
+        )
+        for k in range(4):
+            if k == 2:
+                opt.add_param_group({"params": [b], "stat_interval": 1})
+            for p in (a, b):
+                p.grad = torch.randn(p.shape, generator=g)  # the same on both ranks
+            opt.step()
+        finals.append(torch.cat([a.detach().flatten(), b.detach().flatten()]))
+    return finals
 
 
 @functools.lru_cache
@@ -192,7 +225,7 @@ def test_ddp_split_equals_single_process_full_batch(ranks, quant):
         split, _ = r[quant]["split"]
         replicated, _ = r[quant]["replicated"]
         # The split exchange reproduces every-rank-computes-everything bit for bit ...
-        torch.testing.assert_close(split, replicated, rtol=0, atol=0)
+        torch.testing.assert_close(split, replicated, **EXACT)
         # ... and equals one process stepping on the full batch.
         torch.testing.assert_close(split, expected, **TOL)
     torch.testing.assert_close(ranks[0][quant]["split"][0], ranks[1][quant]["split"][0])
@@ -215,7 +248,22 @@ def test_ddp_preconditioner_memory_is_split(ranks, quant):
 def test_dcp_round_trip_continues_identically(ranks):
     _, ranks = ranks
     for r in ranks:
-        torch.testing.assert_close(r["ckpt"]["dcp_resumed"], r["ckpt"]["continued"], rtol=0, atol=0)
+        torch.testing.assert_close(r["ckpt"]["dcp_resumed"], r["ckpt"]["continued"], **EXACT)
+
+
+def test_consolidated_state_dict_loads_into_two_ranks(ranks):
+    _, ranks = ranks
+    for r in ranks:
+        torch.testing.assert_close(r["ckpt"]["full_resumed"], r["ckpt"]["continued"], **EXACT)
+        before, loaded = r["ckpt"]["bytes"]
+        assert loaded == before  # blocks owned by the other rank were not kept
+
+
+def test_add_param_group_mid_run(ranks):
+    _, ranks = ranks
+    for r in ranks:
+        split, replicated = r["add_group"]
+        torch.testing.assert_close(split, replicated, **EXACT)
 
 
 def test_per_rank_state_dict_holds_only_its_blocks(ranks):
@@ -268,6 +316,7 @@ def test_consolidated_state_dict_loads_into_a_single_process(ranks):
 
 
 TOL = dict(rtol=1e-4, atol=1e-5)
+EXACT = dict(rtol=0, atol=0)
 
 
 # -- FSDP2 ----------------------------------------------------------------------------------------
@@ -350,7 +399,7 @@ def test_fsdp2_memory_report_counts_the_local_shard(ranks):
 def test_fsdp2_dcp_round_trip_continues_identically(ranks):
     _, ranks = ranks
     for r in (r["fsdp"] for r in ranks):
-        torch.testing.assert_close(r["resumed"], r["continued"], rtol=0, atol=0)
+        torch.testing.assert_close(r["resumed"], r["continued"], **EXACT)
 
 
 # -- no processes needed --------------------------------------------------------------------------
