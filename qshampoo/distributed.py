@@ -253,6 +253,11 @@ def consolidated_state_dict(optimizer: Any, dst: int = 0) -> dict | None:
     single-process optimizer or into a distributed one of any world size (each rank then
     keeps only the blocks it owns). ``dst`` is a rank of the optimizer's process group.
     """
+    if any(is_dtensor(p) for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError(
+            "consolidated_state_dict() gathers the blocks of replicated (DDP) parameters; "
+            "FSDP2 (DTensor) state is per shard: save it with torch.distributed.checkpoint"
+        )
     sd = optimizer.state_dict()
     sharding = getattr(optimizer, "_sharding", None)
     if sharding is None or sharding.world == 1:
@@ -283,3 +288,20 @@ def _to_cpu(obj):
     if isinstance(obj, list):
         return [_to_cpu(v) for v in obj]
     return obj
+
+
+def drop_preconditioners(optim_state_dict: dict) -> dict:
+    """A copy of an optimizer state dict without the preconditioner state (in place of each
+    parameter's ``"precond"`` entry: nothing).
+
+    Loading the result (for instance as the template of ``torch.distributed.checkpoint.load``,
+    which then reads only what remains) keeps the step counts and the base optimizer's state
+    and gives every parameter fresh preconditioners, as at the start of training. This is the
+    way to change the world size under FSDP2, where the preconditioners belong to the old
+    shards (see ``docs/distributed.md``).
+    """
+    state = {
+        k: {kk: vv for kk, vv in st.items() if kk != "precond"}
+        for k, st in optim_state_dict["state"].items()
+    }
+    return {**optim_state_dict, "state": state}

@@ -270,20 +270,7 @@ class Shampoo(Optimizer):
             st["nonfinite_steps"] = 0
             st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
-            blocking = _blocking(p, group)
-            if blocking is not None:
-                pre, stored = ParamPreconditioner.create(
-                    blocking,
-                    group["quant"],
-                    _factor_config(group),
-                    p.device,
-                    group["matrix_eps"],
-                    group["min_quant_numel"],
-                    held=self._sharding.held(p) if self._sharding is not None else None,
-                )
-                # a DTensor's shard has its own preconditioner, stored under the shard's name
-                st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
-                self._views[p] = (st["precond"], pre)
+            self._new_preconditioner(p, st, group)
         else:
             changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
@@ -292,6 +279,24 @@ class Shampoo(Optimizer):
                     "decide how the state is stored. Create a new optimizer to change them."
                 )
         return st
+
+    def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
+        """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
+        blocking = _blocking(p, group)
+        if blocking is None:
+            return
+        pre, stored = ParamPreconditioner.create(
+            blocking,
+            group["quant"],
+            _factor_config(group),
+            p.device,
+            group["matrix_eps"],
+            group["min_quant_numel"],
+            held=self._sharding.held(p) if self._sharding is not None else None,
+        )
+        # a DTensor's shard has its own preconditioner, stored under the shard's name
+        st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
+        self._views[p] = (st["precond"], pre)
 
     def _preconditioner(self, p: Tensor, st: dict, group: dict) -> ParamPreconditioner | None:
         stored = st.get("precond")
@@ -346,9 +351,16 @@ class Shampoo(Optimizer):
                 self.state[p] = st
 
     def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
-        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones."""
+        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.
+
+        A state saved without preconditioners (see ``qshampoo.distributed.
+        drop_preconditioners``) gets fresh ones: Shampoo restarts them, the rest is kept.
+        """
+        if st.get("layout") != {k: group[k] for k in _LAYOUT_KEYS}:
+            return  # the next step() explains what changed
         stored = st.get("precond")
         if stored is None:
+            self._new_preconditioner(p, st, group)
             return
         sharded_state = is_shard_state(stored)
         if is_dtensor(p) or sharded_state:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import qshampoo
-from qshampoo.distributed import assign_blocks, consolidated_state_dict
+from qshampoo.distributed import assign_blocks, consolidated_state_dict, drop_preconditioners
 from qshampoo.factors import FACTORS
 from qshampoo.memory import state_bytes
 
@@ -330,14 +330,15 @@ def _fsdp_part(rank: int, out: str, x, y) -> None:
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
+    from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
 
-    def sharded(seed):
+    def sharded(seed, mesh=None):
         model = make_model(seed)
         for layer in model:
             if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer)
-        return fully_shard(model)
+                fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
 
     model = sharded(0)
     opt = qshampoo.Shampoo(model.parameters(), **FSDP_KW)
@@ -364,8 +365,27 @@ def _fsdp_part(rank: int, out: str, x, y) -> None:
     dist.checkpoint.load(sd, checkpoint_id=dcp_dir)
     model2.load_state_dict(sd["model"])
     set_optimizer_state_dict(model2, opt2, optim_state_dict=sd["optim"])
+    w2 = next(iter(model2.parameters()))
+    saved_moment = opt2.state[w2]["base"]["exp_avg"].full_tensor()  # gathered from both ranks
     train(model2, opt2, x, y, range(FSDP_STEPS, FSDP_STEPS + 3), rank)
     resumed = torch.cat([p.to_local().detach().reshape(-1) for p in model2.parameters()])
+
+    # World size 2 -> 1: each rank alone reloads the checkpoint without the preconditioners.
+    solo = [dist.new_group([r]) for r in range(WORLD)][rank]
+    model3 = sharded(1, DeviceMesh.from_group(solo, "cpu"))
+    opt3 = qshampoo.Shampoo(model3.parameters(), **FSDP_KW)
+    sd = {
+        "model": model3.state_dict(),
+        "optim": drop_preconditioners(get_optimizer_state_dict(model3, opt3)),
+    }
+    dist.checkpoint.load(sd, checkpoint_id=dcp_dir, process_group=solo)
+    model3.load_state_dict(sd["model"])
+    set_optimizer_state_dict(model3, opt3, optim_state_dict=sd["optim"])
+    w3 = next(iter(model3.parameters()))
+    st3 = opt3.state[w3]  # on the 1-rank mesh the local tensor is the whole moment
+    moments = (saved_moment, st3["base"]["exp_avg"].to_local().clone(), st3["step"])
+    train(model3, opt3, x, y, range(FSDP_STEPS, FSDP_STEPS + 3))
+    orders = [(b["L"]["order"], b["R"]["order"]) for b in opt3.state[w3]["precond"]["shard0"]]
     result = torch.load(f"{out}/rank{rank}.pt", weights_only=False)
     result["fsdp"] = {
         "loss0": loss0,
@@ -374,6 +394,7 @@ def _fsdp_part(rank: int, out: str, x, y) -> None:
         "report": report,
         "continued": continued,
         "resumed": resumed,
+        "world1": {"moments": moments, "orders": orders},
     }
     torch.save(result, f"{out}/rank{rank}.pt")
 
@@ -394,6 +415,16 @@ def test_fsdp2_memory_report_counts_the_local_shard(ranks):
         expected = state_bytes(local, quant=FSDP_QUANT)
         for key in ("preconditioners", "base_state", "total"):
             assert r["fsdp"]["report"][key] == expected[key]
+
+
+def test_fsdp2_checkpoint_loads_at_another_world_size_without_preconditioners(ranks):
+    _, ranks = ranks
+    for r in (r["fsdp"]["world1"] for r in ranks):
+        saved, loaded, step = r["moments"]
+        assert loaded.shape == (64, 64)
+        torch.testing.assert_close(loaded, saved, **EXACT)  # the base state was resharded
+        assert step == FSDP_STEPS
+        assert r["orders"] == [(64, 64)]  # fresh preconditioners for the whole weight
 
 
 def test_fsdp2_dcp_round_trip_continues_identically(ranks):
@@ -423,3 +454,33 @@ def test_assignment_is_balanced_and_deterministic():
 def test_invalid_distributed_keywords_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         qshampoo.Shampoo([torch.zeros(3, 3, requires_grad=True)], **kwargs)
+
+
+def _stepped_optimizer():
+    w = torch.randn(40, 24, requires_grad=True)
+    opt = qshampoo.Shampoo([w], max_preconditioner_dim=16, stat_interval=1, root_interval=1)
+    w.grad = torch.randn(40, 24)
+    opt.step()
+    return w, opt
+
+
+def test_one_ranks_state_dict_is_refused_by_a_single_process():
+    w, opt = _stepped_optimizer()
+    sd = opt.state_dict()
+    blocks = sd["state"][0]["precond"]
+    sd["state"][0]["precond"] = {"0": blocks[0], "3": blocks[3]}  # what a rank would save
+    w2 = w.detach().clone().requires_grad_()
+    with pytest.raises(ValueError, match="consolidated_state_dict"):
+        qshampoo.Shampoo([w2], max_preconditioner_dim=16).load_state_dict(sd)
+
+
+def test_state_without_preconditioners_restarts_them():
+    w, opt = _stepped_optimizer()
+    w2 = w.detach().clone().requires_grad_()
+    opt2 = qshampoo.Shampoo([w2], max_preconditioner_dim=16, stat_interval=1, root_interval=1)
+    opt2.load_state_dict(drop_preconditioners(opt.state_dict()))
+    st = opt2.state[w2]
+    assert st["step"] == 1 and torch.equal(st["base"]["exp_avg"], opt.state[w]["base"]["exp_avg"])
+    assert len(st["precond"]) == 6 and all(
+        torch.equal(b["L"]["root"], torch.eye(16)) for b in st["precond"][:1]
+    )
