@@ -18,6 +18,7 @@ See ``docs/distributed.md`` for the numerics, memory and checkpoint behaviour.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,15 +29,13 @@ from torch import Tensor
 from .blocking import Blocking
 from .memory import factor_bytes
 
-try:  # absent from builds without distributed support
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    DTensor = None  # type: ignore[assignment,misc]
-
 
 # -- sharded (DTensor) parameters -------------------------------------------------------------
 def is_dtensor(t: Any) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    """Whether ``t`` is a DTensor, without importing ``torch.distributed.tensor`` (~1 s):
+    until something has imported it, nothing can be a DTensor."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def local(t: Tensor) -> Tensor:
@@ -48,6 +47,8 @@ def like_param(p: Tensor, t: Tensor) -> Tensor:
     """Wrap ``t``, a tensor shaped like ``local(p)``, as a DTensor laid out like ``p``."""
     if not is_dtensor(p):
         return t
+    from torch.distributed.tensor import DTensor
+
     return DTensor.from_local(
         t, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
     )

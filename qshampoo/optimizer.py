@@ -395,6 +395,8 @@ class Shampoo(Optimizer):
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
         scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
+        Under ``torch.distributed``, the bytes this rank holds: its own blocks, or its shard
+        under FSDP2 (see ``docs/distributed.md``).
         """
         report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
         total = 0

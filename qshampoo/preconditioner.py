@@ -82,6 +82,11 @@ class ParamPreconditioner:
 
         Needs every block; with blocks split across ranks use ``precondition_held``.
         """
+        if len(self.held) != len(self.blocks):
+            raise RuntimeError(
+                "this preconditioner holds only some of its blocks (it belongs to an optimizer "
+                "that splits blocks across ranks, see qshampoo.distributed)"
+            )
         g2 = grad.reshape(self.blocking.shape2d)
         if len(self.blocks) == 1:
             left, right = self.blocks[0]
