@@ -313,8 +313,9 @@ class Shampoo(Optimizer):
         """The optimizer state, ``torch.optim`` style.
 
         With blocks split across ranks (``distributed``), each rank's state dict holds only the
-        preconditioner blocks that rank owns (a block owned elsewhere is an empty dict); the
-        base-optimizer state is complete on every rank. See ``docs/distributed.md``.
+        preconditioner blocks that rank owns, as ``state["precond"] = {"<block index>": ...}``;
+        the base-optimizer state is complete on every rank. Under FSDP2 it holds this rank's
+        shard. See ``docs/distributed.md``.
         """
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
