@@ -48,6 +48,16 @@ def load_file(f, map_location=None) -> Any:
         ) from e
 
 
+def with_checksums(state_dict: dict) -> dict:
+    """``state_dict`` with its ``checksums`` (re)computed, for a state dict built or changed
+    from ``Shampoo.state_dict()`` on purpose (``qshampoo.distributed`` does this)."""
+    checksums = {
+        "state": {k: state_checksum(v) for k, v in state_dict["state"].items()},
+        "param_groups": [state_checksum(g) for g in state_dict["param_groups"]],
+    }
+    return {**state_dict, "checksums": checksums}
+
+
 def state_checksum(obj: Any) -> int:
     """A checksum of a (nested) parameter state: tensors' bytes and plain values."""
     parts: list[str] = []
@@ -61,6 +71,8 @@ def state_checksum(obj: Any) -> int:
 
 def _walk(obj: Any, parts: list[str], sums: list[Tensor]) -> None:
     if isinstance(obj, Tensor):
+        if hasattr(obj, "to_local"):  # a DTensor: this rank's shard
+            obj = obj.to_local()
         parts.append(f"T{tuple(obj.shape)}{obj.dtype}")
         sums.append(_byte_sum(obj))
     elif isinstance(obj, dict):

@@ -23,9 +23,17 @@ from torch.optim import Optimizer
 
 from .base import BASES
 from .blocking import Blocking
-from .checkpoint import compare_state, state_checksum
+from .checkpoint import compare_state, state_checksum, with_checksums
+from .distributed import (
+    is_dtensor,
+    is_shard_state,
+    like_param,
+    local,
+    make_sharding,
+    shard_key,
+)
 from .factors import FACTORS, FactorConfig, StepHyper, check_failures, update_roots
-from .preconditioner import ParamPreconditioner
+from .preconditioner import ParamPreconditioner, block_list, held_dict
 from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
 
@@ -74,6 +82,14 @@ class Shampoo(Optimizer):
         max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
             fails after the float64 and extra-damping retries keeps its previous value; this
             many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
+        distributed: split the preconditioner blocks of replicated parameters across the
+            ranks of ``process_group`` (each rank keeps and computes only its blocks, and the
+            preconditioned blocks are all-gathered). ``None`` (default): on when
+            ``torch.distributed`` is initialized with more than one rank; ``False``: every
+            rank computes everything. Needs the same gradient on every rank (as under DDP).
+            DTensor (FSDP2) parameters are always preconditioned per local shard.
+            Optimizer-wide, not per group. See ``docs/distributed.md``.
+        process_group: the group to split across (default: the default group).
     """
 
     def __init__(
@@ -103,6 +119,8 @@ class Shampoo(Optimizer):
         precondition: bool = True,
         nonfinite: str = "skip",
         max_consecutive_failures: int = 10,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ):
         defaults = dict(
             lr=lr,
@@ -129,12 +147,14 @@ class Shampoo(Optimizer):
             nonfinite=nonfinite,
             max_consecutive_failures=max_consecutive_failures,
         )
-        self._views: dict[Tensor, tuple[list, ParamPreconditioner]] = {}
+        self._sharding = make_sharding(distributed, process_group)
+        self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
+        self.__dict__.setdefault("_sharding", None)
 
     # -- param groups -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -161,6 +181,8 @@ class Shampoo(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
         for group in self.param_groups:
             self._step_group(group)
         return loss
@@ -173,7 +195,8 @@ class Shampoo(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Shampoo does not support sparse gradients")
             params.append(p)
-            grads.append(p.grad.float() if not group["maximize"] else -p.grad.float())
+            g = local(p.grad).float()
+            grads.append(g if not group["maximize"] else -g)
         if not params:
             return
         states = [self._state(p, group) for p in params]
@@ -182,10 +205,11 @@ class Shampoo(Optimizer):
         hp = StepHyper(
             group["stat_decay"], group["matrix_eps"], group["ef_decay"], group["root_method"]
         )
-        due_roots, touched = [], []
+        due_roots, pres, touched = [], [], []
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
+            pres.append(pre)
             if pre is None:
                 continue
             stats_due = st["step"] % group["stat_interval"] == 0
@@ -201,12 +225,42 @@ class Shampoo(Optimizer):
         if touched:
             self._check_failures(touched, group)
 
-        init, update = BASES[group["base"]]
+        directions = self._precondition(params, grads, pres)
+        _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
-        for p, g, st, n in zip(params, grads, states, norms, strict=True):
-            pre = self._preconditioner(p, st, group)
-            direction = g if pre is None else graft(pre.precondition(g), g, n)
-            update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+        for p, g, st, d, n in zip(params, grads, states, directions, norms, strict=True):
+            direction = g if d is None else graft(d, g, n)
+            if is_dtensor(p):  # FSDP2: update the local shard and its local state
+                base = st["base"]
+                view = {k: local(v) for k, v in base.items()}
+                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
+                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
+            else:
+                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+
+    def _precondition(self, params, grads, pres) -> list[Tensor | None]:
+        """``L_hat G R_hat`` per parameter (None where not preconditioned).
+
+        Parameters whose blocks are split across ranks are done together, in one exchange.
+        """
+        if self._sharding is None:
+            return [
+                None if pre is None else pre.precondition(g)
+                for g, pre in zip(grads, pres, strict=True)
+            ]
+        out: list[Tensor | None] = [None] * len(params)
+        split = []
+        for i, (p, g, pre) in enumerate(zip(params, grads, pres, strict=True)):
+            if pre is not None:
+                if self._sharding.owners(p) is None:
+                    out[i] = pre.precondition(g)
+                else:
+                    split.append(i)
+        if split:
+            items = [(params[i], grads[i], pres[i]) for i in split]
+            for i, d in zip(split, self._sharding.precondition(items), strict=True):
+                out[i] = d
+        return out
 
     def _drop_nonfinite(self, params, grads, states, group):
         """Leave out parameters whose gradient holds inf/NaN (one host sync per group).
@@ -241,8 +295,10 @@ class Shampoo(Optimizer):
     def _check_failures(self, touched: list, group: dict) -> None:
         def entries():
             for p, pre in touched:
-                for b, (left, right) in enumerate(pre.blocks):
-                    for side, f in (("left", left), ("right", right)):
+                for b, pair in enumerate(pre.blocks):
+                    if pair is None:  # held by another rank
+                        continue
+                    for side, f in zip(("left", "right"), pair, strict=True):
                         yield (
                             f,
                             lambda p=p, b=b, side=side: f"{self._describe(p)}, block {b} ({side})",
@@ -268,12 +324,12 @@ class Shampoo(Optimizer):
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict:
         st = self.state[p]
         if not st:
-            st.update(self._new_state(p, group, p.device))
-            if "precond" in st:
-                pre = ParamPreconditioner.view(
-                    _blocking(p, group), st["precond"], _factor_config(group)
-                )
-                self._views[p] = (st["precond"], pre)
+            init, _ = BASES[group["base"]]
+            st["step"] = 0
+            st["nonfinite_steps"] = 0
+            st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
+            st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
+            self._new_preconditioner(p, st, group)
         else:
             changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
@@ -283,26 +339,23 @@ class Shampoo(Optimizer):
                 )
         return st
 
-    def _new_state(self, p: Tensor, group: dict[str, Any], device: torch.device) -> dict:
-        """The state a parameter starts with (on ``device``; "meta" gives a skeleton)."""
-        init, _ = BASES[group["base"]]
-        st = {
-            "step": 0,
-            "nonfinite_steps": 0,
-            "layout": {k: group[k] for k in _LAYOUT_KEYS},
-            "base": init(p if device == p.device else torch.empty_like(p, device=device)),
-        }
+    def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
+        """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
         blocking = _blocking(p, group)
-        if blocking is not None:
-            _, st["precond"] = ParamPreconditioner.create(
-                blocking,
-                group["quant"],
-                _factor_config(group),
-                device,
-                group["matrix_eps"],
-                group["min_quant_numel"],
-            )
-        return st
+        if blocking is None:
+            return
+        pre, stored = ParamPreconditioner.create(
+            blocking,
+            group["quant"],
+            _factor_config(group),
+            p.device,
+            group["matrix_eps"],
+            group["min_quant_numel"],
+            held=self._sharding.held(p) if self._sharding is not None else None,
+        )
+        # a DTensor's shard has its own preconditioner, stored under the shard's name
+        st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
+        self._views[p] = (st["precond"], pre)
 
     def _preconditioner(self, p: Tensor, st: dict, group: dict) -> ParamPreconditioner | None:
         stored = st.get("precond")
@@ -310,24 +363,27 @@ class Shampoo(Optimizer):
             return None
         cached = self._views.get(p)
         if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
-            pre = ParamPreconditioner.view(_blocking(p, group), stored, _factor_config(group))
+            blocks = stored[shard_key(p)] if is_dtensor(p) else stored
+            pre = ParamPreconditioner.view(_blocking(p, group), blocks, _factor_config(group))
             self._views[p] = cached = (stored, pre)
         return cached[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim`` state dict plus ``format_version`` and a checksum per parameter state.
+        """The optimizer state, ``torch.optim`` style, plus ``format_version`` and ``checksums``
+        (one per parameter state and per param group; ``load_state_dict`` verifies them).
 
         As with every ``torch.optim`` optimizer the returned tensors are the live state: save
         it before the next ``step()`` (a state that changed after its checksum was taken is
         reported as corrupted on load).
+
+        With blocks split across ranks (``distributed``), each rank's state dict holds only the
+        preconditioner blocks that rank owns, as ``state["precond"] = {"<block index>": ...}``;
+        the base-optimizer state is complete on every rank. Under FSDP2 it holds this rank's
+        shard. See ``docs/distributed.md``.
         """
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
-        sd["checksums"] = {
-            "state": {k: state_checksum(v) for k, v in sd["state"].items()},
-            "param_groups": [state_checksum(g) for g in sd["param_groups"]],
-        }
-        return sd
+        return with_checksums(sd)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by ``state_dict()``, after checking that it fits this optimizer.
@@ -344,6 +400,9 @@ class Shampoo(Optimizer):
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         version = state_dict.get("format_version")
+        if version is None and _looks_like_ours(state_dict):
+            # torch.distributed.checkpoint.state_dict keeps only "state" and "param_groups"
+            version = STATE_FORMAT_VERSION
         if version != STATE_FORMAT_VERSION:
             raise ValueError(
                 f"this is not a qshampoo.Shampoo state dict of format {STATE_FORMAT_VERSION} "
@@ -366,10 +425,53 @@ class Shampoo(Optimizer):
         for mine, group in zip(self.param_groups, merged, strict=True):
             for k, v in group.items():  # keys a checkpoint of an older format lacks
                 mine.setdefault(k, v)
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
         self._views.clear()
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
         for i, (p, _) in zip(ids, owners, strict=True):
             if i in saved:
-                self.state[p] = _copy_to(saved[i], p.device)
+                st = _copy_to(saved[i], p.device)
+                self._fit_loaded_blocks(i, p, st, group_of[p])
+                self.state[p] = st
+
+    def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
+        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.
+
+        A state saved without preconditioners (see ``qshampoo.distributed.
+        drop_preconditioners``) gets fresh ones: Shampoo restarts them, the rest is kept.
+        """
+        if st.get("layout") != {k: group[k] for k in _LAYOUT_KEYS}:
+            return  # the next step() explains what changed
+        stored = st.get("precond")
+        if stored is None:
+            self._new_preconditioner(p, st, group)
+            return
+        sharded_state = is_shard_state(stored)
+        if is_dtensor(p) or sharded_state:
+            if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
+                raise ValueError(
+                    f"the state of parameter {i!r} holds preconditioners for "
+                    f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
+                    f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
+                    "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
+                    "same device mesh and sharding (see docs/distributed.md)"
+                )
+            return
+        held = self._sharding.held(p) if self._sharding is not None else None
+        blocks = block_list(stored, len(_blocking(p, group).slices))
+        for b, entry in enumerate(blocks):
+            if held is not None and b not in held:
+                blocks[b] = None  # owned by another rank: do not keep its memory here
+            elif not entry:
+                raise ValueError(
+                    f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
+                    "rank's state_dict() from a distributed run, which holds only that rank's "
+                    "blocks. Load per-rank state dicts at the same world size, or save with "
+                    "torch.distributed.checkpoint or qshampoo.distributed."
+                    "consolidated_state_dict() to load at another world size"
+                )
+        st["precond"] = blocks if held is None else held_dict(blocks)
 
     def _check_loadable(self, state_dict: dict, saved: dict, groups: list):
         """Every check ``load_state_dict`` makes before it changes anything."""
@@ -454,27 +556,46 @@ class Shampoo(Optimizer):
                 )
 
     def _skeleton(self, p: Tensor, group: dict) -> dict:
-        """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes)."""
-        key = (tuple(p.shape), tuple(group[k] for k in _LAYOUT_KEYS))
+        """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes),
+        with every preconditioner block (a list)."""
+        key = (tuple(p.shape), p.dtype, tuple(group[k] for k in _LAYOUT_KEYS))
         skeleton = _SKELETONS.get(key)
         if skeleton is None:
             try:  # no memory, no work
-                skeleton = self._new_state(p, group, torch.device("meta"))
+                skeleton = _fresh_state(p, group, torch.device("meta"))
             except (NotImplementedError, RuntimeError):  # an op without a meta kernel
-                skeleton = _to_meta(self._new_state(p, group, torch.device("cpu")))
+                skeleton = _to_meta(_fresh_state(p, group, torch.device("cpu")))
             if len(_SKELETONS) > 1024:
                 _SKELETONS.clear()
             _SKELETONS[key] = skeleton
         return _copy_to(skeleton, torch.device("meta"))
 
     def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
+        if is_dtensor(p):  # FSDP2 shards: checked by _fit_loaded_blocks (docs/distributed.md)
+            return
         expected = self._skeleton(p, group)
-        base = saved.get("base") if isinstance(saved, dict) else None
+        where = f"parameter #{n} (shape {tuple(p.shape)}): state"
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where} should be a dict, got {type(saved).__name__}")
+        base = saved.get("base")
         if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
             expected["base"]["momentum_buffer"] = torch.empty(
                 p.shape, dtype=torch.float32, device="meta"
             )
-        where = f"parameter #{n} (shape {tuple(p.shape)}): state"
+        if "precond" in expected:
+            stored = saved.get("precond", None)
+            if stored is None:  # saved without preconditioners: fresh ones are made
+                saved = {k: v for k, v in saved.items() if k != "precond"}
+                del expected["precond"]
+            elif isinstance(stored, dict):  # one rank's blocks, {"<block index>": ...}
+                blocks = expected["precond"]
+                bad = [k for k in stored if not (str(k).isdigit() and int(k) < len(blocks))]
+                if bad:
+                    raise ValueError(
+                        f"{where}['precond'] names blocks {bad}; this parameter has "
+                        f"{len(blocks)} blocks"
+                    )
+                expected["precond"] = {k: blocks[int(k)] for k in stored}
         try:
             compare_state(saved, expected, where)
         except ValueError as e:
@@ -490,6 +611,8 @@ class Shampoo(Optimizer):
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
         scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
+        Under ``torch.distributed``, the bytes this rank holds: its own blocks, or its shard
+        under FSDP2 (see ``docs/distributed.md``).
         """
         report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
         total = 0
@@ -538,6 +661,8 @@ class Shampoo(Optimizer):
                 out["nonfinite_steps"] += st["nonfinite_steps"]
                 pre = self._preconditioner(p, st, group)
                 for b, pair in enumerate(pre.blocks if pre is not None else ()):
+                    if pair is None:  # the block is held by another rank
+                        continue
                     for side, f in zip("LR", pair, strict=True):
                         d = f.diagnostics()
                         out["root_failures"] += d["root_failures"]
@@ -571,7 +696,7 @@ def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> T
 def _blocking(p: Tensor, group: dict) -> Blocking | None:
     if not group["precondition"]:
         return None
-    return Blocking.of(tuple(p.shape), group["max_preconditioner_dim"])
+    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
 
 
 def _factor_config(group: dict) -> FactorConfig:
@@ -586,14 +711,46 @@ def _base_kwargs(group: dict) -> dict:
     )
 
 
+def _looks_like_ours(state_dict: dict) -> bool:
+    groups = state_dict.get("param_groups") or []
+    states = (state_dict.get("state") or {}).values()
+    return (
+        bool(groups)
+        and all("quant" in g and "stat_decay" in g for g in groups)
+        and all("layout" in st for st in states)
+    )
+
+
 def _nbytes(obj) -> int:
     if isinstance(obj, Tensor):
-        return obj.nbytes
+        return local(obj).nbytes  # a DTensor counts this rank's shard
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(v) for v in obj)
     return 0
+
+
+def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
+    """The state a (non-DTensor) parameter starts with, every block included, on ``device``."""
+    init, _ = BASES[group["base"]]
+    st = {
+        "step": 0,
+        "nonfinite_steps": 0,
+        "layout": {k: group[k] for k in _LAYOUT_KEYS},
+        "base": init(torch.empty(p.shape, dtype=p.dtype, device=device)),
+    }
+    blocking = _blocking(p, group)
+    if blocking is not None:
+        _, st["precond"] = ParamPreconditioner.create(
+            blocking,
+            group["quant"],
+            _factor_config(group),
+            device,
+            group["matrix_eps"],
+            group["min_quant_numel"],
+        )
+    return st
 
 
 #: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
