@@ -119,7 +119,9 @@ def test_failed_root_keeps_previous_and_streak_raises(quant):
         assert needed in msg
     for fix in ("matrix_eps", "learning rate", "max_consecutive_failures=0"):
         assert fix in msg
-    assert isinstance(err.value, RuntimeError)
+    assert isinstance(err.value, RuntimeError) and isinstance(
+        err.value, qshampoo.PreconditionerError
+    )
 
 
 @pytest.mark.parametrize("quant", [q for q in VARIANTS if q.startswith("cholesky")])
