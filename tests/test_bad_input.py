@@ -33,13 +33,13 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 def _dims():
     # zero-size and size-1 dims, small ones, and the odd long one (extreme aspect ratios)
-    return st.one_of(st.sampled_from([0, 1, 1, 2, 3, 5]), st.integers(6, 40), st.just(300))
+    return st.one_of(st.sampled_from([0, 1, 1, 2, 3, 5]), st.integers(6, 40), st.just(200))
 
 
 @st.composite
 def shapes(draw):
     shape = draw(st.lists(_dims(), min_size=0, max_size=5))
-    while math.prod(shape) > 2400:  # keep every example fast
+    while math.prod(shape) > 1200:  # keep every example fast
         shape[shape.index(max(shape))] //= 4
     return tuple(shape)
 
@@ -67,7 +67,7 @@ def assert_healthy(params, opt):
     dtype=st.sampled_from(DTYPES),
     quant=st.sampled_from(VARIANTS),
     base=st.sampled_from(["adamw", "sgd"]),
-    max_dim=st.sampled_from([1, 2, 3, 7, 1200]),
+    max_dim=st.sampled_from([1, 3, 7, 1200]),
     intervals=st.sampled_from([(1, 1), (1, 2), (2, 1)]),
 )
 def test_any_shape_and_dtype_trains(shape, dtype, quant, base, max_dim, intervals):
