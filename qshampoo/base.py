@@ -2,13 +2,17 @@
 
 Each is a plain function over one parameter, written to match ``torch.optim.AdamW`` and
 ``torch.optim.SGD`` operation for operation, so that Shampoo without roots reproduces them.
-``param`` may be bf16/fp16; its state and the arithmetic are fp32.
+``param`` may be bf16/fp16; its state and the arithmetic are fp32. A float64 ``param`` is updated
+in place in float64 (rounding it through fp32 at every step would throw its precision away).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+#: parameter dtypes updated in place; narrower ones are updated through an fp32 copy
+_WIDE = (torch.float32, torch.float64)
 
 
 def adamw_init(param: Tensor) -> dict[str, Tensor]:
@@ -30,7 +34,7 @@ def adamw_update(
     """Decoupled weight decay, then Adam's bias-corrected step along ``direction`` (fp32)."""
     beta1, beta2 = betas
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    w = param if param.dtype == torch.float32 else param.float()
+    w = param if param.dtype in _WIDE else param.float()
     w.mul_(1.0 - lr * weight_decay)
     exp_avg.lerp_(direction, 1.0 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1.0 - beta2)
@@ -57,8 +61,8 @@ def sgd_update(
     weight_decay: float,
 ) -> None:
     """Coupled L2 (added to the direction), heavy-ball or Nesterov momentum, no dampening."""
-    w = param if param.dtype == torch.float32 else param.float()
-    d = direction.add(w, alpha=weight_decay) if weight_decay != 0 else direction
+    w = param if param.dtype in _WIDE else param.float()
+    d = direction.add(w.to(direction.dtype), alpha=weight_decay) if weight_decay != 0 else direction
     if momentum != 0:
         buf = state.get("momentum_buffer")
         if buf is None:

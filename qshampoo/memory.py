@@ -11,7 +11,7 @@ Per factor of order ``n`` (``N = n(n-1)/2`` strict-lower entries, ``b`` bits, bl
     where R = ceil(N b/8) + 4 S_tril + 4n   (strict lower triangle + exact diagonal)
 
 (+4n for naive is its exact diagonal, for eigen its eigenvalues, for Cholesky its diagonal.)
-Quantized factors also keep 4 bytes of ``quant_error`` (Cholesky: +4 bytes of ``damping``),
+Quantized factors also keep 4 bytes of ``quant_error`` (Cholesky: +4 bytes of ``cholesky_damping``),
 reported as ``diagnostics``. Factors with ``n^2 < min_quant_numel`` are stored as ``none``.
 The base optimizer keeps 8 bytes per parameter element (AdamW) or 4 (SGD with momentum).
 """

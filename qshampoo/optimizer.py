@@ -12,6 +12,8 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,8 +23,17 @@ from torch.optim import Optimizer
 
 from .base import BASES
 from .blocking import Blocking
-from .factors import FACTORS, FactorConfig, StepHyper, update_roots
-from .preconditioner import ParamPreconditioner
+from .checkpoint import compare_state, state_checksum, with_checksums
+from .distributed import (
+    is_dtensor,
+    is_shard_state,
+    like_param,
+    local,
+    make_sharding,
+    shard_key,
+)
+from .factors import FACTORS, FactorConfig, StepHyper, check_failures, update_roots
+from .preconditioner import ParamPreconditioner, block_list, held_dict
 from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
 
@@ -65,8 +76,20 @@ class Shampoo(Optimizer):
         ef_decay: decay of the Cholesky error-feedback state.
         min_quant_numel: factors with fewer elements than this stay fp32.
         precondition: False sends the group's parameters straight to the base optimizer.
-        nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN (counted in
-            ``diagnostics()``; statistics stay clean) or ``"raise"``.
+        nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN, or a squared
+            norm that overflows fp32 (counted in ``diagnostics()``; statistics and moments stay
+            clean), or ``"raise"`` ``FloatingPointError``.
+        max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
+            fails after the float64 and extra-damping retries keeps its previous value; this
+            many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
+        distributed: split the preconditioner blocks of replicated parameters across the
+            ranks of ``process_group`` (each rank keeps and computes only its blocks, and the
+            preconditioned blocks are all-gathered). ``None`` (default): on when
+            ``torch.distributed`` is initialized with more than one rank; ``False``: every
+            rank computes everything. Needs the same gradient on every rank (as under DDP).
+            DTensor (FSDP2) parameters are always preconditioned per local shard.
+            Optimizer-wide, not per group. See ``docs/distributed.md``.
+        process_group: the group to split across (default: the default group).
     """
 
     def __init__(
@@ -95,6 +118,9 @@ class Shampoo(Optimizer):
         min_quant_numel: int = 4096,
         precondition: bool = True,
         nonfinite: str = "skip",
+        max_consecutive_failures: int = 10,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ):
         defaults = dict(
             lr=lr,
@@ -119,27 +145,34 @@ class Shampoo(Optimizer):
             min_quant_numel=min_quant_numel,
             precondition=precondition,
             nonfinite=nonfinite,
+            max_consecutive_failures=max_consecutive_failures,
         )
-        self._views: dict[Tensor, tuple[list, ParamPreconditioner]] = {}
+        self._sharding = make_sharding(distributed, process_group)
+        self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
+        self.__dict__.setdefault("_sharding", None)
 
     # -- param groups -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        validate_group(group)
-        for p in group["params"]:
-            if p.is_complex():
-                raise TypeError(
-                    "Shampoo does not support complex parameters; pass torch.view_as_real(p) "
-                    "as a real parameter instead"
-                )
-            if not p.is_floating_point():
-                raise TypeError(f"Shampoo needs floating-point parameters, got {p.dtype}")
+        try:  # a group that fails validation must not stay in the optimizer
+            validate_group(group)
+            for p in group["params"]:
+                if p.is_complex():
+                    raise TypeError(
+                        "Shampoo does not support complex parameters; pass "
+                        "torch.view_as_real(p) as a real parameter instead"
+                    )
+                if not p.is_floating_point():
+                    raise TypeError(f"Shampoo needs floating-point parameters, got {p.dtype}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     # -- the step -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -148,6 +181,8 @@ class Shampoo(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
         for group in self.param_groups:
             self._step_group(group)
         return loss
@@ -160,52 +195,130 @@ class Shampoo(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Shampoo does not support sparse gradients")
             params.append(p)
-            grads.append(p.grad.float() if not group["maximize"] else -p.grad.float())
+            g = local(p.grad).float()
+            grads.append(g if not group["maximize"] else -g)
         if not params:
             return
         states = [self._state(p, group) for p in params]
-        params, grads, states = self._drop_nonfinite(params, grads, states, group)
+        params, grads, states, norms = self._drop_nonfinite(params, grads, states, group)
 
         hp = StepHyper(
             group["stat_decay"], group["matrix_eps"], group["ef_decay"], group["root_method"]
         )
-        due_roots = []
+        due_roots, pres, touched = [], [], []
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
+            pres.append(pre)
             if pre is None:
                 continue
-            if st["step"] % group["stat_interval"] == 0:
+            stats_due = st["step"] % group["stat_interval"] == 0
+            roots_due = st["step"] % group["root_interval"] == 0
+            if stats_due:
                 pre.update_statistics(g, hp)
-            if st["step"] % group["root_interval"] == 0:
+            if roots_due:
                 due_roots.extend(pre.factors())
+            if stats_due or roots_due:
+                touched.append((p, pre))
         if due_roots:
             update_roots(due_roots, hp)
+        if touched:
+            self._check_failures(touched, group)
 
-        init, update = BASES[group["base"]]
+        directions = self._precondition(params, grads, pres)
+        _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
-        for p, g, st in zip(params, grads, states, strict=True):
-            pre = self._preconditioner(p, st, group)
-            direction = g if pre is None else graft(pre.precondition(g), g)
-            update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+        for p, g, st, d, n in zip(params, grads, states, directions, norms, strict=True):
+            direction = g if d is None else graft(d, g, n)
+            if is_dtensor(p):  # FSDP2: update the local shard and its local state
+                base = st["base"]
+                view = {k: local(v) for k, v in base.items()}
+                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
+                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
+            else:
+                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+
+    def _precondition(self, params, grads, pres) -> list[Tensor | None]:
+        """``L_hat G R_hat`` per parameter (None where not preconditioned).
+
+        Parameters whose blocks are split across ranks are done together, in one exchange.
+        """
+        if self._sharding is None:
+            return [
+                None if pre is None else pre.precondition(g)
+                for g, pre in zip(grads, pres, strict=True)
+            ]
+        out: list[Tensor | None] = [None] * len(params)
+        split = []
+        for i, (p, g, pre) in enumerate(zip(params, grads, pres, strict=True)):
+            if pre is not None:
+                if self._sharding.owners(p) is None:
+                    out[i] = pre.precondition(g)
+                else:
+                    split.append(i)
+        if split:
+            items = [(params[i], grads[i], pres[i]) for i in split]
+            for i, d in zip(split, self._sharding.precondition(items), strict=True):
+                out[i] = d
+        return out
 
     def _drop_nonfinite(self, params, grads, states, group):
-        """Leave out parameters whose gradient holds inf/NaN (one host sync per group)."""
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).tolist()
+        """Leave out parameters whose gradient holds inf/NaN (one host sync per group).
+
+        A gradient whose squared norm overflows fp32 counts as non-finite too: its statistics
+        ``G G^T`` and Adam's second moment would be infinite. Returns the kept parameters,
+        gradients, states and gradient norms (reused by grafting).
+        """
+        norms = [torch.linalg.vector_norm(g) for g in grads]
+        finite = torch.isfinite(torch.stack(norms)).tolist()
         if all(finite):
-            return params, grads, states
+            return params, grads, states, norms
         bad = [p for p, ok in zip(params, finite, strict=True) if not ok]
         if group["nonfinite"] == "raise":
-            shapes = ", ".join(str(tuple(p.shape)) for p in bad)
+            where = ", ".join(self._describe(p) for p in bad)
             raise FloatingPointError(
-                f"non-finite gradient in parameter(s) of shape {shapes}; use nonfinite='skip' "
-                "to skip such steps, or lower the learning rate / use gradient clipping"
+                f"non-finite gradient (inf/NaN, or a squared norm beyond float32) in {where}; "
+                "use nonfinite='skip' to skip such steps, or lower the learning rate / use "
+                "gradient clipping"
             )
         for st, ok in zip(states, finite, strict=True):
             if not ok:
                 st["nonfinite_steps"] += 1
         keep = [i for i, ok in enumerate(finite) if ok]
-        return [params[i] for i in keep], [grads[i] for i in keep], [states[i] for i in keep]
+        return (
+            [params[i] for i in keep],
+            [grads[i] for i in keep],
+            [states[i] for i in keep],
+            [norms[i] for i in keep],
+        )
+
+    def _check_failures(self, touched: list, group: dict) -> None:
+        def entries():
+            for p, pre in touched:
+                for b, pair in enumerate(pre.blocks):
+                    if pair is None:  # held by another rank
+                        continue
+                    for side, f in zip(("left", "right"), pair, strict=True):
+                        yield (
+                            f,
+                            lambda p=p, b=b, side=side: f"{self._describe(p)}, block {b} ({side})",
+                        )
+
+        check_failures(
+            entries(),
+            group["max_consecutive_failures"],
+            advice=f"raise matrix_eps (now {group['matrix_eps']:g}), ",
+        )
+
+    def _describe(self, p: Tensor) -> str:
+        """``parameter #i (group g, shape (...))``: where a parameter sits in the optimizer."""
+        i = 0
+        for g, group in enumerate(self.param_groups):
+            for q in group["params"]:
+                if q is p:
+                    return f"parameter #{i} (param group {g}, shape {tuple(p.shape)})"
+                i += 1
+        return f"parameter of shape {tuple(p.shape)}"
 
     # -- state ------------------------------------------------------------------------------------
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict:
@@ -215,19 +328,8 @@ class Shampoo(Optimizer):
             st["step"] = 0
             st["nonfinite_steps"] = 0
             st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
-            st["base"] = init(p)
-            blocking = _blocking(p, group)
-            if blocking is not None:
-                pre, stored = ParamPreconditioner.create(
-                    blocking,
-                    group["quant"],
-                    _factor_config(group),
-                    p.device,
-                    group["matrix_eps"],
-                    group["min_quant_numel"],
-                )
-                st["precond"] = stored
-                self._views[p] = (stored, pre)
+            st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
+            self._new_preconditioner(p, st, group)
         else:
             changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
@@ -237,42 +339,270 @@ class Shampoo(Optimizer):
                 )
         return st
 
+    def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
+        """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
+        blocking = _blocking(p, group)
+        if blocking is None:
+            return
+        pre, stored = ParamPreconditioner.create(
+            blocking,
+            group["quant"],
+            _factor_config(group),
+            p.device,
+            group["matrix_eps"],
+            group["min_quant_numel"],
+            held=self._sharding.held(p) if self._sharding is not None else None,
+        )
+        # a DTensor's shard has its own preconditioner, stored under the shard's name
+        st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
+        self._views[p] = (st["precond"], pre)
+
     def _preconditioner(self, p: Tensor, st: dict, group: dict) -> ParamPreconditioner | None:
         stored = st.get("precond")
         if stored is None:
             return None
         cached = self._views.get(p)
         if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
-            pre = ParamPreconditioner.view(_blocking(p, group), stored, _factor_config(group))
+            blocks = stored[shard_key(p)] if is_dtensor(p) else stored
+            pre = ParamPreconditioner.view(_blocking(p, group), blocks, _factor_config(group))
             self._views[p] = cached = (stored, pre)
         return cached[1]
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer state, ``torch.optim`` style, plus ``format_version`` and ``checksums``
+        (one per parameter state and per param group; ``load_state_dict`` verifies them).
+
+        As with every ``torch.optim`` optimizer the returned tensors are the live state: save
+        it before the next ``step()`` (a state that changed after its checksum was taken is
+        reported as corrupted on load).
+
+        With blocks split across ranks (``distributed``), each rank's state dict holds only the
+        preconditioner blocks that rank owns, as ``state["precond"] = {"<block index>": ...}``;
+        the base-optimizer state is complete on every rank. Under FSDP2 it holds this rank's
+        shard. See ``docs/distributed.md``.
+        """
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
-        return sd
+        return with_checksums(sd)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state saved by ``state_dict()``, keeping the stored dtypes.
+        """Load a state saved by ``state_dict()``, after checking that it fits this optimizer.
+
+        Raises ``ValueError`` naming the difference when the checkpoint comes from another
+        variant or layout (``quant``, ``max_preconditioner_dim``, ...), another model or
+        parameter order (shapes differ), fails its checksum (damaged bytes), or holds inf/NaN.
+        Nothing is changed when it raises.
 
         ``torch.optim.Optimizer`` would cast every saved tensor to its parameter's dtype, which
         would turn 4-bit codes into floats under bf16 parameters; here tensors are only moved to
         the parameter's device.
         """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         version = state_dict.get("format_version")
+        if version is None and _looks_like_ours(state_dict):
+            # torch.distributed.checkpoint.state_dict keeps only "state" and "param_groups"
+            version = STATE_FORMAT_VERSION
         if version != STATE_FORMAT_VERSION:
             raise ValueError(
                 f"this is not a qshampoo.Shampoo state dict of format {STATE_FORMAT_VERSION} "
                 f"(format_version={version!r})"
             )
-        saved = state_dict["state"]
+        saved, groups = state_dict.get("state"), state_dict.get("param_groups")
+        if not isinstance(saved, dict) or not isinstance(groups, list):
+            raise ValueError("state dict lacks its 'state' dict or its 'param_groups' list")
+        try:
+            merged, ids, owners = self._check_loadable(state_dict, saved, groups)
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:  # anything else a damaged state could trip over
+            raise ValueError(
+                f"malformed optimizer state dict ({type(e).__name__}: {e}); the checkpoint is "
+                "corrupted or was not written by qshampoo.Shampoo.state_dict()"
+            ) from e
+
         super().load_state_dict({**state_dict, "state": {}})
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
+        for mine, group in zip(self.param_groups, merged, strict=True):
+            for k, v in group.items():  # keys a checkpoint of an older format lacks
+                mine.setdefault(k, v)
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
         self._views.clear()
-        for i, p in zip(ids, params, strict=True):
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
+        for i, (p, _) in zip(ids, owners, strict=True):
             if i in saved:
-                self.state[p] = _copy_to(saved[i], p.device)
+                st = _copy_to(saved[i], p.device)
+                self._fit_loaded_blocks(i, p, st, group_of[p])
+                self.state[p] = st
+
+    def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
+        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.
+
+        A state saved without preconditioners (see ``qshampoo.distributed.
+        drop_preconditioners``) gets fresh ones: Shampoo restarts them, the rest is kept.
+        """
+        if st.get("layout") != {k: group[k] for k in _LAYOUT_KEYS}:
+            return  # the next step() explains what changed
+        stored = st.get("precond")
+        if stored is None:
+            self._new_preconditioner(p, st, group)
+            return
+        sharded_state = is_shard_state(stored)
+        if is_dtensor(p) or sharded_state:
+            if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
+                raise ValueError(
+                    f"the state of parameter {i!r} holds preconditioners for "
+                    f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
+                    f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
+                    "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
+                    "same device mesh and sharding (see docs/distributed.md)"
+                )
+            return
+        held = self._sharding.held(p) if self._sharding is not None else None
+        blocks = block_list(stored, len(_blocking(p, group).slices))
+        for b, entry in enumerate(blocks):
+            if held is not None and b not in held:
+                blocks[b] = None  # owned by another rank: do not keep its memory here
+            elif not entry:
+                raise ValueError(
+                    f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
+                    "rank's state_dict() from a distributed run, which holds only that rank's "
+                    "blocks. Load per-rank state dicts at the same world size, or save with "
+                    "torch.distributed.checkpoint or qshampoo.distributed."
+                    "consolidated_state_dict() to load at another world size"
+                )
+        st["precond"] = blocks if held is None else held_dict(blocks)
+
+    def _check_loadable(self, state_dict: dict, saved: dict, groups: list):
+        """Every check ``load_state_dict`` makes before it changes anything."""
+        merged = self._check_groups(groups)
+        self._check_checksums(saved, groups, state_dict.get("checksums"))
+        ids = [i for g in groups for i in g["params"]]
+        unknown = [k for k in saved if k not in set(ids)]
+        if unknown:
+            raise ValueError(
+                f"state dict has state for parameter ids {unknown[:5]} that no param group lists"
+            )
+        owners = [
+            (p, g)
+            for g, mine in zip(merged, self.param_groups, strict=True)
+            for p in mine["params"]
+        ]
+        for n, (i, (p, group)) in enumerate(zip(ids, owners, strict=True)):
+            if i in saved:
+                self._check_param_state(saved[i], p, group, n)
+        return merged, ids, owners
+
+    def _check_groups(self, groups: list) -> list[dict]:
+        """The groups as they will be after loading; raise if they do not fit this optimizer."""
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"the checkpoint has {len(groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}: it was saved for another model or configuration"
+            )
+        merged = []
+        for g, (mine, theirs) in enumerate(zip(self.param_groups, groups, strict=True)):
+            if not isinstance(theirs, dict) or not isinstance(theirs.get("params"), list):
+                raise ValueError(f"param group {g} of the checkpoint is malformed")
+            if len(theirs["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"param group {g} has {len(theirs['params'])} parameters in the checkpoint, "
+                    f"{len(mine['params'])} here: it was saved for another model"
+                )
+            group = {**mine, **theirs, "params": mine["params"]}
+            try:
+                validate_group(group)
+            except ValueError as e:
+                raise ValueError(f"param group {g} of the checkpoint: {e}") from None
+            changed = [k for k in _LAYOUT_KEYS if group[k] != mine[k]]
+            if changed:
+                diff = ", ".join(f"{k}={group[k]!r} (this optimizer: {mine[k]!r})" for k in changed)
+                raise ValueError(
+                    f"param group {g} of the checkpoint was saved with {diff}. These decide how "
+                    "the state is stored: create the optimizer with the checkpoint's values to "
+                    "resume from it, or start a fresh optimizer state."
+                )
+            merged.append(group)
+        return merged
+
+    @staticmethod
+    def _check_checksums(saved: dict, groups: list, checksums: Any) -> None:
+        if checksums is None:  # a state edited on purpose may drop its checksums
+            return
+        edited = "(To load a state you edited on purpose, delete its 'checksums'.)"
+        if (
+            not isinstance(checksums, dict)
+            or not isinstance(checksums.get("state"), dict)
+            or set(checksums["state"]) != set(saved)
+            or not isinstance(checksums.get("param_groups"), list)
+            or len(checksums["param_groups"]) != len(groups)
+        ):
+            raise ValueError(
+                "the checkpoint's checksums do not list the same parameters and param groups as "
+                f"its state: it is corrupted or truncated. {edited}"
+            )
+        for g, (group, checksum) in enumerate(zip(groups, checksums["param_groups"], strict=True)):
+            if state_checksum(group) != checksum:
+                raise ValueError(
+                    f"param group {g} of the checkpoint does not match its checksum: the "
+                    f"checkpoint is corrupted, or was changed after state_dict(). {edited}"
+                )
+        for k, v in saved.items():
+            if state_checksum(v) != checksums["state"][k]:
+                raise ValueError(
+                    f"the optimizer state of parameter id {k} does not match its checksum: the "
+                    "checkpoint is corrupted, or the state changed between state_dict() and "
+                    f"saving. {edited}"
+                )
+
+    def _skeleton(self, p: Tensor, group: dict) -> dict:
+        """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes),
+        with every preconditioner block (a list)."""
+        key = (tuple(p.shape), p.dtype, tuple(group[k] for k in _LAYOUT_KEYS))
+        skeleton = _SKELETONS.get(key)
+        if skeleton is None:
+            try:  # no memory, no work
+                skeleton = _fresh_state(p, group, torch.device("meta"))
+            except (NotImplementedError, RuntimeError):  # an op without a meta kernel
+                skeleton = _to_meta(_fresh_state(p, group, torch.device("cpu")))
+            if len(_SKELETONS) > 1024:
+                _SKELETONS.clear()
+            _SKELETONS[key] = skeleton
+        return _copy_to(skeleton, torch.device("meta"))
+
+    def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
+        if is_dtensor(p):  # FSDP2 shards: checked by _fit_loaded_blocks (docs/distributed.md)
+            return
+        expected = self._skeleton(p, group)
+        where = f"parameter #{n} (shape {tuple(p.shape)}): state"
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where} should be a dict, got {type(saved).__name__}")
+        base = saved.get("base")
+        if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
+            expected["base"]["momentum_buffer"] = torch.empty(
+                p.shape, dtype=torch.float32, device="meta"
+            )
+        if "precond" in expected:
+            stored = saved.get("precond", None)
+            if stored is None:  # saved without preconditioners: fresh ones are made
+                saved = {k: v for k, v in saved.items() if k != "precond"}
+                del expected["precond"]
+            elif isinstance(stored, dict):  # one rank's blocks, {"<block index>": ...}
+                blocks = expected["precond"]
+                bad = [k for k in stored if not (str(k).isdigit() and int(k) < len(blocks))]
+                if bad:
+                    raise ValueError(
+                        f"{where}['precond'] names blocks {bad}; this parameter has "
+                        f"{len(blocks)} blocks"
+                    )
+                expected["precond"] = {k: blocks[int(k)] for k in stored}
+        try:
+            compare_state(saved, expected, where)
+        except ValueError as e:
+            raise ValueError(
+                f"{e}. The checkpoint does not fit this optimizer: it was saved for another "
+                "model or parameter order, with other settings, or it is corrupted."
+            ) from None
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
@@ -281,6 +611,8 @@ class Shampoo(Optimizer):
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
         scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
+        Under ``torch.distributed``, the bytes this rank holds: its own blocks, or its shard
+        under FSDP2 (see ``docs/distributed.md``).
         """
         report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
         total = 0
@@ -301,27 +633,44 @@ class Shampoo(Optimizer):
         return report
 
     def diagnostics(self) -> dict[str, Any]:
-        """Counters a long run should watch: failures, skipped steps, quantization error.
+        """Counters a long run should watch, for a stability panel.
 
-        ``factors`` lists one dict per factor (``param`` index over all groups, ``block``,
-        ``side`` "L"/"R", ``kind``, ``order``, ``root_failures``, ``quant_error`` and, per
-        variant, ``cholesky_failures``, ``damping``, ``bits``); ``quant_error`` at the top is
-        the mean over the quantized factors (None when none is quantized).
+        Returns ``nonfinite_steps`` (parameter steps skipped for inf/NaN gradients),
+        ``root_failures`` and ``cholesky_failures`` (totals over factors), ``quant_error``
+        (mean last quantization error over the quantized factors, None if there are none) and
+        ``factors``: one dict per factor with ``param`` (index over all groups), ``group``,
+        ``shape``, ``block``, ``side`` ("L"/"R"), ``kind``, ``order``, its failure counts
+        (total and current streak), ``root_damping`` / ``cholesky_damping`` (the damping its
+        last root / factorisation used, None before the first), ``quant_error``, ``bits`` (the
+        quantized variants) and ``skipped_steps`` (its parameter's skipped steps).
         """
-        out = {"nonfinite_steps": 0, "root_failures": 0, "cholesky_failures": 0, "factors": []}
-        params = [(p, g) for g in self.param_groups for p in g["params"]]
-        for index, (p, group) in enumerate(params):
-            st = self.state.get(p)
-            if not st:
-                continue
-            out["nonfinite_steps"] += st["nonfinite_steps"]
-            pre = self._preconditioner(p, st, group)
-            for b, pair in enumerate(pre.blocks if pre is not None else ()):
-                for side, f in zip("LR", pair, strict=True):
-                    d = {"param": index, "block": b, "side": side, **f.diagnostics()}
-                    out["root_failures"] += d["root_failures"]
-                    out["cholesky_failures"] += d.get("cholesky_failures", 0)
-                    out["factors"].append(d)
+        out: dict[str, Any] = {
+            "nonfinite_steps": 0,
+            "root_failures": 0,
+            "cholesky_failures": 0,
+            "quant_error": None,
+            "factors": [],
+        }
+        i = -1
+        for g, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                i += 1
+                st = self.state.get(p)
+                if not st:
+                    continue
+                out["nonfinite_steps"] += st["nonfinite_steps"]
+                pre = self._preconditioner(p, st, group)
+                for b, pair in enumerate(pre.blocks if pre is not None else ()):
+                    if pair is None:  # the block is held by another rank
+                        continue
+                    for side, f in zip("LR", pair, strict=True):
+                        d = f.diagnostics()
+                        out["root_failures"] += d["root_failures"]
+                        out["cholesky_failures"] += d["cholesky_failures"]
+                        where = dict(param=i, group=g, shape=tuple(p.shape), block=b, side=side)
+                        out["factors"].append(
+                            {**where, **d, "skipped_steps": st["nonfinite_steps"]}
+                        )
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
         return out
@@ -335,17 +684,19 @@ class Shampoo4bit(Shampoo):
         super().__init__(params, lr, **kwargs)
 
 
-def graft(direction: Tensor, grad: Tensor) -> Tensor:
+def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> Tensor:
     """Rescale ``direction`` to the Frobenius norm of ``grad`` (zero stays zero)."""
     norm_d = direction.norm()
-    scale = torch.where(norm_d > 0, grad.norm() / norm_d, torch.zeros_like(norm_d))
+    if grad_norm is None:
+        grad_norm = grad.norm()
+    scale = torch.where(norm_d > 0, grad_norm / norm_d, torch.zeros_like(norm_d))
     return direction.mul_(scale)
 
 
 def _blocking(p: Tensor, group: dict) -> Blocking | None:
     if not group["precondition"]:
         return None
-    return Blocking.of(tuple(p.shape), group["max_preconditioner_dim"])
+    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
 
 
 def _factor_config(group: dict) -> FactorConfig:
@@ -360,14 +711,60 @@ def _base_kwargs(group: dict) -> dict:
     )
 
 
+def _looks_like_ours(state_dict: dict) -> bool:
+    groups = state_dict.get("param_groups") or []
+    states = (state_dict.get("state") or {}).values()
+    return (
+        bool(groups)
+        and all("quant" in g and "stat_decay" in g for g in groups)
+        and all("layout" in st for st in states)
+    )
+
+
 def _nbytes(obj) -> int:
     if isinstance(obj, Tensor):
-        return obj.nbytes
+        return local(obj).nbytes  # a DTensor counts this rank's shard
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(v) for v in obj)
     return 0
+
+
+def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
+    """The state a (non-DTensor) parameter starts with, every block included, on ``device``."""
+    init, _ = BASES[group["base"]]
+    st = {
+        "step": 0,
+        "nonfinite_steps": 0,
+        "layout": {k: group[k] for k in _LAYOUT_KEYS},
+        "base": init(torch.empty(p.shape, dtype=p.dtype, device=device)),
+    }
+    blocking = _blocking(p, group)
+    if blocking is not None:
+        _, st["precond"] = ParamPreconditioner.create(
+            blocking,
+            group["quant"],
+            _factor_config(group),
+            device,
+            group["matrix_eps"],
+            group["min_quant_numel"],
+        )
+    return st
+
+
+#: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
+_SKELETONS: dict[tuple, dict] = {}
+
+
+def _to_meta(obj):
+    if isinstance(obj, Tensor):
+        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
+    if isinstance(obj, dict):
+        return {k: _to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_meta(v) for v in obj]
+    return obj
 
 
 def _copy_to(obj, device: torch.device):
@@ -386,62 +783,80 @@ def _check(ok: bool, name: str, value: Any, what: str) -> None:
         raise ValueError(f"invalid {name}={value!r}: {what}")
 
 
+def _real(name: str, value: Any, what: str = "must be a finite real number") -> float:
+    """``value`` as a float, or ValueError naming ``name`` (bools and non-finite refused)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value_f = value.item()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value_f = float(value)
+    else:
+        raise ValueError(f"invalid {name}={value!r}: {what}")
+    _check(math.isfinite(value_f), name, value, what)
+    return value_f
+
+
+def _integer(name: str, value: Any, low: int) -> None:
+    _check(
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low,
+        name,
+        value,
+        f"must be an integer >= {low}",
+    )
+
+
 def validate_group(g: dict[str, Any]) -> None:
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
-    _check(g["base"] in BASES, "base", g["base"], f"must be one of {tuple(BASES)}")
-    _check(g["quant"] in FACTORS, "quant", g["quant"], f"must be one of {tuple(FACTORS)}")
+    for name, options in (
+        ("base", tuple(BASES)),
+        ("quant", tuple(FACTORS)),
+        ("root_method", ROOT_METHODS),
+        ("codebook", tuple(CODEBOOK_NAMES)),
+        ("nonfinite", ("skip", "raise")),
+    ):
+        v = g[name]
+        _check(isinstance(v, str) and v in options, name, v, f"must be one of {options}")
+    for name in ("nesterov", "maximize", "precondition"):
+        _check(isinstance(g[name], bool), name, g[name], "must be True or False")
+    _check(_real("lr", g["lr"]) >= 0, "lr", g["lr"], "must be >= 0")
+    betas = g["betas"]
     _check(
-        g["root_method"] in ROOT_METHODS,
-        "root_method",
-        g["root_method"],
-        f"must be one of {ROOT_METHODS}",
+        isinstance(betas, (tuple, list)) and len(betas) == 2,
+        "betas",
+        betas,
+        "must be a pair (beta1, beta2)",
+    )
+    for b in betas:
+        _check(0 <= _real("betas", b) < 1, "betas", betas, "each must be in [0, 1)")
+    eps = _real("eps", g["eps"])
+    _check(eps >= 0, "eps", eps, "must be >= 0")
+    _check(
+        eps > 0 or g["base"] != "adamw",
+        "eps",
+        eps,
+        "must be > 0 with base='adamw' (a gradient entry that stays zero would give 0/0 = NaN)",
     )
     _check(
-        g["codebook"] in CODEBOOK_NAMES,
-        "codebook",
-        g["codebook"],
-        f"must be one of {CODEBOOK_NAMES}",
+        _real("weight_decay", g["weight_decay"]) >= 0,
+        "weight_decay",
+        g["weight_decay"],
+        "must be >= 0",
     )
-    _check(
-        g["nonfinite"] in ("skip", "raise"),
-        "nonfinite",
-        g["nonfinite"],
-        "must be 'skip' or 'raise'",
-    )
-    lr = g["lr"]
-    _check(
-        isinstance(lr, (float, int)) or (isinstance(lr, Tensor) and lr.numel() == 1),
-        "lr",
-        lr,
-        "must be a number",
-    )
-    _check(float(lr) >= 0, "lr", lr, "must be >= 0")
-    b1, b2 = g["betas"]
-    _check(0 <= b1 < 1 and 0 <= b2 < 1, "betas", g["betas"], "each must be in [0, 1)")
-    _check(g["eps"] >= 0, "eps", g["eps"], "must be >= 0")
-    _check(g["weight_decay"] >= 0, "weight_decay", g["weight_decay"], "must be >= 0")
-    _check(0 <= g["momentum"] < 1, "momentum", g["momentum"], "must be in [0, 1)")
+    for name in ("momentum", "stat_decay", "ef_decay"):
+        _check(0 <= _real(name, g[name]) < 1, name, g[name], "must be in [0, 1)")
     _check(
         not (g["nesterov"] and g["momentum"] == 0),
         "nesterov",
         g["nesterov"],
         "Nesterov momentum needs momentum > 0",
     )
-    _check(0 <= g["stat_decay"] < 1, "stat_decay", g["stat_decay"], "must be in [0, 1)")
-    _check(g["matrix_eps"] > 0, "matrix_eps", g["matrix_eps"], "must be > 0")
-    _check(0 <= g["ef_decay"] < 1, "ef_decay", g["ef_decay"], "must be in [0, 1)")
+    _check(_real("matrix_eps", g["matrix_eps"]) > 0, "matrix_eps", g["matrix_eps"], "must be > 0")
     for name in ("stat_interval", "root_interval", "max_preconditioner_dim", "block_size"):
-        v = g[name]
-        _check(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-            name,
-            v,
-            "must be an integer >= 1",
-        )
+        _integer(name, g[name], 1)
+    _integer("min_quant_numel", g["min_quant_numel"], 0)
+    _integer("max_consecutive_failures", g["max_consecutive_failures"], 0)
     _check(
-        isinstance(g["min_quant_numel"], int) and g["min_quant_numel"] >= 0,
-        "min_quant_numel",
-        g["min_quant_numel"],
-        "must be an integer >= 0",
+        g["bits"] in SUPPORTED_BITS and not isinstance(g["bits"], bool),
+        "bits",
+        g["bits"],
+        f"must be one of {SUPPORTED_BITS}",
     )
-    _check(g["bits"] in SUPPORTED_BITS, "bits", g["bits"], f"must be one of {SUPPORTED_BITS}")

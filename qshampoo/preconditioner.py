@@ -2,9 +2,16 @@
 
 For a block ``G_b`` of the parameter's 2-D gradient view, the preconditioned block is
 ``L_hat @ G_b @ R_hat``; the blocks are re-assembled into the parameter's shape.
+
+Under ``torch.distributed`` a rank may hold only some of the blocks (see ``qshampoo.distributed``);
+it then stores them in a dict keyed by the block's index as a string, ``{"0": ..., "3": ...}``.
+A ``torch.distributed.checkpoint`` key such as ``precond.3.L.stat`` then names the same block
+whether it was saved by one process (a list) or by the rank that owns it (a dict).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 from torch import Tensor
@@ -14,11 +21,17 @@ from .factors import Factor, FactorConfig, StepHyper, factor_view, make_factor
 
 
 class ParamPreconditioner:
-    """A view over ``state["precond"]``: ``[{"L": factor_state, "R": factor_state}, ...]``."""
+    """A view over ``state["precond"]``: ``[{"L": factor_state, "R": factor_state}, ...]``, or
+    ``{"<block index>": {"L": ..., "R": ...}}`` for the blocks this rank holds.
 
-    def __init__(self, blocking: Blocking, blocks: list[tuple[Factor, Factor]]):
+    ``held`` lists the indices of the blocks whose factors this process keeps (all of them
+    unless the blocks are split across ranks).
+    """
+
+    def __init__(self, blocking: Blocking, blocks: list[tuple[Factor, Factor] | None]):
         self.blocking = blocking
         self.blocks = blocks
+        self.held = [i for i, b in enumerate(blocks) if b is not None]
 
     @classmethod
     def create(
@@ -29,33 +42,51 @@ class ParamPreconditioner:
         device: torch.device,
         eps: float,
         min_quant_numel: int,
-    ) -> tuple[ParamPreconditioner, list[dict]]:
-        """New factors for every block; returns the view and the state list to store."""
-        blocks = []
-        for rows, cols in blocking.slices:
+        held: Collection[int] | None = None,
+    ) -> tuple[ParamPreconditioner, list[dict] | dict[str, dict]]:
+        """New factors for the ``held`` blocks; returns the view and the state to store
+        (a list over all blocks when ``held`` is None, else a dict over the held ones)."""
+        blocks: list[tuple[Factor, Factor] | None] = []
+        for i, (rows, cols) in enumerate(blocking.slices):
+            if held is not None and i not in held:
+                blocks.append(None)
+                continue
             n, m = rows.stop - rows.start, cols.stop - cols.start
             blocks.append(
                 tuple(make_factor(quant, k, config, device, eps, min_quant_numel) for k in (n, m))
             )
-        stored = [{"L": left.state, "R": right.state} for left, right in blocks]
-        return cls(blocking, blocks), stored
+        states = [None if b is None else {"L": b[0].state, "R": b[1].state} for b in blocks]
+        return cls(blocking, blocks), states if held is None else held_dict(states)
 
     @classmethod
-    def view(cls, blocking: Blocking, stored: list[dict], config: FactorConfig):
-        blocks = [(factor_view(b["L"], config), factor_view(b["R"], config)) for b in stored]
+    def view(cls, blocking: Blocking, stored: list[dict] | dict[str, dict], config: FactorConfig):
+        blocks = [
+            (factor_view(b["L"], config), factor_view(b["R"], config)) if b else None
+            for b in block_list(stored, len(blocking.slices))
+        ]
         return cls(blocking, blocks)
 
     def factors(self) -> list[Factor]:
-        return [f for pair in self.blocks for f in pair]
+        return [f for pair in self.blocks if pair is not None for f in pair]
 
     def update_statistics(self, grad: Tensor, hp: StepHyper) -> None:
-        """Fold ``G_b G_b^T`` into each L and ``G_b^T G_b`` into each R (grad in fp32)."""
-        for (left, right), g in zip(self.blocks, self.blocking.blocks(grad), strict=True):
-            left.update_statistics(g @ g.T, hp)
-            right.update_statistics(g.T @ g, hp)
+        """Fold ``G_b G_b^T`` into each held L and ``G_b^T G_b`` into each R (grad in fp32)."""
+        for pair, g in zip(self.blocks, self.blocking.blocks(grad), strict=True):
+            if pair is not None:
+                left, right = pair
+                left.update_statistics(g @ g.T, hp)
+                right.update_statistics(g.T @ g, hp)
 
     def precondition(self, grad: Tensor) -> Tensor:
-        """``L_hat G_b R_hat`` for every block, as a new fp32 tensor of ``grad``'s shape."""
+        """``L_hat G_b R_hat`` for every block, as a new fp32 tensor of ``grad``'s shape.
+
+        Needs every block; with blocks split across ranks use ``precondition_held``.
+        """
+        if len(self.held) != len(self.blocks):
+            raise RuntimeError(
+                "this preconditioner holds only some of its blocks (it belongs to an optimizer "
+                "that splits blocks across ranks, see qshampoo.distributed)"
+            )
         g2 = grad.reshape(self.blocking.shape2d)
         if len(self.blocks) == 1:
             left, right = self.blocks[0]
@@ -64,3 +95,26 @@ class ParamPreconditioner:
         for (left, right), (rows, cols) in zip(self.blocks, self.blocking.slices, strict=True):
             out[rows, cols] = left.root() @ g2[rows, cols] @ right.root()
         return out.view(grad.shape)
+
+    def precondition_held(self, grad: Tensor) -> list[Tensor]:
+        """``L_hat G_b R_hat`` for the held blocks only, in block order (2-D fp32 tensors)."""
+        g2 = grad.reshape(self.blocking.shape2d)
+        slices = self.blocking.slices
+        out = []
+        for i in self.held:
+            left, right = self.blocks[i]
+            rows, cols = slices[i]
+            out.append(left.root() @ g2[rows, cols] @ right.root())
+        return out
+
+
+def block_list(stored: list[dict] | dict[str, dict], n: int) -> list[dict | None]:
+    """The stored blocks as a list of ``n`` entries, None where a block is not held."""
+    if isinstance(stored, list):
+        return list(stored)
+    return [stored.get(str(i)) for i in range(n)]
+
+
+def held_dict(states: list[dict | None]) -> dict[str, dict]:
+    """``{"<index>": block}`` for the held (not None) entries of a block list."""
+    return {str(i): b for i, b in enumerate(states) if b is not None}

@@ -5,9 +5,12 @@ Two methods, both batched over leading dimensions: ``"eigh"`` (symmetric eigende
 the default: on CPU it is several times faster than Newton at every size we use) and
 ``"newton"`` (the coupled Newton iteration, matmul only, which suits accelerators).
 
-A root that fails (a LAPACK error or a non-finite result) is retried in float64; a matrix
-whose root still fails is reported through the returned ``ok`` mask so the caller can keep
-its previous root.
+Failure policy (see docs/robustness.md). A root that fails (a LAPACK error or a non-finite
+result) is retried in float64 with the same damping, then in float64 with ``DAMPING_GROWTH``
+times more damping, ``DAMPING_RETRIES`` times. A matrix whose root still fails is reported
+through the returned ``ok`` mask, so the caller keeps its previous root and counts the failure.
+An all-zero matrix (statistics that decayed to exactly zero under zero gradients) carries no
+information: its root is the identity, which is not a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import torch
 from torch import Tensor
 
 ROOT_METHODS = ("eigh", "newton")
+
+
+#: a root that still fails in float64 is retried this many times, each with more damping
+DAMPING_RETRIES = 3
+#: the factor by which each retry multiplies the relative damping
+DAMPING_GROWTH = 10.0
 
 
 def inverse_root(
@@ -34,19 +43,63 @@ def inverse_root(
         that is False where the root could not be computed (that entry of ``root`` is then
         undefined and must not be used).
     """
+    root, ok, _ = inverse_root_ex(A, p, eps, method)
+    return root, ok
+
+
+def inverse_root_ex(
+    A: Tensor, p: int = 4, eps: float = 1e-6, method: str = "eigh"
+) -> tuple[Tensor, Tensor, list[float]]:
+    """``inverse_root`` that also returns the relative damping each matrix ended up with.
+
+    Returns ``(root, ok, damping)`` with ``damping`` a flat list (batch order) of the
+    relative damping of the attempt that succeeded, or of the last attempt where none did.
+    """
     if method not in ROOT_METHODS:
         raise ValueError(f"root_method must be one of {ROOT_METHODS}, got {method!r}")
     fn = _eigh_root if method == "eigh" else _newton_root
-    A32 = A.float()
+    shape = A.shape
+    A32 = A.float().reshape(-1, *shape[-2:])
+    n = shape[-1]
+    # An all-zero matrix has no root; it means "no information", so precondition with I.
+    zero = (A32 == 0).flatten(1).all(dim=1)
+    eye = torch.eye(n, dtype=A32.dtype, device=A32.device)
+    A32 = torch.where(zero[:, None, None], eye, A32)
     root, ok = _attempt(fn, A32, p, eps)
-    if not bool(ok.all()):
-        # fp32 failed somewhere: redo those matrices in fp64 (eigh's LAPACK error is
-        # matrix-wide, so retry only what failed).
-        bad = ~ok
-        root64, ok64 = _attempt(fn, A32[bad].double(), p, eps)
-        root[bad] = root64.float()
-        ok[bad] = ok64 & torch.isfinite(root[bad]).flatten(-2).all(-1)
-    return root, ok
+
+    def attempt(idx: Tensor, try_eps: float, first: bool) -> tuple[Tensor, Tensor]:
+        # eigh's LAPACK error is batch-wide, so only what failed is redone
+        return _attempt(fn if first else _eigh_root, A32[idx].double(), p, try_eps)
+
+    damping = retry_failed(root, ok, eps, attempt)
+    return root.reshape(shape), ok.reshape(shape[:-2]), damping
+
+
+def retry_failed(root: Tensor, ok: Tensor, eps: float, attempt) -> list[float]:
+    """The retry ladder shared by every root computation, applied in place to a flat batch.
+
+    ``root`` ``(B, n, n)`` fp32 and ``ok`` ``(B,)`` come from a first attempt at relative
+    damping ``eps``. The failed entries are redone by ``attempt(idx, eps, first)`` (which
+    returns float64 roots for the batch indices ``idx`` and their ok mask) first at ``eps``
+    (``first=True``), then at ``eps * DAMPING_GROWTH**k`` for k = 1..``DAMPING_RETRIES``;
+    a result counts only if it is finite in float32. Returns the damping each entry ended with.
+    """
+    damping = [eps] * root.shape[0]
+    if bool(ok.all()):
+        return damping
+    for k in range(1 + DAMPING_RETRIES):
+        bad = (~ok).nonzero().flatten()
+        if bad.numel() == 0:
+            break
+        try_eps = eps * DAMPING_GROWTH**k
+        r64, ok64 = attempt(bad, try_eps, k == 0)
+        r32 = r64.float()
+        ok64 = ok64 & torch.isfinite(r32).flatten(-2).all(-1)
+        root[bad] = torch.where(ok64[:, None, None], r32, root[bad])
+        ok[bad] = ok64
+        for i in bad.tolist():
+            damping[i] = try_eps
+    return damping
 
 
 def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:

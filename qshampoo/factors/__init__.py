@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Factor, FactorConfig, StepHyper, update_roots
+from .base import (
+    Factor,
+    FactorConfig,
+    PreconditionerError,
+    StepHyper,
+    check_failures,
+    cholesky_with_retry,
+    update_roots,
+)
 from .cholesky import CholeskyEFFactor, CholeskyFactor
 from .eigen import EigenFactor
 from .fp32 import Fp32Factor
@@ -38,7 +46,10 @@ __all__ = [
     "FACTORS",
     "Factor",
     "FactorConfig",
+    "PreconditionerError",
     "StepHyper",
+    "check_failures",
+    "cholesky_with_retry",
     "factor_view",
     "make_factor",
     "update_roots",

@@ -10,17 +10,25 @@ The optimizer only ever calls this interface, so it never branches on the varian
     update_roots([factors...], hp)         # L_hat <- (L + eps lambda_max I)^(-1/4), batched
     factor.root()                          # dense fp32 L_hat, to multiply the gradient with
     factor.nbytes()                        # bytes the stored state really holds
+
+Failure policy, shared by every variant (docs/robustness.md): a root computation or Cholesky
+factorisation that fails is retried in float64 and with more damping (``inverse_root_ex``,
+``cholesky_with_retry``); if it still fails the factor keeps its previous root/factor and
+records the failure (``record_root_result``, ``record_cholesky_result``). The optimizer then
+calls ``check_failures``, which raises ``PreconditionerError`` once one factor has failed
+``max_consecutive_failures`` times in a row.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..roots import inverse_root
+from ..roots import DAMPING_GROWTH, DAMPING_RETRIES, inverse_root_ex
 
 
 @dataclass(frozen=True)
@@ -60,12 +68,7 @@ class Factor:
     @classmethod
     def new(cls, order: int, config: FactorConfig, device: torch.device, eps: float) -> Factor:
         """A fresh factor of ``order`` with statistics ``eps * I`` and root ``I``."""
-        state: dict = {
-            "kind": cls.kind,
-            "order": order,
-            "root_failures": 0,
-            "consecutive_failures": 0,
-        }
+        state: dict = {"kind": cls.kind, "order": order, **new_health_state()}
         factor = cls(state, config)
         eye = torch.eye(order, device=device)
         factor.init_state(eps * eye, eye)
@@ -99,35 +102,163 @@ class Factor:
     def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
         """Inverse 4th roots of same-order factors of this class, in one batched call.
 
-        Returns ``(roots (B, n, n) fp32, ok (B,) bool)``; nothing is stored.
+        Returns ``(roots (B, n, n) fp32, ok (B,) bool)``. A root that fails is retried in
+        float64 and with more damping (``inverse_root_ex``); the damping each root ended up
+        with is kept as ``state["root_damping"]`` (for ``diagnostics()``), nothing else is
+        stored.
         """
         A = torch.stack([f.statistics() for f in factors])
-        return inverse_root(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
+        roots, ok, damping = inverse_root_ex(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
+        for f, d in zip(factors, damping, strict=True):
+            f.state["root_damping"] = d
+        return roots, ok
 
     @classmethod
     def compute_roots(cls, factors: list[Factor], hp: StepHyper) -> None:
-        """Recompute and store the roots; a factor whose root fails keeps its previous one."""
+        """Recompute and store the roots; a factor whose root fails keeps its previous one
+        and counts the failure."""
         roots, ok = cls.inverse_roots(factors, hp)
         for f, r, good in zip(factors, roots, ok.tolist(), strict=True):
             f.record_root_result(good)
             if good:
                 f.store_root(r)
 
+    # -- health: failures, damping, quantization error ------------------------------------
     def diagnostics(self) -> dict:
-        """Per-factor health: kind, order, root failures and (4-bit) quantization error."""
+        """Per-factor health: failures, damping used and (4-bit) quantization error.
+
+        Variants that quantize store their last quantization error (relative Frobenius error
+        of what they re-quantized, a float or 0-d tensor) as ``state["quant_error"]``; the
+        Cholesky variants report their damping through ``record_cholesky_result``.
+        """
+        st = self.state
         return {
             "kind": self.kind,
             "order": self.order,
-            "root_failures": self.state["root_failures"],
-            "quant_error": None,
+            "root_failures": st["root_failures"],
+            "cholesky_failures": st["cholesky_failures"],
+            "consecutive_root_failures": st["consecutive_root_failures"],
+            "consecutive_cholesky_failures": st["consecutive_cholesky_failures"],
+            "root_damping": _as_float(st["root_damping"]),
+            "cholesky_damping": _as_float(st["cholesky_damping"]),
+            "quant_error": _as_float(st.get("quant_error")),
         }
 
-    def record_root_result(self, ok: bool) -> None:
+    def record_root_result(self, ok: bool, damping: float | Tensor | None = None) -> None:
+        """Count a root computation's outcome; ``damping`` is the relative damping it used."""
+        self._record("root", ok, damping)
+
+    def record_cholesky_result(self, ok: bool, damping: float | Tensor | None = None) -> None:
+        """Count a Cholesky factorisation's outcome; ``damping``: what the diagonal got."""
+        self._record("cholesky", ok, damping)
+
+    def _record(self, what: str, ok: bool, damping: float | None) -> None:
+        st = self.state
+        if damping is not None:  # a float, or a 0-d tensor (no host sync)
+            st[f"{what}_damping"] = damping
         if ok:
-            self.state["consecutive_failures"] = 0
+            st[f"consecutive_{what}_failures"] = 0
         else:
-            self.state["root_failures"] += 1
-            self.state["consecutive_failures"] += 1
+            st[f"{what}_failures"] += 1
+            st[f"consecutive_{what}_failures"] += 1
+
+    def failure_streak(self) -> tuple[str, int]:
+        """The longest current run of failures of this factor: ``("root"|"cholesky", count)``."""
+        r = self.state["consecutive_root_failures"]
+        c = self.state["consecutive_cholesky_failures"]
+        return ("cholesky", c) if c > r else ("root", r)
+
+
+class PreconditionerError(RuntimeError):
+    """A preconditioner factor failed ``max_consecutive_failures`` times in a row."""
+
+
+def new_health_state() -> dict:
+    """The failure counters and damping every factor's state starts with."""
+    return {
+        "root_failures": 0,
+        "cholesky_failures": 0,
+        "consecutive_root_failures": 0,
+        "consecutive_cholesky_failures": 0,
+        "root_damping": None,
+        "cholesky_damping": None,
+    }
+
+
+def check_failures(
+    factors: Iterable[tuple[Factor, Callable[[], str]]], limit: int, advice: str = ""
+) -> None:
+    """Raise ``PreconditionerError`` if a factor has failed ``limit`` times in a row.
+
+    ``factors`` pairs each factor with a function that describes where it is (called only to
+    build the message). ``limit == 0`` never raises.
+    """
+    if limit <= 0:
+        return
+    for f, where in factors:
+        what, streak = f.failure_streak()
+        if streak < limit:
+            continue
+        op = "inverse root" if what == "root" else "Cholesky factorisation"
+        damping = _as_float(f.state[f"{what}_damping"])
+        tried = "n/a" if damping is None else f"{damping:.3g}"
+        raise PreconditionerError(
+            f"{where()}: the {op} of its {f.kind!r} factor of order {f.order} failed {streak} "
+            f"times in a row (last damping tried {tried}, float64 included), so this block "
+            f"is preconditioned with a stale value. The statistics are most likely too "
+            f"ill-conditioned or too large: {advice}lower the learning rate or clip gradients. "
+            "To keep training on the last good preconditioner instead, pass "
+            "max_consecutive_failures=0."
+        )
+
+
+def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Tensor, list[float]]:
+    """Lower Cholesky factors of ``A + damping * I`` for a batch ``(b, n, n)``, with retries.
+
+    ``damping`` is a float or a ``(b,)`` tensor of absolute diagonal shifts. A factorisation
+    that fails (``cholesky_ex`` info > 0, or a non-finite factor) is retried in float64 with
+    the same damping, then in float64 with ``DAMPING_GROWTH`` times more (starting from at
+    least float32's resolution of the diagonal), ``DAMPING_RETRIES`` times.
+
+    Returns ``(C, ok, damping_used)``: fp32 factors (entries where ``ok`` is False are
+    undefined: keep the previous factor and call ``record_cholesky_result(False)``), a
+    ``(b,)`` bool mask, and per matrix the damping of the attempt that succeeded (or of the
+    last one tried).
+    """
+    A = A.float()
+    b, n = A.shape[0], A.shape[-1]
+    d = torch.as_tensor(damping, dtype=torch.float64, device=A.device).expand(b).clone()
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    C, ok = _cholesky(A + d.float()[:, None, None] * eye)
+    if not bool(ok.all()):
+        eye64 = eye.double()
+        # escalation starts from at least float32's resolution of the diagonal, so that a zero
+        # damping grows too
+        diag = A.diagonal(dim1=-2, dim2=-1).abs().amax(-1).double().nan_to_num(0.0, 0.0, 0.0)
+        floor = diag * torch.finfo(A.dtype).eps
+        for k in range(1 + DAMPING_RETRIES):
+            bad = (~ok).nonzero().flatten()
+            if bad.numel() == 0:
+                break
+            if k > 0:
+                d[bad] = torch.maximum(d[bad], floor[bad]) * DAMPING_GROWTH
+            C64, ok64 = _cholesky(A[bad].double() + d[bad][:, None, None] * eye64)
+            C32 = C64.float()
+            ok64 = ok64 & torch.isfinite(C32).flatten(1).all(1)
+            C[bad] = torch.where(ok64[:, None, None], C32, C[bad])
+            ok[bad] = ok64
+    return C, ok, d.tolist()
+
+
+def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
+    C, info = torch.linalg.cholesky_ex(A)
+    return C, (info == 0) & torch.isfinite(C).flatten(1).all(1)
+
+
+def _as_float(x) -> float | None:
+    if x is None:
+        return None
+    return float(x.item() if isinstance(x, Tensor) else x)
 
 
 def update_roots(factors: list[Factor], hp: StepHyper) -> None:

@@ -29,32 +29,25 @@ import torch
 from torch import Tensor
 
 from ..quant import decode, encode, pack, unpack
-from .base import StepHyper
+from ..roots import DAMPING_RETRIES
+from .base import StepHyper, cholesky_with_retry
 from .quantized import QuantizedFactor
 
 #: damping is multiplied by 10 this many times before a factor keeps its previous value
-CHOLESKY_RETRIES = 3
+CHOLESKY_RETRIES = DAMPING_RETRIES
 
 
 def damped_cholesky(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky factors of ``L + delta I`` for a batch ``(B, n, n)``.
 
-    ``delta = eps * max(diag L)`` (floored at ``eps**2``), multiplied by 10 up to
-    ``CHOLESKY_RETRIES`` times for the matrices that fail. Returns ``(C, ok, delta)`` with
-    ``ok`` False where every attempt failed (that C is undefined).
+    ``delta = eps * max(diag L)`` (floored at ``eps**2``). The matrices that fail are retried
+    by the shared failure policy (``factors.base.cholesky_with_retry``): in float64, then with
+    10x the damping up to ``CHOLESKY_RETRIES`` times. Returns ``(C, ok, delta)`` with ``ok``
+    False where every attempt failed (that C is undefined) and ``delta`` the damping used.
     """
-    eye = torch.eye(L.shape[-1], device=L.device, dtype=L.dtype)
     delta = (eps * L.diagonal(dim1=-2, dim2=-1).amax(-1)).clamp_min(eps * eps)
-    C, info = torch.linalg.cholesky_ex(L + delta[:, None, None] * eye)
-    for _ in range(CHOLESKY_RETRIES):
-        bad = info > 0
-        if not bool(bad.any()):
-            break
-        delta = torch.where(bad, 10 * delta, delta)
-        C_retry, info_retry = torch.linalg.cholesky_ex(L[bad] + delta[bad, None, None] * eye)
-        C[bad], info[bad] = C_retry, info_retry
-    ok = (info == 0) & torch.isfinite(C).flatten(1).all(1)
-    return C, ok, delta
+    C, ok, used = cholesky_with_retry(L, delta)
+    return C, ok, torch.tensor(used, dtype=L.dtype, device=L.device)
 
 
 class CholeskyFactor(QuantizedFactor):
@@ -67,8 +60,7 @@ class CholeskyFactor(QuantizedFactor):
     def init_statistics(self, statistics: Tensor) -> None:
         n = self.order
         self.state["chol_diag"] = statistics.diagonal().sqrt()
-        self.state["damping"] = torch.zeros((), device=statistics.device)
-        self.state["cholesky_failures"] = 0
+        self.state["cholesky_damping"] = torch.zeros((), device=statistics.device)
         zero = torch.zeros(n, n, device=statistics.device)
         self.requantize(zero, zero if self.error_feedback else None, ef_decay=0.0)
 
@@ -134,11 +126,11 @@ class CholeskyFactor(QuantizedFactor):
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
         L = self.statistics().lerp_(gram, 1.0 - hp.stat_decay)
         C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
-        if not bool(ok[0]):
-            self.state["cholesky_failures"] += 1  # keep the previous factor
+        good = bool(ok[0])
+        self.record_cholesky_result(good, delta[0])
+        if not good:  # keep the previous factor
             return
         C = C[0]
-        self.state["damping"] = delta[0]
         self.state["chol_diag"] = C.diagonal().clone()
         if self.error_feedback:
             E = self.error_state()
@@ -150,12 +142,6 @@ class CholeskyFactor(QuantizedFactor):
     def statistics_bytes(self) -> int:
         keys = ("codes", "c_scales", "e_scales", "chol_diag")
         return sum(self.state[k].nbytes for k in keys if k in self.state)
-
-    def diagnostics(self) -> dict:
-        out = super().diagnostics()
-        out["cholesky_failures"] = self.state["cholesky_failures"]
-        out["damping"] = float(self.state["damping"])
-        return out
 
 
 class CholeskyEFFactor(CholeskyFactor):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..quant import dequantize
+from ..roots import retry_failed
 from .base import Factor, StepHyper
 from .quantized import QuantizedFactor
 
@@ -23,6 +24,18 @@ def bjorck(U: Tensor, steps: int) -> Tensor:
     for _ in range(steps):
         U = 1.5 * U - 0.5 * U @ (U.mT @ U)
     return U
+
+
+def _eigen_root(U: Tensor, lam: Tensor, eps: float) -> Tensor:
+    """``U diag((lam + eps max lam)^(-1/4)) U^T``; all-zero statistics give the identity."""
+    lam = lam.clamp_min(0.0)
+    lam_max = lam.amax(-1, keepdim=True)
+    inv = torch.where(lam_max > 0, (lam + eps * lam_max).pow(-0.25), torch.ones_like(lam))
+    return (U * inv.unsqueeze(-2)) @ U.mT
+
+
+def _ok(roots: Tensor) -> tuple[Tensor, Tensor]:
+    return roots, torch.isfinite(roots).flatten(1).all(1)
 
 
 class EigenFactor(QuantizedFactor):
@@ -54,10 +67,19 @@ class EigenFactor(QuantizedFactor):
     @classmethod
     def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
         U = bjorck(torch.stack([f.eigenvectors() for f in factors]), 4)
-        lam = torch.stack([f.state["eigvals"] for f in factors]).clamp_min(0.0)
-        inv = (lam + hp.matrix_eps * lam.amax(-1, keepdim=True)).pow(-0.25)
-        roots = (U * inv.unsqueeze(-2)) @ U.mT
-        return roots, torch.isfinite(roots).flatten(1).all(1)
+        lam = torch.stack([f.state["eigvals"] for f in factors])
+        roots = _eigen_root(U, lam, hp.matrix_eps)
+        ok = torch.isfinite(roots).flatten(1).all(1)
+        # the shared failure policy: float64, then more damping (see ``roots.retry_failed``)
+        damping = retry_failed(
+            roots,
+            ok,
+            hp.matrix_eps,
+            lambda i, eps, _: _ok(_eigen_root(U[i].double(), lam[i].double(), eps)),
+        )
+        for f, d in zip(factors, damping, strict=True):
+            f.state["root_damping"] = d
+        return roots, ok
 
     def statistics_bytes(self) -> int:
         return self.stored_bytes("vecs") + self.state["eigvals"].nbytes
