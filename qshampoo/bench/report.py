@@ -216,14 +216,30 @@ def _qe_text(q: dict) -> str:
     return f"{q['first']:.3f} → {q['last']:.3f} (max {q['max']:.3f})"
 
 
+def _second_column(meta: dict) -> str | None:
+    """The column after the metric: the loss when the metric is something else, perplexity
+    (exp of the loss) for a language model whose metric is the loss, else none."""
+    if not meta.get("metric_is_loss"):
+        return "test loss"
+    return "perplexity" if meta.get("perplexity") else None
+
+
+def _second_cell(meta: dict, s: dict) -> str:
+    if not meta.get("metric_is_loss"):
+        return fmt_mean_std(s["loss"], 1.0, 4)
+    ppl = [math.exp(v) if v is not None and math.isfinite(v) else v for v in s["loss"]["values"]]
+    return fmt_mean_std(_stats(ppl), 1.0, 2)
+
+
 def results_table(meta: dict, summary: dict) -> str:
     scale = _scale(meta)
     metric = meta["metric_name"] + (" (%)" if meta.get("percent") else "")
     gpu = any(s["cuda_peak_bytes"] for s in summary.values())
+    second = _second_column(meta)
     head = [
         "optimizer",
         metric,
-        "test loss",
+        *([second] if second else []),
         "preconditioner state",
         "other optimizer state",
         "peak RSS",
@@ -244,7 +260,7 @@ def results_table(meta: dict, summary: dict) -> str:
         row = [
             f"`{name}`",
             fmt_mean_std(s["metric"], scale),
-            fmt_mean_std(s["loss"], 1.0, 4),
+            *([_second_cell(meta, s)] if second else []),
             fmt_bytes(s["state_bytes"]["preconditioners"]),
             fmt_bytes(s["state_bytes"]["base_state"]),
             fmt_bytes(s["peak_rss_bytes"]["mean"]),
@@ -621,8 +637,9 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
 # --------------------------------------------------------------------------------------------
 
 DEFINITIONS = f"""\
-**What the columns mean.** *{{metric}}*: the final model on the whole test set (mean ± sample
-standard deviation over seeds). *Test loss*: the training loss function on the same set.
+**What the columns mean.** *{{metric}}*: the final model on the evaluation set named above (mean ±
+sample standard deviation over seeds). *Test loss*: the training loss function on the same set
+(*perplexity*: its exponential, for a language model whose metric is the loss).
 *Preconditioner state* / *other optimizer state*: bytes of optimizer state from the optimizer's
 `memory_report()` (Shampoo's factors and roots / the base optimizer's moments and everything else;
 for torch optimizers, all of `opt.state`). *Peak RSS*: the run's resident-memory high-water mark
@@ -667,7 +684,8 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
         f"{meta['batch_size']}, seeds {', '.join(map(str, meta['seeds']))}; learning rate: "
         f"{100 * meta['warmup']:g}% linear warm-up, cosine decay to {meta['final_lr']:g}× peak. "
         f"Same seed = same initialisation and data order for every optimizer. Total time of the "
-        f"comparison: {meta['bench_wall_s'] / 60:.1f} min.",
+        f"comparison: {meta['bench_wall_s'] / 60:.1f} min. Final numbers on "
+        f"{meta.get('final_eval_what') or 'the test set'}.",
         "",
     ]
     load = meta.get("load_average") or {}

@@ -160,6 +160,9 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
         "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
         "percent": task.percent,
+        "metric_is_loss": task.metric_fn is None,
+        "perplexity": task.perplexity,
+        "final_eval_what": _final_eval_what(task, data, config.validation),
         "steps": steps,
         "batch_size": task.batch_size,
         "seeds": config.seeds,
@@ -183,6 +186,19 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     report_mod.write_report(out, meta, results)
     log(f"report written to {out / 'report.md'}")
     return out
+
+
+def _final_eval_what(task: Task, data, validation: bool) -> str:
+    n = data.test.eval_size(task.final_eval_limit)
+    unit = "windows" if hasattr(data.test, "block") else "samples"
+    where = (
+        "the split held out of the training data"
+        if validation
+        else data.info.get("eval_set", "the test set")
+    )
+    if task.final_eval_limit is not None and n < data.test.eval_size(None):
+        return f"{n} {unit} of {where} (spread evenly over it)"
+    return f"all {n} {unit} of {where}"
 
 
 def resolve_steps(task: Task, data, steps: int | None, epochs: float | None) -> int:

@@ -72,6 +72,7 @@ class Task:
     metric_name: str = "loss"
     higher_is_better: bool = False
     percent: bool = False  # show the metric x100 with a % sign
+    perplexity: bool = False  # a language model: report exp(loss) too
     steps: int = 500
     batch_size: int = 64
     eval_every: int | None = 50  # None: a tenth of the run
@@ -177,6 +178,9 @@ def _shakespeare_data(data_dir, batch_size: int, block: int, validation: bool = 
             "train_tokens": len(train_tokens),
             "val_tokens": len(val_tokens),
             "plays": len(text.sources),
+            "eval_set": "the last tenth of the training text"
+            if validation
+            else "the validation text (the last tenth of every play)",
         },
     )
 
@@ -307,6 +311,7 @@ def shakespeare(data_dir=None) -> Task:
         metric_fn=None,
         metric_name="val loss",
         higher_is_better=False,
+        perplexity=True,
         steps=400,
         batch_size=batch,
         eval_every=None,

@@ -145,3 +145,15 @@ def test_fmt_bytes():
     assert report.fmt_bytes(512) == "512 B"
     assert report.fmt_bytes(2048) == "2.0 KiB"
     assert report.fmt_bytes(3 * 2**20) == "3.0 MiB"
+
+
+def test_language_model_table_has_perplexity(results):
+    meta = {**META, "metric_name": "val loss", "higher_is_better": False, "percent": False}
+    meta.update(metric_is_loss=True, perplexity=True)
+    table = report.results_table(meta, report.summarize(meta, results))
+    assert "| optimizer | val loss | perplexity |" in table
+    assert f"| `adamw` | 0.50 ± 0.00 | {math.exp(0.5):.2f} ± 0.00 |" in table
+    meta["perplexity"] = False  # e.g. a regression whose metric is its MSE: no second column
+    assert "| optimizer | val loss | preconditioner state |" in report.results_table(
+        meta, report.summarize(meta, results)
+    )
