@@ -44,7 +44,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         "--optimizers",
         default=None,
         help="comma-separated optimizer names (default: the task's comparison, "
-        "for fashion-mnist adamw,shampoo,shampoo4bit,shampoo4bit-naive); see --list",
+        "adamw,shampoo,shampoo4bit,shampoo4bit-naive); see --list",
     )
     p.add_argument(
         "--seeds",

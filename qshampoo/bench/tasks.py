@@ -242,7 +242,12 @@ TUNED_LR: dict[str, dict[str, float]] = {
         "shampoo4bit-eigen": 0.003,
         "shampoo4bit-cholesky": 0.003,
     },
-    "shakespeare": {},
+    "shakespeare": {
+        "adamw": 0.003,
+        "shampoo": 0.003,
+        "shampoo4bit": 0.003,
+        "shampoo4bit-naive": 0.003,
+    },
 }
 _LR_SOURCE = "benchmarks/RESULTS_lr.md (benchmarks/tune_lr.py)"
 
@@ -319,6 +324,7 @@ def shakespeare(data_dir=None) -> Task:
         eval_batch_size=256,
         final_eval_limit=2048,
         lr=dict(TUNED_LR["shakespeare"]),
+        optimizers=("adamw", "shampoo", "shampoo4bit", "shampoo4bit-naive"),
         hparams={"betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1},
         sgd_hparams={"momentum": 0.9, "weight_decay": 0.0},
         lr_source=_LR_SOURCE,
