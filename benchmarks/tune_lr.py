@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from qshampoo.bench.report import machine_info, versions
+from qshampoo.bench.machine import machine_info, versions
 from qshampoo.bench.tasks import get_task
 from qshampoo.bench.tuning import tune_lr
 
