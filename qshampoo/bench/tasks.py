@@ -232,6 +232,9 @@ TUNED_LR: dict[str, dict[str, float]] = {
         "shampoo": 0.01,
         "shampoo4bit": 0.01,
         "shampoo4bit-naive": 0.0316,
+        "shampoo4bit-cholesky": 0.01,
+        "shampoo4bit-eigen": 0.01,
+        "sgd": 0.1,
     },
     "digits": {
         "adamw": 0.1,

@@ -98,8 +98,9 @@ def verdict(meta: dict, summary: dict) -> str:
                 if name in finite:
                     own = finite[name]["metric"]["mean"] - finite[baseline]["metric"]["mean"]
                     own = own if hib else -own
+                    share = f"{100 * own / gain:.0f}%" if own > 0 else "none"
                     parts.append(
-                        f"{label(name)} kept {100 * own / gain:.0f}% of 32-bit Shampoo's gain "
+                        f"{label(name)} kept {share} of 32-bit Shampoo's gain "
                         f"over {label(baseline)}."
                     )
         else:

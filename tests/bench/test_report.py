@@ -157,3 +157,11 @@ def test_language_model_table_has_perplexity(results):
     assert "| optimizer | val loss | preconditioner state |" in report.results_table(
         meta, report.summarize(meta, results)
     )
+
+
+def test_verdict_when_a_variant_loses_the_whole_gain(results):
+    for r in results:
+        if r["optimizer"] == "shampoo4bit":
+            r["final"] = {**r["final"], "metric": 0.70}
+    text = report.verdict(META, report.summarize(META, results))
+    assert "4-bit Shampoo (CQ+EF) kept none of 32-bit Shampoo's gain over AdamW." in text
