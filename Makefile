@@ -28,8 +28,8 @@ data:
 	  fi; \
 	fi
 
-demo: setup
-	$(PY) examples/quickstart.py
+demo: setup data
+	$(PY) -m qshampoo bench
 
 test: setup
 	$(PY) -m pytest

@@ -171,12 +171,96 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # The table of subcommands. `spectral`, `memory` and `sweep` register here the same way.
 # --------------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------------
+# qshampoo spectral
+# --------------------------------------------------------------------------------------------
+
+
+def _spectral_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sizes",
+        default="64,256,1024",
+        help="matrix orders, comma-separated (default: %(default)s)",
+    )
+    p.add_argument("--bits", type=int, default=4, help="bits per code (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=64, help="chunk length (default: %(default)s)")
+    p.add_argument("--codebook", default="linear2", help="linear2 or dynamic_tree")
+    p.add_argument(
+        "--no-real", action="store_true", help="skip the preconditioner captured from training"
+    )
+
+
+def cmd_spectral(args: argparse.Namespace) -> int:
+    from .bench.spectral import run
+
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+    except ValueError:
+        raise UsageError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    print(
+        run(
+            sizes=sizes,
+            real=not args.no_real,
+            bits=args.bits,
+            block_size=args.block_size,
+            codebook=args.codebook,
+        )
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# qshampoo memory
+# --------------------------------------------------------------------------------------------
+
+
+def _memory_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench.paper_models import PAPER_MODELS
+
+    p.add_argument(
+        "--models", default=",".join(PAPER_MODELS), help="comma-separated (default: all)"
+    )
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--max-preconditioner-dim", type=int, default=1200)
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .bench.memory_table import markdown, memory_rows
+    from .bench.paper_models import PAPER_MODELS
+
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in PAPER_MODELS]
+    if unknown:
+        raise UsageError(f"unknown model(s) {unknown}; choose from {list(PAPER_MODELS)}")
+    rows = memory_rows(
+        models,
+        bits=args.bits,
+        block_size=args.block_size,
+        max_preconditioner_dim=args.max_preconditioner_dim,
+    )
+    print(markdown(rows))
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command(
         "bench",
         "compare optimizers on a task: accuracy, memory, time, stability -> report folder",
         _bench_arguments,
         cmd_bench,
+    ),
+    Command(
+        "spectral",
+        "inverse-root error (NRE, AE) of every variant on synthetic and captured matrices",
+        _spectral_arguments,
+        cmd_spectral,
+    ),
+    Command(
+        "memory",
+        "optimizer-state memory per variant for the papers' model sizes (meta device)",
+        _memory_arguments,
+        cmd_memory,
     ),
 ]
 

@@ -56,3 +56,15 @@ def test_memory_table_of_paper_models():
     for r in rows:
         assert r["none"] / r["cholesky_ef"] > 9
     assert "paper base" in memory_markdown(rows)
+
+
+def test_cli_memory_and_spectral(capsys):
+    from qshampoo.cli import main
+
+    assert main(["memory", "--models", "vit-small-cifar100"]) == 0
+    assert "vit-small-cifar100" in capsys.readouterr().out
+    assert main(["memory", "--models", "nope"]) == 2
+    assert main(["spectral", "--sizes", "64", "--no-real"]) == 0
+    out = capsys.readouterr().out
+    assert "logspace cond 1e+02 | 64 |" in out
+    assert main(["spectral", "--sizes", "6x"]) == 2
