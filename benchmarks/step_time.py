@@ -1,0 +1,247 @@
+"""Optimizer step time: qshampoo's variants against AdamW and the peers' second-order optimizers.
+
+One process; every repetition times each (model, optimizer) once, in turn (interleaved, so slow
+drifts of the machine hit all rows alike), and the table reports medians.
+
+Only ``opt.step()`` is timed, on fixed gradients (one backward pass made them). For qshampoo the
+step is timed in three states, by setting the step counters just before the step:
+
+- *plain*: neither statistics nor roots are due — preconditioning, grafting, the base update;
+- *stats*: statistics due (``k % T1 == 0``);
+- *roots*: statistics and roots due (``k % T2 == 0``).
+
+Amortized ms/step = plain + (stats - plain) / T1 + (roots - stats) / T2, split into
+*base* (the same optimizer with ``precondition=False``), *precondition* (plain - base),
+*statistics* ((stats - plain) / T1) and *roots* ((roots - stats) / T2).
+
+Peers (pytorch-optimizer ``SOAP`` and ``Shampoo``, heavyball ``SOAP``; when installed) do their
+expensive update every ``f`` steps on their own counters, so they are timed over whole windows of
+``T2`` consecutive steps with ``f = T2`` (matched root interval; their statistics update every
+step by design) and reported as the window's mean.
+
+    python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
+    python benchmarks/step_time.py --models mlp512,cnn --reps 7 --out benchmarks/RESULTS_step_time.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import qshampoo
+from qshampoo.bench.models import CharGPT, SmallResNet
+
+VARIANTS = ("none", "naive", "eigen", "cholesky", "cholesky_ef")
+
+
+# -- models: (module, a batch) ---------------------------------------------------------------------
+def mlp(width: int, layers: int = 2, batch: int = 256) -> tuple[nn.Module, Callable]:
+    net = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    x = torch.randn(batch, width)
+    return net, lambda: net(x).square().mean()
+
+
+def cnn() -> tuple[nn.Module, Callable]:
+    net = SmallResNet()
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    return net, lambda: nn.functional.cross_entropy(net(x), y)
+
+
+def gpt() -> tuple[nn.Module, Callable]:
+    net = CharGPT(vocab=80)
+    idx = torch.randint(0, 80, (32, 64))
+    return net, lambda: nn.functional.cross_entropy(net(idx).flatten(0, 1), idx.flatten())
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, Callable]]] = {
+    **{f"mlp{w}": (lambda w=w: mlp(w)) for w in (256, 512, 1024, 2048, 4096)},
+    "cnn": cnn,
+    "gpt": gpt,
+}
+
+
+# -- optimizers ------------------------------------------------------------------------------------
+@dataclass
+class Timed:
+    """One optimizer on one model, with its own copy of the parameters and fixed gradients."""
+
+    name: str
+    opt: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    shampoo: bool  # qshampoo: timed by the three-state method; else by windows
+
+    def step_at(self, k: int) -> float:
+        """Wall seconds of one ``step()`` whose step counter becomes ``k``."""
+        for p in self.params:
+            st = self.opt.state.get(p)
+            if st:
+                st["step"] = k - 1
+        t = time.perf_counter()
+        self.opt.step()
+        return time.perf_counter() - t
+
+    def window(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.opt.step()
+        return (time.perf_counter() - t) / steps
+
+
+def peers(T2: int) -> dict[str, Callable]:
+    out = {}
+    try:
+        import pytorch_optimizer as po
+
+        out["po-SOAP"] = lambda p: po.SOAP(p, lr=1e-3, precondition_frequency=T2)
+        out["po-Shampoo"] = lambda p: po.Shampoo(p, lr=1e-3, preconditioning_compute_steps=T2)
+    except ImportError:
+        pass
+    try:
+        import heavyball
+
+        out["heavyball-SOAP"] = lambda p: heavyball.SOAP(
+            p, lr=1e-3, precondition_frequency=T2, compile_step=False
+        )
+    except ImportError:
+        pass
+    return out
+
+
+def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
+    torch.manual_seed(0)
+    net, loss_fn = MODELS[model_name]()
+    loss_fn().backward()
+    grads = [p.grad.detach().clone() for p in net.parameters()]
+
+    def fresh() -> list[torch.Tensor]:
+        ps = [p.detach().clone().requires_grad_() for p in net.parameters()]
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = g
+        return ps
+
+    rows = [Timed("adamw", *_pair(lambda p: torch.optim.AdamW(p, lr=1e-3), fresh()), False)]
+    kw = dict(lr=1e-3, stat_interval=T1, root_interval=T2)
+    rows.append(
+        Timed("base only", *_pair(lambda p: qshampoo.Shampoo(p, precondition=False, **kw), fresh()),
+              True)
+    )
+    for v in VARIANTS:
+        rows.append(Timed(v, *_pair(lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), fresh()),
+                          True))
+    if with_peers:
+        for name, make in peers(T2).items():
+            rows.append(Timed(name, *_pair(make, fresh()), False))
+    for r in rows:  # state exists, first-call costs paid
+        r.opt.step()
+    return rows
+
+
+def _pair(make, params):
+    return make(params), params
+
+
+def measure(model_name: str, T1: int, T2: int, reps: int, with_peers: bool) -> dict[str, dict]:
+    rows = build(model_name, T1, T2, with_peers)
+    samples: dict[str, dict[str, list[float]]] = {r.name: {} for r in rows}
+    # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1)
+    plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 and k % T2)
+    stats_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 == 0 and k % T2)
+    roots_k = 2 * T2
+    for _ in range(reps):
+        for r in rows:
+            s = samples[r.name]
+            if r.shampoo:
+                for what, k in (("plain", plain_k), ("stats", stats_k), ("roots", roots_k)):
+                    s.setdefault(what, []).append(r.step_at(k))
+            else:
+                s.setdefault("window", []).append(r.window(T2 if r.name != "adamw" else 5))
+    med = {name: {k: statistics.median(v) * 1e3 for k, v in s.items()} for name, s in samples.items()}
+    base = med["base only"]["plain"]
+    out = {}
+    for name, m in med.items():
+        if "window" in m:
+            out[name] = {"amortized": m["window"]}
+            continue
+        stats = (m["stats"] - m["plain"]) / T1
+        roots = (m["roots"] - m["stats"]) / T2
+        out[name] = {
+            "amortized": m["plain"] + stats + roots,
+            "base": base,
+            "precondition": m["plain"] - base,
+            "statistics": stats,
+            "roots": roots,
+        }
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}, load average {load:.1f} at the start")
+
+
+def table(results: dict[str, dict[str, dict]], T1: int, T2: int) -> str:
+    lines = [
+        f"Amortized ms/step (T1={T1}, T2={T2}); qshampoo rows split into base update / "
+        "preconditioning / statistics / roots; ratio = this row / `none` (32-bit Shampoo).",
+        "",
+        "| model | optimizer | ms/step | ratio to none | base | precondition | statistics | roots |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, res in results.items():
+        ref = res["none"]["amortized"]
+        for name, r in res.items():
+            split = [f"{r[k]:.2f}" if k in r else "" for k in
+                     ("base", "precondition", "statistics", "roots")]
+            lines.append(f"| {model} | {name} | {r['amortized']:.2f} | "
+                         f"{r['amortized'] / ref:.2f} | " + " | ".join(split) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--T1", type=int, default=10)
+    ap.add_argument("--T2", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--peers-up-to", type=int, default=1024,
+                    help="time the peers' windows only on MLPs up to this width (slow)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="append the table to this markdown file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header = f"Machine: {machine()}\nCommand: `python {' '.join(sys.argv)}`"
+    print(header, flush=True)
+    results = {}
+    for m in args.models.split(","):
+        width = int(m[3:]) if m.startswith("mlp") else 0
+        with_peers = not args.no_peers and width <= args.peers_up_to
+        t = time.perf_counter()
+        results[m] = measure(m, args.T1, args.T2, args.reps, with_peers)
+        print(f"{m}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    text = f"{header}\n\n{table(results, args.T1, args.T2)}\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')}\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
