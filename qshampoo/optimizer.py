@@ -33,7 +33,7 @@ from .distributed import (
     shard_key,
 )
 from .factors import FACTORS, FactorConfig, StepHyper, check_failures, update_roots
-from .preconditioner import ParamPreconditioner, block_list, held_dict
+from .preconditioner import ParamPreconditioner, block_list, held_dict, precondition_blocks
 from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
 
@@ -244,9 +244,14 @@ class Shampoo(Optimizer):
         Parameters whose blocks are split across ranks are done together, in one exchange.
         """
         if self._sharding is None:
+            # every block of every parameter in one batch: same-shaped blocks share calls
+            jobs = [
+                pre.jobs(g) if pre is not None else [] for g, pre in zip(grads, pres, strict=True)
+            ]
+            done = iter(precondition_blocks([j for js in jobs for j in js]))
             return [
-                None if pre is None else pre.precondition(g)
-                for g, pre in zip(grads, pres, strict=True)
+                None if pre is None else pre.assemble([next(done) for _ in js], g)
+                for g, pre, js in zip(grads, pres, jobs, strict=True)
             ]
         out: list[Tensor | None] = [None] * len(params)
         split = []

@@ -11,6 +11,7 @@ whether it was saved by one process (a list) or by the rank that owns it (a dict
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection
 
 import torch
@@ -77,35 +78,57 @@ class ParamPreconditioner:
                 left.update_statistics(g @ g.T, hp)
                 right.update_statistics(g.T @ g, hp)
 
-    def precondition(self, grad: Tensor) -> Tensor:
-        """``L_hat G_b R_hat`` for every block, as a new fp32 tensor of ``grad``'s shape.
+    def jobs(self, grad: Tensor) -> list[tuple[Factor, Tensor, Factor]]:
+        """``(left, G_b, right)`` for every held block (``G_b`` a 2-D view of ``grad``)."""
+        g2 = grad.reshape(self.blocking.shape2d)
+        slices = self.blocking.slices
+        return [(self.blocks[i][0], g2[slices[i]], self.blocks[i][1]) for i in self.held]
 
-        Needs every block; with blocks split across ranks use ``precondition_held``.
-        """
+    def assemble(self, blocks: list[Tensor], grad: Tensor) -> Tensor:
+        """The preconditioned blocks of every block, in block order, as ``grad``'s shape."""
         if len(self.held) != len(self.blocks):
             raise RuntimeError(
                 "this preconditioner holds only some of its blocks (it belongs to an optimizer "
                 "that splits blocks across ranks, see qshampoo.distributed)"
             )
-        g2 = grad.reshape(self.blocking.shape2d)
-        if len(self.blocks) == 1:
-            left, right = self.blocks[0]
-            return (left.root() @ g2 @ right.root()).view(grad.shape)
-        out = torch.empty_like(g2)
-        for (left, right), (rows, cols) in zip(self.blocks, self.blocking.slices, strict=True):
-            out[rows, cols] = left.root() @ g2[rows, cols] @ right.root()
+        if len(blocks) == 1:
+            return blocks[0].reshape(grad.shape)
+        out = torch.empty(self.blocking.shape2d, dtype=torch.float32, device=grad.device)
+        for b, sl in zip(blocks, self.blocking.slices, strict=True):
+            out[sl] = b
         return out.view(grad.shape)
+
+    def precondition(self, grad: Tensor) -> Tensor:
+        """``L_hat G_b R_hat`` for every block, as a new fp32 tensor of ``grad``'s shape.
+
+        Needs every block; with blocks split across ranks use ``precondition_held``.
+        """
+        return self.assemble(precondition_blocks(self.jobs(grad)), grad)
 
     def precondition_held(self, grad: Tensor) -> list[Tensor]:
         """``L_hat G_b R_hat`` for the held blocks only, in block order (2-D fp32 tensors)."""
-        g2 = grad.reshape(self.blocking.shape2d)
-        slices = self.blocking.slices
-        out = []
-        for i in self.held:
-            left, right = self.blocks[i]
-            rows, cols = slices[i]
-            out.append(left.root() @ g2[rows, cols] @ right.root())
-        return out
+        return precondition_blocks(self.jobs(grad))
+
+
+def precondition_blocks(jobs: list[tuple[Factor, Tensor, Factor]]) -> list[Tensor]:
+    """``L_hat @ G_b @ R_hat`` for each ``(left, G_b, right)`` job, as 2-D fp32 tensors.
+
+    Jobs whose factors share class and orders are done together: their roots are dequantized
+    in one batched pass (``Factor.dense_roots``) and multiplied with batched matmuls, so the
+    cost per step does not grow with the number of same-shaped blocks in Python calls.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (left, _, right) in enumerate(jobs):
+        groups[type(left), left.order, type(right), right.order].append(i)
+    out: list[Tensor] = [None] * len(jobs)  # type: ignore[list-item]
+    for (left_cls, _, right_cls, _), idx in groups.items():
+        L = left_cls.dense_roots([jobs[i][0] for i in idx])
+        R = right_cls.dense_roots([jobs[i][2] for i in idx])
+        G = jobs[idx[0]][1][None] if len(idx) == 1 else torch.stack([jobs[i][1] for i in idx])
+        P = torch.bmm(torch.bmm(L, G), R)
+        for j, i in enumerate(idx):
+            out[i] = P[j]
+    return out
 
 
 def block_list(stored: list[dict] | dict[str, dict], n: int) -> list[dict | None]:

@@ -93,6 +93,17 @@ class Factor:
     def store_root(self, root: Tensor) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def dense_roots(cls, factors: list[Factor]) -> Tensor:
+        """The roots of same-order factors of this class as one ``(B, n, n)`` fp32 tensor.
+
+        Variants that store roots in low bits override this to dequantize them in one batched
+        pass; each root is dequantized once per step and never kept.
+        """
+        if len(factors) == 1:
+            return factors[0].root()[None]
+        return torch.stack([f.root() for f in factors])
+
     def nbytes(self) -> dict[str, int]:
         """Bytes held, split into ``"statistics"`` and ``"roots"``."""
         raise NotImplementedError
@@ -251,7 +262,10 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
 
 
 def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
-    C, info = torch.linalg.cholesky_ex(A)
+    # LAPACK returns column-major factors; the upper factor's transpose is the lower factor
+    # in row-major order, which is what the quantizer reads row by row (no copy).
+    U, info = torch.linalg.cholesky_ex(A, upper=True)
+    C = U.mT
     return C, (info == 0) & torch.isfinite(C).flatten(1).all(1)
 
 

@@ -33,6 +33,8 @@ from ..roots import DAMPING_RETRIES
 from .base import StepHyper, cholesky_with_retry
 from .quantized import QuantizedFactor
 
+_TINY = torch.finfo(torch.float32).tiny
+
 #: damping is multiplied by 10 this many times before a factor keeps its previous value
 CHOLESKY_RETRIES = DAMPING_RETRIES
 
@@ -72,6 +74,7 @@ class CholeskyFactor(QuantizedFactor):
         return unpack(self.state["codes"], self.state["bits"], k * N).view(N, k)
 
     def _decode(self, codes: Tensor, scales: Tensor) -> Tensor:
+        """The strictly lower ``(n, n)`` fp32 matrix that ``codes`` and ``scales`` store."""
         n = self.order
         return decode(
             codes,
@@ -92,14 +95,24 @@ class CholeskyFactor(QuantizedFactor):
             bits=self.state["bits"],
         )
 
+    def _stored(self, codes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(D(C_bar), E)``: the lower-triangular factor (diagonal included) and, with error
+        feedback, the strictly lower error state (else None), from one unpacking of the codes."""
+        codes = self._codes() if codes is None else codes
+        C = self._decode(codes[:, 0].contiguous(), self.state["c_scales"])
+        C.diagonal().copy_(self.state["chol_diag"])
+        E = None
+        if self.error_feedback:
+            E = self._decode(codes[:, 1].contiguous(), self.state["e_scales"])
+        return C, E
+
     def factor(self) -> Tensor:
         """``D(C_bar)``: the dense lower-triangular fp32 factor."""
-        lower = self._decode(self._codes()[:, 0].contiguous(), self.state["c_scales"])
-        return lower + torch.diag(self.state["chol_diag"])
+        return self._stored()[0]
 
     def error_state(self) -> Tensor:
         """``E``: the strictly lower fp32 error-feedback state."""
-        return self._decode(self._codes()[:, 1].contiguous(), self.state["e_scales"])
+        return self._stored()[1]
 
     def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
         """Store the strictly lower ``X`` as ``C_bar``; with EF, fold the residual into ``E``.
@@ -124,7 +137,8 @@ class CholeskyFactor(QuantizedFactor):
         return C @ C.mT
 
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
-        L = self.statistics().lerp_(gram, 1.0 - hp.stat_decay)
+        C_bar, E = self._stored()
+        L = (C_bar @ C_bar.mT).lerp_(gram, 1.0 - hp.stat_decay)
         C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
         good = bool(ok[0])
         self.record_cholesky_result(good, delta[0])
@@ -132,12 +146,12 @@ class CholeskyFactor(QuantizedFactor):
             return
         C = C[0]
         self.state["chol_diag"] = C.diagonal().clone()
-        if self.error_feedback:
-            E = self.error_state()
-            stored = self.requantize(C.tril(-1) + E, E, hp.ef_decay)
-        else:
-            stored = self.requantize(C.tril(-1), None, hp.ef_decay)
-        self.record_quant_error(C, stored + torch.diag(self.state["chol_diag"]))
+        strict = C.tril(-1)
+        X = strict if E is None else strict + E
+        stored = self.requantize(X, E, hp.ef_decay)
+        # the diagonal is exact, so the error lives in the strict lower part
+        err = torch.linalg.vector_norm(strict.sub_(stored))
+        self.state["quant_error"] = err / torch.linalg.vector_norm(C).clamp_min(_TINY)
 
     def statistics_bytes(self) -> int:
         keys = ("codes", "c_scales", "e_scales", "chol_diag")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..quant import QuantizedTensor, dequantize, quantize
+from ..quant import QuantizedTensor, dequantize_symmetric, quantize
 from .base import Factor
 
 
@@ -66,8 +66,12 @@ class QuantizedFactor(Factor):
     # -- the root -------------------------------------------------------------------------
     def root(self) -> Tensor:
         n = self.order
-        lower = dequantize(self.get("root", "tril", (n, n)))  # strict lower + exact diagonal
-        return lower + lower.tril(-1).mT
+        return dequantize_symmetric(self.get("root", "tril", (n, n)))
+
+    @classmethod
+    def dense_roots(cls, factors: list[Factor]) -> Tensor:
+        n = factors[0].order
+        return dequantize_symmetric([f.get("root", "tril", (n, n)) for f in factors])
 
     def store_root(self, root: Tensor) -> None:
         self.put("root", self.quantize(root, layout="tril", exact_diagonal=True))

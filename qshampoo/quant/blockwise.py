@@ -21,6 +21,7 @@ are kept.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .codebooks import codebook as _codebook
-from .codebooks import codebook_byte_table, codebook_midpoints
+from .codebooks import codebook_byte_table, nearest_codes
 from .packing import _check_packed, pack, unpack
 
 LAYOUTS: tuple[str, ...] = ("full", "tril")
@@ -122,12 +123,6 @@ def _normalize_grid(grid: torch.Tensor):
     return grid / safe.unsqueeze(-1), scales
 
 
-def _nearest_codes(y: torch.Tensor, name: str, bits: int) -> torch.Tensor:
-    """Index of the codebook entry nearest to each element of ``y``, as uint8."""
-    mids = codebook_midpoints(name, bits, y.device)
-    return torch.bucketize(y.contiguous(), mids, out_int32=True).to(torch.uint8)
-
-
 def encode(
     x: torch.Tensor,
     *,
@@ -155,7 +150,7 @@ def encode(
             lower = F.pad(lower, (0, k * bs - n))
         normed, scales = _normalize_grid(lower.view(n, k, bs))
         elem, chunk = _tril_indices(n, bs, x.device)
-        codes = _nearest_codes(normed.view(-1).index_select(0, elem), codebook, bits)
+        codes = nearest_codes(normed.view(-1).index_select(0, elem), codebook, bits)
         return codes, scales.view(-1).index_select(0, chunk)
 
     rows, cols = _full_rows_cols(tuple(x.shape))
@@ -167,7 +162,7 @@ def encode(
     normed = normed.view(rows, k * bs)
     if k * bs != cols:
         normed = normed[:, :cols].contiguous()
-    return _nearest_codes(normed, codebook, bits).reshape(-1), scales.reshape(-1)
+    return nearest_codes(normed, codebook, bits).reshape(-1), scales.reshape(-1)
 
 
 def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[int, ...]:
@@ -193,29 +188,38 @@ def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[
 
 
 def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
-    """Unscaled fp32 values (one per stored element) times their chunk scales, as ``shape``."""
+    """Unscaled fp32 values (one per stored element) times their chunk scales, as ``shape``.
+
+    ``values`` and ``scales`` may carry leading batch dimensions (one matrix each, all of
+    ``shape``); the result then has them too.
+    """
     device = values.device
     scales = scales.to(device)
+    batch = values.shape[:-1]
     if layout == "tril":
         n = shape[0]
         k = _ceil_div(n, bs)
         elem, chunk = _tril_indices(n, bs, device)
-        grid = torch.zeros(n * k * bs, dtype=torch.float32, device=device)
-        grid.index_copy_(0, elem, values)
-        scale_grid = torch.zeros(n * k, dtype=torch.float32, device=device)
-        scale_grid.index_copy_(0, chunk, scales)
-        out = (grid.view(n, k, bs) * scale_grid.view(n, k, 1)).view(n, k * bs)
-        return out if k * bs == n else out[:, :n].contiguous()
+        grid = torch.zeros(*batch, n * k * bs, dtype=torch.float32, device=device)
+        grid.index_copy_(-1, elem, values)
+        scale_grid = torch.zeros(*batch, n * k, dtype=torch.float32, device=device)
+        scale_grid.index_copy_(-1, chunk, scales)
+        out = (grid.view(*batch, n, k, bs) * scale_grid.view(*batch, n, k, 1)).view(
+            *batch, n, k * bs
+        )
+        return out if k * bs == n else out[..., :n].contiguous()
 
     rows, cols = _full_rows_cols(shape)
     k = _ceil_div(cols, bs)
-    values = values.view(rows, cols)
+    values = values.view(*batch, rows, cols)
     if k * bs != cols:
         values = F.pad(values, (0, k * bs - cols))
-    out = (values.view(rows, k, bs) * scales.view(rows, k, 1)).view(rows, k * bs)
+    out = (values.view(*batch, rows, k, bs) * scales.view(*batch, rows, k, 1)).view(
+        *batch, rows, k * bs
+    )
     if k * bs != cols:
-        out = out[:, :cols].contiguous()
-    return out.reshape(shape)
+        out = out[..., :cols].contiguous()
+    return out.reshape((*batch, *shape))
 
 
 def decode(
@@ -335,3 +339,44 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
     if q.diag is not None:
         out.diagonal().copy_(q.diag)
     return out
+
+
+def dequantize_symmetric(q: QuantizedTensor | Sequence[QuantizedTensor]) -> torch.Tensor:
+    """The symmetric matrix whose strict lower triangle (and exact diagonal) ``q`` stores.
+
+    ``q`` must come from ``quantize(x, layout="tril", exact_diagonal=True)``; the result is
+    ``T + T^T + diag`` with ``T`` the dequantized strict lower triangle. A sequence of such
+    tensors (same shape and format) is dequantized in one batched pass into ``(B, n, n)``.
+    (Adding an explicitly transposed copy is several times faster than adding a strided
+    transpose view.)
+    """
+    single = isinstance(q, QuantizedTensor)
+    qs = [q] if single else list(q)
+    first = qs[0]
+    fmt = (tuple(first.shape), first.block_size, first.codebook, first.bits)
+    for x in qs:
+        if x.layout != "tril" or x.diag is None:
+            raise ValueError("dequantize_symmetric needs layout='tril' with exact_diagonal=True")
+        if (tuple(x.shape), x.block_size, x.codebook, x.bits) != fmt:
+            raise ValueError("dequantize_symmetric needs tensors of one shape and format")
+    n = first.shape[0]
+    N = n * (n - 1) // 2
+    if first.bits == 4:
+        # one gather for both nibbles: byte -> (value of low code, value of high code)
+        table = codebook_byte_table(first.codebook, first.codes.device)
+        codes = torch.stack([x.codes for x in qs]).to(torch.int32)
+        values = table.index_select(0, codes.view(-1)).view(len(qs), -1)[:, :N]
+    else:
+        cb = _codebook(first.codebook, first.bits, first.codes.device)
+        values = torch.stack(
+            [cb.index_select(0, unpack(x.codes, x.bits, N).to(torch.int32)) for x in qs]
+        )
+    scales = torch.stack([x.scales for x in qs])
+    lower = _scale_values(values, scales, (n, n), "tril", first.block_size)
+    # Per matrix: torch's optimized transpose copy handles 2-D tensors only (a batched one is
+    # ~7x slower). Order 1 has no strict lower triangle (and ``.contiguous()`` would alias).
+    for m in lower if n > 1 else ():
+        m.add_(m.mT.contiguous())
+    out = lower
+    out.diagonal(dim1=-2, dim2=-1).copy_(torch.stack([x.diag for x in qs]))
+    return out[0] if single else out

