@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..linalg import cholesky_lower
 from ..roots import DAMPING_GROWTH, DAMPING_RETRIES, inverse_root_ex
 
 
@@ -262,10 +263,7 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
 
 
 def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
-    # LAPACK returns column-major factors; the upper factor's transpose is the lower factor
-    # in row-major order, which is what the quantizer reads row by row (no copy).
-    U, info = torch.linalg.cholesky_ex(A, upper=True)
-    C = U.mT
+    C, info = cholesky_lower(A)  # row-major, which the quantizer reads row by row
     return C, (info == 0) & torch.isfinite(C).flatten(1).all(1)
 
 

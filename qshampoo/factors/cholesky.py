@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..linalg import lower_gram
 from ..quant import decode, encode, pack, unpack
 from ..roots import DAMPING_RETRIES
 from .base import StepHyper, cholesky_with_retry
@@ -133,12 +134,11 @@ class CholeskyFactor(QuantizedFactor):
 
     # -- the interface ----------------------------------------------------------------------
     def statistics(self) -> Tensor:
-        C = self.factor()
-        return C @ C.mT
+        return lower_gram(self.factor())
 
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
         C_bar, E = self._stored()
-        L = (C_bar @ C_bar.mT).lerp_(gram, 1.0 - hp.stat_decay)
+        L = lower_gram(C_bar).lerp_(gram, 1.0 - hp.stat_decay)
         C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
         good = bool(ok[0])
         self.record_cholesky_result(good, delta[0])
