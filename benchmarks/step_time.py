@@ -20,7 +20,7 @@ expensive update every ``f`` steps on their own counters, so they are timed over
 step by design) and reported as the window's mean.
 
     python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
-    python benchmarks/step_time.py --models mlp512,cnn --reps 7 --out benchmarks/RESULTS_step_time.md
+    python benchmarks/step_time.py --models mlp512,cnn --out benchmarks/RESULTS_step_time.md
 """
 
 from __future__ import annotations
@@ -131,12 +131,23 @@ def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
     rows = [Timed("adamw", *_pair(lambda p: torch.optim.AdamW(p, lr=1e-3), fresh()), False)]
     kw = dict(lr=1e-3, stat_interval=T1, root_interval=T2)
     rows.append(
-        Timed("base only", *_pair(lambda p: qshampoo.Shampoo(p, precondition=False, **kw), fresh()),
-              True)
+        Timed(
+            "base only",
+            *_pair(lambda p: qshampoo.Shampoo(p, precondition=False, **kw), fresh()),
+            True,
+        )
     )
     for v in VARIANTS:
-        rows.append(Timed(v, *_pair(lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), fresh()),
-                          True))
+        rows.append(
+            Timed(v, *_pair(lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), fresh()), True)
+        )
+    rows.append(
+        Timed(
+            "cholesky_ef, compile=True",
+            *_pair(lambda p: qshampoo.Shampoo(p, quant="cholesky_ef", compile=True, **kw), fresh()),
+            True,
+        )
+    )
     if with_peers:
         for name, make in peers(T2).items():
             rows.append(Timed(name, *_pair(make, fresh()), False))
@@ -164,7 +175,9 @@ def measure(model_name: str, T1: int, T2: int, reps: int, with_peers: bool) -> d
                     s.setdefault(what, []).append(r.step_at(k))
             else:
                 s.setdefault("window", []).append(r.window(T2 if r.name != "adamw" else 5))
-    med = {name: {k: statistics.median(v) * 1e3 for k, v in s.items()} for name, s in samples.items()}
+    med = {
+        name: {k: statistics.median(v) * 1e3 for k, v in s.items()} for name, s in samples.items()
+    }
     base = med["base only"]["plain"]
     out = {}
     for name, m in med.items():
@@ -191,8 +204,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, load average {load:.1f} at the start")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, load average {load:.1f} at the start"
+    )
 
 
 def table(results: dict[str, dict[str, dict]], T1: int, T2: int) -> str:
@@ -200,16 +215,21 @@ def table(results: dict[str, dict[str, dict]], T1: int, T2: int) -> str:
         f"Amortized ms/step (T1={T1}, T2={T2}); qshampoo rows split into base update / "
         "preconditioning / statistics / roots; ratio = this row / `none` (32-bit Shampoo).",
         "",
-        "| model | optimizer | ms/step | ratio to none | base | precondition | statistics | roots |",
+        "| model | optimizer | ms/step | ratio to none | base | precondition | statistics "
+        "| roots |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for model, res in results.items():
         ref = res["none"]["amortized"]
         for name, r in res.items():
-            split = [f"{r[k]:.2f}" if k in r else "" for k in
-                     ("base", "precondition", "statistics", "roots")]
-            lines.append(f"| {model} | {name} | {r['amortized']:.2f} | "
-                         f"{r['amortized'] / ref:.2f} | " + " | ".join(split) + " |")
+            split = [
+                f"{r[k]:.2f}" if k in r else ""
+                for k in ("base", "precondition", "statistics", "roots")
+            ]
+            lines.append(
+                f"| {model} | {name} | {r['amortized']:.2f} | "
+                f"{r['amortized'] / ref:.2f} | " + " | ".join(split) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -220,8 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--T2", type=int, default=50)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--peers-up-to", type=int, default=1024,
-                    help="time the peers' windows only on MLPs up to this width (slow)")
+    ap.add_argument(
+        "--peers-up-to",
+        type=int,
+        default=1024,
+        help="time the peers' windows only on MLPs up to this width (slow)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)

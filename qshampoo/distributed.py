@@ -173,7 +173,9 @@ class BlockSharding:
         return {i for i, r in enumerate(owners) if r == self.rank}
 
     @torch.no_grad()
-    def precondition(self, items: list[tuple[Tensor, Tensor, Any]]) -> list[Tensor]:
+    def precondition(
+        self, items: list[tuple[Tensor, Tensor, Any]], compiled: bool = False
+    ) -> list[Tensor]:
         """Preconditioned gradients of split parameters, identical on every rank.
 
         ``items``: ``(param, grad, ParamPreconditioner)`` in the same order on every rank.
@@ -194,7 +196,7 @@ class BlockSharding:
         send = torch.zeros(width, dtype=torch.float32, device=device)
         offset = 0
         for _, g, pre in items:
-            for block in pre.precondition_held(g):
+            for block in pre.precondition_held(g, compiled):
                 send[offset : offset + block.numel()].view_as(block).copy_(block)
                 offset += block.numel()
         assert offset == sizes[self.rank], "owned blocks do not match the plan"

@@ -98,32 +98,35 @@ class ParamPreconditioner:
             out[sl] = b
         return out.view(grad.shape)
 
-    def precondition(self, grad: Tensor) -> Tensor:
+    def precondition(self, grad: Tensor, compiled: bool = False) -> Tensor:
         """``L_hat G_b R_hat`` for every block, as a new fp32 tensor of ``grad``'s shape.
 
         Needs every block; with blocks split across ranks use ``precondition_held``.
         """
-        return self.assemble(precondition_blocks(self.jobs(grad)), grad)
+        return self.assemble(precondition_blocks(self.jobs(grad), compiled), grad)
 
-    def precondition_held(self, grad: Tensor) -> list[Tensor]:
+    def precondition_held(self, grad: Tensor, compiled: bool = False) -> list[Tensor]:
         """``L_hat G_b R_hat`` for the held blocks only, in block order (2-D fp32 tensors)."""
-        return precondition_blocks(self.jobs(grad))
+        return precondition_blocks(self.jobs(grad), compiled)
 
 
-def precondition_blocks(jobs: list[tuple[Factor, Tensor, Factor]]) -> list[Tensor]:
+def precondition_blocks(
+    jobs: list[tuple[Factor, Tensor, Factor]], compiled: bool = False
+) -> list[Tensor]:
     """``L_hat @ G_b @ R_hat`` for each ``(left, G_b, right)`` job, as 2-D fp32 tensors.
 
     Jobs whose factors share class and orders are done together: their roots are dequantized
     in one batched pass (``Factor.dense_roots``) and multiplied with batched matmuls, so the
     cost per step does not grow with the number of same-shaped blocks in Python calls.
+    ``compiled`` selects the ``torch.compile``d dequantization kernel.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, (left, _, right) in enumerate(jobs):
         groups[type(left), left.order, type(right), right.order].append(i)
     out: list[Tensor] = [None] * len(jobs)  # type: ignore[list-item]
     for (left_cls, _, right_cls, _), idx in groups.items():
-        L = left_cls.dense_roots([jobs[i][0] for i in idx])
-        R = right_cls.dense_roots([jobs[i][2] for i in idx])
+        L = left_cls.dense_roots([jobs[i][0] for i in idx], compiled)
+        R = right_cls.dense_roots([jobs[i][2] for i in idx], compiled)
         G = jobs[idx[0]][1][None] if len(idx) == 1 else torch.stack([jobs[i][1] for i in idx])
         P = torch.bmm(torch.bmm(L, G), R)
         for j, i in enumerate(idx):

@@ -253,3 +253,12 @@ def test_state_dict_round_trip_continues_identically(quant, dtype):
     steps(net_c, opt_c, range(4, 8))
     for a, c in zip(net_a.parameters(), net_c.parameters(), strict=True):
         assert torch.equal(a, c)
+
+
+def test_compiled_dequantization_gives_identical_training():
+    _, eager = train("cholesky_ef", steps=12)
+    _, compiled = train("cholesky_ef", steps=12, compile=True)
+    for a, b in zip(
+        eager.param_groups[0]["params"], compiled.param_groups[0]["params"], strict=True
+    ):
+        assert torch.equal(a, b)

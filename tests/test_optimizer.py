@@ -245,6 +245,7 @@ def test_memory_report_counts_state_bytes():
         ({"min_quant_numel": -1}, "min_quant_numel"),
         ({"base": "adam"}, "base"),
         ({"nonfinite": "ignore"}, "nonfinite"),
+        ({"compile": "yes"}, "compile"),
     ],
 )
 def test_invalid_hyperparameters_name_the_argument(kwargs, name):

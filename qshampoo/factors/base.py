@@ -95,11 +95,12 @@ class Factor:
         raise NotImplementedError
 
     @classmethod
-    def dense_roots(cls, factors: list[Factor]) -> Tensor:
+    def dense_roots(cls, factors: list[Factor], compiled: bool = False) -> Tensor:
         """The roots of same-order factors of this class as one ``(B, n, n)`` fp32 tensor.
 
         Variants that store roots in low bits override this to dequantize them in one batched
-        pass; each root is dequantized once per step and never kept.
+        pass (``compiled``: with the ``torch.compile``d kernel); each root is dequantized
+        once per step and never kept.
         """
         if len(factors) == 1:
             return factors[0].root()[None]

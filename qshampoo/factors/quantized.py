@@ -69,9 +69,10 @@ class QuantizedFactor(Factor):
         return dequantize_symmetric(self.get("root", "tril", (n, n)))
 
     @classmethod
-    def dense_roots(cls, factors: list[Factor]) -> Tensor:
+    def dense_roots(cls, factors: list[Factor], compiled: bool = False) -> Tensor:
         n = factors[0].order
-        return dequantize_symmetric([f.get("root", "tril", (n, n)) for f in factors])
+        roots = [f.get("root", "tril", (n, n)) for f in factors]
+        return dequantize_symmetric(roots, compiled=compiled)
 
     def store_root(self, root: Tensor) -> None:
         self.put("root", self.quantize(root, layout="tril", exact_diagonal=True))

@@ -405,3 +405,34 @@ def test_non_contiguous_input():
         assert torch.equal(
             dequantize(quantize(s, **kw)), dequantize(quantize(s.contiguous(), **kw))
         )
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("n", [1, 2, 64, 100])
+def test_dequantize_symmetric_batched_equals_one_by_one(bits, n):
+    from qshampoo.quant import dequantize_symmetric
+
+    g = torch.Generator().manual_seed(n)
+    mats = [torch.randn(n, n, generator=g) for _ in range(3)]
+    qs = [quantize(a + a.T, layout="tril", exact_diagonal=True, bits=bits) for a in mats]
+    batch = dequantize_symmetric(qs)
+    for q, b in zip(qs, batch, strict=True):
+        lower = dequantize(q)
+        assert torch.equal(b, lower + lower.tril(-1).T)
+        assert torch.equal(dequantize_symmetric(q), b)
+    with pytest.raises(ValueError, match="one shape"):
+        dequantize_symmetric(
+            [qs[0], quantize(torch.eye(n + 1), layout="tril", exact_diagonal=True)]
+        )
+
+
+@pytest.mark.parametrize("n", [64, 300])
+def test_compiled_symmetric_dequantization_is_identical(n):
+    from qshampoo.quant import dequantize_symmetric
+
+    g = torch.Generator().manual_seed(0)
+    qs = []
+    for _ in range(2):
+        a = torch.randn(n, n, generator=g)
+        qs.append(quantize(a + a.T, layout="tril", exact_diagonal=True))
+    assert torch.equal(dequantize_symmetric(qs, compiled=True), dequantize_symmetric(qs))
