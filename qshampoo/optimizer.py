@@ -90,6 +90,11 @@ class Shampoo(Optimizer):
             DTensor (FSDP2) parameters are always preconditioned per local shard.
             Optimizer-wide, not per group. See ``docs/distributed.md``.
         process_group: the group to split across (default: the default group).
+        cholesky_damping: the Cholesky variants factor ``L + delta I`` (``delta = matrix_eps *
+            max(diag L)``), and the stored factor carries that damping into the next EMA, so
+            at steady state it holds about ``delta / (1 - stat_decay)`` where 32-bit Shampoo
+            holds none. ``"carry"`` keeps it (Paper A as written); ``"subtract"`` removes the
+            previous ``delta`` before the EMA. See ``docs/algorithm-notes.md``.
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
             ``torch.compile`` (one kernel per root shape; ~1.5x faster dequantization at orders
             288-600 on a CPU, see ``benchmarks/RESULTS_step_time.md``). Compiling takes a few
@@ -125,6 +130,7 @@ class Shampoo(Optimizer):
         nonfinite: str = "skip",
         max_consecutive_failures: int = 10,
         compile: bool = False,
+        cholesky_damping: str = "carry",
         distributed: bool | None = None,
         process_group: Any = None,
     ):
@@ -153,6 +159,7 @@ class Shampoo(Optimizer):
             nonfinite=nonfinite,
             max_consecutive_failures=max_consecutive_failures,
             compile=compile,
+            cholesky_damping=cholesky_damping,
         )
         self._sharding = make_sharding(distributed, process_group)
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
@@ -210,7 +217,11 @@ class Shampoo(Optimizer):
         params, grads, states, norms = self._drop_nonfinite(params, grads, states, group)
 
         hp = StepHyper(
-            group["stat_decay"], group["matrix_eps"], group["ef_decay"], group["root_method"]
+            group["stat_decay"],
+            group["matrix_eps"],
+            group["ef_decay"],
+            group["root_method"],
+            group["cholesky_damping"],
         )
         due_roots, pres, touched = [], [], []
         for p, g, st in zip(params, grads, states, strict=True):
@@ -824,6 +835,7 @@ def validate_group(g: dict[str, Any]) -> None:
         ("root_method", ROOT_METHODS),
         ("codebook", tuple(CODEBOOK_NAMES)),
         ("nonfinite", ("skip", "raise")),
+        ("cholesky_damping", ("carry", "subtract")),
     ):
         v = g[name]
         _check(isinstance(v, str) and v in options, name, v, f"must be one of {options}")

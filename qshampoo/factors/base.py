@@ -49,6 +49,7 @@ class StepHyper:
     matrix_eps: float = 1e-6
     ef_decay: float = 0.9
     root_method: str = "eigh"
+    cholesky_damping: str = "carry"
 
 
 class Factor:
@@ -213,11 +214,10 @@ def check_failures(
         if streak < limit:
             continue
         op = "inverse root" if what == "root" else "Cholesky factorisation"
-        damping = _as_float(f.state[f"{what}_damping"])
-        tried = "n/a" if damping is None else f"{damping:.3g}"
         raise PreconditionerError(
             f"{where()}: the {op} of its {f.kind!r} factor of order {f.order} failed {streak} "
-            f"times in a row (last damping tried {tried}, float64 included), so this block "
+            f"times in a row (each time in float64 too, with up to "
+            f"{DAMPING_GROWTH**DAMPING_RETRIES:g}x the damping), so this block "
             f"is preconditioned with a stale value. The statistics are most likely too "
             f"ill-conditioned or too large: {advice}lower the learning rate or clip gradients. "
             "To keep training on the last good preconditioner instead, pass "

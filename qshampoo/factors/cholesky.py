@@ -138,10 +138,14 @@ class CholeskyFactor(QuantizedFactor):
 
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
         C_bar, E = self._stored()
-        L = lower_gram(C_bar).lerp_(gram, 1.0 - hp.stat_decay)
+        L = lower_gram(C_bar)
+        if hp.cholesky_damping == "subtract":  # the damping the stored factor carries
+            L.diagonal().sub_(self.state["cholesky_damping"])
+        L.lerp_(gram, 1.0 - hp.stat_decay)
         C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
         good = bool(ok[0])
-        self.record_cholesky_result(good, delta[0])
+        # on failure the previous factor stays, and with it the damping it carries
+        self.record_cholesky_result(good, delta[0] if good else None)
         if not good:  # keep the previous factor
             return
         C = C[0]
