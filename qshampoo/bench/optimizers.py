@@ -12,6 +12,7 @@ unavailable (:func:`availability` says why); it never breaks the harness.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,27 +38,18 @@ class OptimizerSpec:
 
 _ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
 _SGD_KEYS = frozenset({"lr", "momentum", "weight_decay", "nesterov"})
-_SHAMPOO_KEYS = frozenset(
-    {
-        "lr",
-        "betas",
-        "eps",
-        "weight_decay",
-        "momentum",
-        "nesterov",
-        "base",
-        "stat_decay",
-        "matrix_eps",
-        "stat_interval",
-        "root_interval",
-        "max_preconditioner_dim",
-        "bits",
-        "block_size",
-        "codebook",
-        "ef_decay",
-        "min_quant_numel",
-    }
-)
+
+
+def _shampoo_keys() -> frozenset[str]:
+    """Every keyword of ``qshampoo.Shampoo`` that is a hyperparameter (not process layout)."""
+    from ..optimizer import Shampoo
+
+    names = inspect.signature(Shampoo.__init__).parameters
+    # quant is what the optimizer names (shampoo, shampoo4bit, ...) choose
+    return frozenset(names) - {"self", "params", "quant", "distributed", "process_group"}
+
+
+_SHAMPOO_KEYS = _shampoo_keys()
 
 
 def _import(module: str, what: str):
