@@ -21,6 +21,7 @@ step by design) and reported as the window's mean.
 
     python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
     python benchmarks/step_time.py --models mlp512,cnn --out benchmarks/RESULTS_step_time.md
+    python benchmarks/step_time.py --models mlp512x1,mlp512x2,mlp512x4,mlp512x8 --no-peers
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, Callable]]] = {
     "cnn": cnn,
     "gpt": gpt,
 }
+
+
+def model(name: str) -> tuple[nn.Module, Callable]:
+    """A model of :data:`MODELS`, or ``mlp<width>x<layers>`` (e.g. ``mlp512x8``)."""
+    if name in MODELS:
+        return MODELS[name]()
+    if name.startswith("mlp") and "x" in name:
+        width, layers = name[3:].split("x")
+        return mlp(int(width), int(layers))
+    raise SystemExit(f"unknown model {name!r}: one of {list(MODELS)} or mlp<width>x<layers>")
 
 
 # -- optimizers ------------------------------------------------------------------------------------
@@ -118,7 +129,7 @@ def peers(T2: int) -> dict[str, Callable]:
 
 def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
     torch.manual_seed(0)
-    net, loss_fn = MODELS[model_name]()
+    net, loss_fn = model(model_name)
     loss_fn().backward()
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header, flush=True)
     results = {}
     for m in args.models.split(","):
-        width = int(m[3:]) if m.startswith("mlp") else 0
+        width = int(m[3:].split("x")[0]) if m.startswith("mlp") else 0
         with_peers = not args.no_peers and width <= args.peers_up_to
         t = time.perf_counter()
         results[m] = measure(m, args.T1, args.T2, args.reps, with_peers)
