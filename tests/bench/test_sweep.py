@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qshampoo.bench.sweep import GridError, Relative, base_hparams, parse_grid, settings
-from qshampoo.bench.sweep_report import pareto_front
+from qshampoo.bench.sweep_report import paired_diff, pareto_front, rerender
 from qshampoo.bench.tasks import get_task
 from qshampoo.cli import COMMANDS, main
 
@@ -171,6 +171,28 @@ def test_grid_values_and_relative_intervals():
     assert (
         points[3].hparams["stat_interval"] == 50 and points[3].hparams["codebook"] == "dynamic_tree"
     )
+
+
+def test_paired_differences():
+    def runs(values):
+        return [{"seed": k, "final": {"metric": v}} for k, v in enumerate(values)]
+
+    p = paired_diff(runs([0.90, 0.85, 0.88]), runs([0.89, 0.84, 0.86]))
+    assert p["n"] == 3 and p["mean"] == pytest.approx(0.04 / 3)
+    # The seeds' spread (0.05) cancels: the noise is that of the differences only.
+    # differences 0.01, 0.01, 0.02: sample std 0.00577, standard error 0.00333
+    assert p["noise"] == pytest.approx(2 * 0.0057735 / 3**0.5, rel=1e-4)
+    assert paired_diff(runs([0.9]), runs([0.8]))["noise"] is None
+    assert paired_diff(runs([0.9]), []) is None
+
+
+def test_rerender_keeps_the_recorded_run(swept):
+    before = json.loads((swept / "results.json").read_text())
+    doc = rerender(swept)
+    assert doc["meta"]["command"] == before["meta"]["command"]
+    assert doc["meta"]["date"] == before["meta"]["date"]
+    assert doc["versions"] == before["versions"]
+    assert "Δ vs default, paired" in (swept / "report.md").read_text()
 
 
 def test_pareto_front():
