@@ -102,17 +102,23 @@ def _paired_phrase(meta: dict, p: dict, other: str | None = None) -> str:
     scale = metric_scale(meta)
     unit = " points" if meta.get("percent") else ""
     better = _better(meta, p["mean"], 0.0)
-    text = f"{abs(p['mean']) * scale:.2f}{unit} {'better' if better else 'worse'}"
+    text = f"{abs(p['mean']) * scale:.{_digits(meta)}f}{unit} {'better' if better else 'worse'}"
     if other:
         text += f" than {other}"
     if p["noise"] is None:
         return text + " (one seed)"
     wins = sum(1 for d in p["diffs"] if _better(meta, d, 0.0))
-    text += f" (±{p['noise'] * scale:.2f}{unit}, better on {wins} of {p['n']} seeds"
+    text += f" (±{p['noise'] * scale:.{_digits(meta)}f}{unit}, better on {wins} of {p['n']} seeds"
     if other:
         beyond = abs(p["mean"]) > p["noise"]
         text += f": {'beyond' if beyond else 'within'} seed noise"
     return text + ")"
+
+
+def _digits(meta: dict) -> int:
+    """Decimals of the metric: percentages to 0.01 points, losses to 1e-4 (differences
+    between settings of a language model's loss are often a few thousandths)."""
+    return 2 if meta.get("percent") else 4
 
 
 def _better(meta: dict, a: float, b: float) -> bool:
@@ -142,7 +148,8 @@ def findings(meta: dict, summary: dict) -> str:
     parts.append(
         f"Sweeping {keys} of {label(meta['optimizer'])} over {len(points)} settings "
         f"({meta['steps']} steps, {n} seed{'s' if n > 1 else ''} each), the best mean final "
-        f"{meta['metric_name']} was at {best} ({fin[best]['metric']['mean'] * scale:.2f}{unit})."
+        f"{meta['metric_name']} was at {best} "
+        f"({fin[best]['metric']['mean'] * scale:.{_digits(meta)}f}{unit})."
     )
     default = next((k for k, s in points.items() if s["default"]), None)
     if default is None:
@@ -164,7 +171,7 @@ def findings(meta: dict, summary: dict) -> str:
         if groups["within"]:
             items.append("within seed noise: " + "; ".join(groups["within"]))
         parts.append(
-            f"Against the default ({default}), seed by seed: " + ". ".join(items) + "."
+            f"Against the default ({default}), seed by seed: " + " — ".join(items) + "."
             if items
             else f"The default ({default}) is the only setting that finished."
         )
@@ -234,10 +241,10 @@ def _delta_cell(meta: dict, s: dict) -> str:
     if p is None:
         return "—"
     scale = metric_scale(meta)
-    text = f"{p['mean'] * scale:+.2f}"
+    text = f"{p['mean'] * scale:+.{_digits(meta)}f}"
     if p["noise"] is None:
         return text
-    text += f" (±{p['noise'] * scale:.2f})"
+    text += f" (±{p['noise'] * scale:.{_digits(meta)}f})"
     return f"**{text}**" if abs(p["mean"]) > p["noise"] else text
 
 
@@ -273,7 +280,7 @@ def results_table(meta: dict, summary: dict) -> str:
             + " | ".join(
                 [
                     shown,
-                    fmt_mean_std(s["metric"], scale),
+                    fmt_mean_std(s["metric"], scale, _digits(meta)),
                     *([_second_cell(meta, s)] if second else []),
                     _delta_cell(meta, s),
                     fmt_bytes(s["state_bytes"]["preconditioners"]),
@@ -298,7 +305,10 @@ def _per_seed_table(meta: dict, summary: dict) -> str:
     ]
     for name, s in summary.items():
         by_seed = dict(zip(s["seeds"], s["metric"]["values"], strict=True))
-        cells = ["—" if by_seed.get(k) is None else f"{by_seed[k] * scale:.2f}" for k in seeds]
+        cells = [
+            "—" if by_seed.get(k) is None else f"{by_seed[k] * scale:.{_digits(meta)}f}"
+            for k in seeds
+        ]
         shown = f"`{name}`" if s["reference"] else name
         rows.append(f"| {shown} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
