@@ -17,7 +17,7 @@ from pathlib import Path
 from .machine import machine_info, versions
 from .plots import _mean_curve, _smooth
 from .report import _machine_line, _second_cell, _second_column
-from .summary import fmt_bytes, fmt_mean_std, metric_scale, summarize_runs
+from .summary import fmt_bytes, fmt_mean_std, metric_scale, stats_of, summarize_runs
 from .verdict import label
 
 SWEEP_PLOTS = {
@@ -36,6 +36,7 @@ def summarize_sweep(meta: dict, results: list[dict]) -> dict[str, dict]:
         if runs:
             out[s["label"]] = {
                 **summarize_runs(runs),
+                "cpu_ms_per_step": _cpu_ms(runs),
                 "optimizer": meta["optimizer"],
                 "values": s["values"],
                 "default": s["default"],
@@ -46,6 +47,7 @@ def summarize_sweep(meta: dict, results: list[dict]) -> dict[str, dict]:
         if runs:
             out[name] = {
                 **summarize_runs(runs),
+                "cpu_ms_per_step": _cpu_ms(runs),
                 "optimizer": name,
                 "values": {},
                 "default": False,
@@ -119,6 +121,20 @@ def _digits(meta: dict) -> int:
     """Decimals of the metric: percentages to 0.01 points, losses to 1e-4 (differences
     between settings of a language model's loss are often a few thousandths)."""
     return 2 if meta.get("percent") else 4
+
+
+def _cpu_ms(runs: list[dict]) -> dict:
+    return stats_of([r["time"].get("cpu_ms_per_step", float("nan")) for r in runs])
+
+
+def time_key(meta: dict) -> tuple[str, str]:
+    """Which time per step the findings and plots compare, and its name. With one thread on a
+    CPU, the process's CPU time per step: it is the compute itself, and other work on the
+    machine inflates it far less than the wall-clock time (a run that waits for a core keeps
+    its CPU time). Otherwise the wall-clock time."""
+    if meta.get("threads") == 1 and str(meta.get("device", "cpu")).startswith("cpu"):
+        return "cpu_ms_per_step", "CPU ms/step"
+    return "ms_per_step", "ms/step"
 
 
 def _better(meta: dict, a: float, b: float) -> bool:
@@ -195,13 +211,14 @@ def findings(meta: dict, summary: dict) -> str:
         )
     elif pre[lo]:
         parts.append(f"Preconditioner state was {fmt_bytes(pre[lo])} at every setting.")
-    ms = {k: s["ms_per_step"]["mean"] for k, s in points.items()}
+    tkey, tname = time_key(meta)
+    ms = {k: s[tkey]["mean"] for k, s in points.items()}
     lo, hi = min(ms, key=ms.get), max(ms, key=ms.get)
     parts.append(
-        f"Time per step ranged from {ms[lo]:.1f} ms ({lo}) to {ms[hi]:.1f} ms ({hi})"
+        f"{tname} ranged from {ms[lo]:.1f} ({lo}) to {ms[hi]:.1f} ({hi})"
         + (
             "; references: "
-            + ", ".join(f"{label(k)} {s['ms_per_step']['mean']:.1f} ms" for k, s in refs.items())
+            + ", ".join(f"{label(k)} {s[tkey]['mean']:.1f}" for k, s in refs.items())
             if refs
             else ""
         )
@@ -265,6 +282,7 @@ def results_table(meta: dict, summary: dict) -> str:
         "preconditioner state",
         "total optimizer state",
         "ms/step",
+        "CPU ms/step",
         "wall time (s)",
         "non-finite / spikes / failures",
         "4-bit quant. error (last eval)",
@@ -286,6 +304,7 @@ def results_table(meta: dict, summary: dict) -> str:
                     fmt_bytes(s["state_bytes"]["preconditioners"]),
                     fmt_bytes(s["state_bytes"]["total"]),
                     fmt_mean_std(s["ms_per_step"], 1.0, 1),
+                    fmt_mean_std(s["cpu_ms_per_step"], 1.0, 1),
                     fmt_mean_std(s["wall_s"], 1.0, 1),
                     _stability_cell(s["stability"]),
                     "—" if q is None else f"{q:.3f}",
@@ -378,8 +397,10 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
         "when the difference exceeds it (beyond seed noise). A seed fixes the initialisation and "
         "the data order for every setting, so the pairs share their luck and the seed-to-seed "
         "spread (the ± of the metric column) cancels. With two seeds the error estimate is rough. "
-        "*Failures*: root plus Cholesky failures. Other columns as in `qshampoo bench` "
-        "(docs/harness.md).",
+        "*CPU ms/step*: the run's CPU time per training step (all its threads); with one "
+        "thread it is the compute itself, which other work on the machine inflates far less "
+        "than the wall-clock *ms/step*. *Failures*: root plus Cholesky failures. Other columns "
+        "as in `qshampoo bench` (docs/harness.md).",
         "",
     ]
     reused = sorted({s for s in meta.get("reused_runs", [])})
@@ -576,10 +597,21 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
     ax_mem.bar(xs, pre, bottom=base, color="#c63", label="preconditioners")
     ax_mem.set(ylabel="optimizer state (MiB)", title="optimizer state (memory_report)")
     ax_mem.legend(fontsize=8)
+    tkey, tname = time_key(meta)
     ms = [summary[k]["ms_per_step"]["mean"] for k in names]
     err = [summary[k]["ms_per_step"]["std"] or 0.0 for k in names]
-    ax_time.bar(xs, ms, yerr=err, capsize=3, color=[color[k] for k in names])
-    ax_time.set(ylabel="ms", title="training time per step (mean ± std over seeds)")
+    ax_time.bar(xs, ms, yerr=err, capsize=3, color=[color[k] for k in names], alpha=0.45)
+    if tkey != "ms_per_step":
+        ax_time.plot(
+            xs,
+            [summary[k][tkey]["mean"] for k in names],
+            "k_",
+            ms=18,
+            mew=2,
+            label=f"{tname} (compared in the findings)",
+        )
+        ax_time.legend(fontsize=8)
+    ax_time.set(ylabel="ms", title="training time per step: wall clock (bars, ± std over seeds)")
     for ax in (ax_mem, ax_time):
         ax.set_xticks(xs, ticks, rotation=30, ha="right", fontsize=8)
         ax.set_xlabel(" / ".join(keys) + " (references by name)")
@@ -594,7 +626,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, cost_of, xlabel in (
         (axes[0], lambda s: s["state_bytes"]["total"] / 2**20, "total optimizer state (MiB)"),
-        (axes[1], lambda s: s["ms_per_step"]["mean"], "ms per training step"),
+        (axes[1], lambda s: s[tkey]["mean"], f"{tname} (training)"),
     ):
         pts = [(cost_of(summary[k]), summary[k]["metric"]["mean"] * scale) for k in names]
         for k, (c, q) in zip(names, pts, strict=True):
