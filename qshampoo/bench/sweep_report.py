@@ -56,38 +56,79 @@ def summarize_sweep(meta: dict, results: list[dict]) -> dict[str, dict]:
     return out
 
 
-def paired_diff(runs_a: list[dict], runs_b: list[dict]) -> dict | None:
+def pooled_noise(table: dict[str, dict[int, float]]) -> tuple[float | None, int]:
+    """Run-to-run variance at a fixed seed, pooled over a sweep: ``(sigma2, dof)``.
+
+    ``table`` maps each configuration to ``{seed: final metric}``. The model is additive —
+    metric = configuration effect + seed effect + noise — fitted on the configurations that
+    finished every seed; ``sigma2`` is the residual variance with ``(C-1)(n-1)`` degrees
+    of freedom for C configurations and n seeds (``None`` when that is 0). A seed fixes the
+    initialisation and the data order, so its effect is shared by every configuration; what is
+    left is how much any change of setting reshuffles the final number, the noise two settings
+    must differ by more than."""
+
+    def finite(values):
+        return {k for k, v in values.items() if v is not None and math.isfinite(v)}
+
+    # Every seed any configuration has; a configuration without all of them (a diverged run)
+    # is left out, unless that leaves fewer than two: then the seeds they all share.
+    seeds = sorted(set().union(*map(finite, table.values())) if table else set())
+    rows = [[v[k] for k in seeds] for v in table.values() if finite(v) >= set(seeds)]
+    if len(rows) < 2 and table:
+        seeds = sorted(set.intersection(*map(finite, table.values())))
+        rows = [[v[k] for k in seeds] for v in table.values()]
+    c, n = len(rows), len(seeds)
+    dof = (c - 1) * (n - 1)
+    if dof < 1:
+        return None, 0
+    row_mean = [sum(r) / n for r in rows]
+    col_mean = [sum(r[j] for r in rows) / c for j in range(n)]
+    grand = sum(row_mean) / c
+    ss = sum(
+        (rows[i][j] - row_mean[i] - col_mean[j] + grand) ** 2 for i in range(c) for j in range(n)
+    )
+    return ss / dof, dof
+
+
+def paired_diff(runs_a: list[dict], runs_b: list[dict], sigma2: float | None = None) -> dict | None:
     """The per-seed differences of the final metric, ``a - b``, over the seeds both have (same
     seed = same initialisation and data order, so the seed-to-seed spread cancels): ``{"mean",
-    "noise", "n", "diffs"}`` with ``noise`` twice the standard error of the mean difference
-    (``None`` with one common seed), or ``None`` without a common finite seed."""
+    "noise", "n", "diffs"}``, or ``None`` without a common finite seed. ``noise`` is twice the
+    standard error of the mean difference: from the pooled run-to-run variance ``sigma2`` when
+    given (see :func:`pooled_noise`), else from these differences alone (``None`` with one)."""
     a = {r["seed"]: r["final"]["metric"] for r in runs_a}
     b = {r["seed"]: r["final"]["metric"] for r in runs_b}
     diffs = [a[k] - b[k] for k in sorted(set(a) & set(b))]
     diffs = [d for d in diffs if math.isfinite(d)]
     if not diffs:
         return None
-    m = sum(diffs) / len(diffs)
+    n = len(diffs)
+    m = sum(diffs) / n
     noise = None
-    if len(diffs) > 1:
-        var = sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)
-        noise = 2.0 * math.sqrt(var / len(diffs))
-    return {"mean": m, "noise": noise, "n": len(diffs), "diffs": diffs}
+    if sigma2 is not None:
+        noise = 2.0 * math.sqrt(2.0 * sigma2 / n)
+    elif n > 1:
+        var = sum((d - m) ** 2 for d in diffs) / (n - 1)
+        noise = 2.0 * math.sqrt(var / n)
+    return {"mean": m, "noise": noise, "n": n, "diffs": diffs}
 
 
 def add_paired(meta: dict, summary: dict, results: list[dict]) -> None:
     """Store in every summary entry its paired differences from the default setting
-    (``vs_default``) and, for the settings, from each reference (``vs_references``)."""
+    (``vs_default``) and, for the settings, from each reference (``vs_references``), with the
+    noise pooled over every configuration of the sweep (``meta["noise"]``)."""
     default = next((k for k, s in summary.items() if s["default"]), None)
     refs = [k for k, s in summary.items() if s["reference"]]
+    runs = {k: _runs_of(summary, results, k) for k in summary}
+    sigma2, dof = pooled_noise(
+        {k: {r["seed"]: r["final"]["metric"] for r in rs} for k, rs in runs.items()}
+    )
+    meta["noise"] = {"sigma": None if sigma2 is None else math.sqrt(sigma2), "dof": dof}
     for k, s in summary.items():
         if not s["reference"]:
-            mine = _runs_of(summary, results, k)
-            s["vs_references"] = {r: paired_diff(mine, _runs_of(summary, results, r)) for r in refs}
+            s["vs_references"] = {r: paired_diff(runs[k], runs[r], sigma2) for r in refs}
         s["vs_default"] = (
-            None
-            if default is None or k == default
-            else paired_diff(_runs_of(summary, results, k), _runs_of(summary, results, default))
+            None if default is None or k == default else paired_diff(runs[k], runs[default], sigma2)
         )
 
 
@@ -265,6 +306,18 @@ def _delta_cell(meta: dict, s: dict) -> str:
     return f"**{text}**" if abs(p["mean"]) > p["noise"] else text
 
 
+def _noise_text(meta: dict) -> str:
+    noise = meta.get("noise") or {}
+    if noise.get("sigma") is None:
+        return ": not estimable with one seed"
+    scale = metric_scale(meta)
+    unit = " points" if meta.get("percent") else ""
+    return (
+        f": σ = {noise['sigma'] * scale:.{_digits(meta)}f}{unit} per run, "
+        f"{noise['dof']} degrees of freedom"
+    )
+
+
 def _stability_cell(st: dict) -> str:
     nonfinite = st["nonfinite_losses"] + st["optimizer_nonfinite_steps"]
     return f"{nonfinite} / {st['loss_spikes']} / {st['root_failures'] + st['cholesky_failures']}"
@@ -393,10 +446,12 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
     lines += ["## Results", "", results_table(meta, summary), ""]
     lines += [
         "*Δ vs default, paired*: the mean over seeds of (this − the setting equal to the current "
-        "defaults, same seed), in the metric's units, with twice its standard error; **bold** "
-        "when the difference exceeds it (beyond seed noise). A seed fixes the initialisation and "
-        "the data order for every setting, so the pairs share their luck and the seed-to-seed "
-        "spread (the ± of the metric column) cancels. With two seeds the error estimate is rough. "
+        "defaults, same seed), in the metric's units, ± twice its standard error; **bold** when "
+        "the difference exceeds that (beyond seed noise). A seed fixes the initialisation and "
+        "the data order for every setting, so the seed-to-seed spread (the ± of the metric "
+        "column) cancels; what remains is how much any change of setting reshuffles the final "
+        "number at a fixed seed, estimated once for the whole sweep (residual of an additive "
+        "setting + seed model over every row" + _noise_text(meta) + "). "
         "*CPU ms/step*: the run's CPU time per training step (all its threads); with one "
         "thread it is the compute itself, which other work on the machine inflates far less "
         "than the wall-clock *ms/step*. *Failures*: root plus Cholesky failures. Other columns "

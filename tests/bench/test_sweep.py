@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qshampoo.bench.sweep import GridError, Relative, base_hparams, parse_grid, settings
-from qshampoo.bench.sweep_report import paired_diff, pareto_front, rerender
+from qshampoo.bench.sweep_report import paired_diff, pareto_front, pooled_noise, rerender
 from qshampoo.bench.tasks import get_task
 from qshampoo.cli import COMMANDS, main
 
@@ -184,6 +184,23 @@ def test_paired_differences():
     assert p["noise"] == pytest.approx(2 * 0.0057735 / 3**0.5, rel=1e-4)
     assert paired_diff(runs([0.9]), runs([0.8]))["noise"] is None
     assert paired_diff(runs([0.9]), []) is None
+
+
+def test_pooled_noise_of_an_additive_model():
+    # setting effect + seed effect and nothing else: no noise left.
+    exact = {"a": {0: 1.0, 1: 2.0, 2: 3.0}, "b": {0: 1.5, 1: 2.5, 2: 3.5}}
+    assert pooled_noise(exact) == (0.0, 2)
+    # One cell off by 0.3 in a 2 x 2 table: residuals +-0.075, one degree of freedom.
+    table = {"a": {0: 1.0, 1: 2.0}, "b": {0: 1.5, 1: 2.8}}
+    sigma2, dof = pooled_noise(table)
+    assert dof == 1 and sigma2 == pytest.approx(4 * 0.075**2)
+    # A configuration that lacks a seed of the others is left out; one seed: not estimable.
+    assert pooled_noise({**table, "c": {0: 9.0}}) == (sigma2, 1)
+    assert pooled_noise({"a": {0: 1.0}, "b": {0: 2.0}}) == (None, 0)
+    p = paired_diff(
+        [{"seed": 0, "final": {"metric": 0.9}}], [{"seed": 0, "final": {"metric": 0.8}}], 0.01
+    )
+    assert p["noise"] == pytest.approx(2 * (2 * 0.01 / 1) ** 0.5)
 
 
 def test_rerender_keeps_the_recorded_run(swept):
