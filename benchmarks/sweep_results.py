@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 
 from qshampoo.bench.summary import metric_scale
-from qshampoo.bench.verdict import compare_means
 
 FIGURES = ("curves", "quality", "pareto", "cost")
 
@@ -77,35 +77,53 @@ def folder_section(folder: Path, figures: Path | None, level: int = 3) -> str:
     return "\n".join(lines)
 
 
+def task_noise(docs: list[dict]) -> dict[str, tuple[float, int]]:
+    """Per task, the run-to-run variance at a fixed seed pooled over all its sweeps (each
+    sweep's residual variance weighted by its degrees of freedom): ``{task: (sigma2, dof)}``."""
+    ss: dict[str, float] = {}
+    dofs: dict[str, int] = {}
+    for doc in docs:
+        task, noise = doc["meta"]["task"], doc["meta"].get("noise") or {}
+        if noise.get("sigma") is not None and noise.get("dof"):
+            ss[task] = ss.get(task, 0.0) + noise["sigma"] ** 2 * noise["dof"]
+            dofs[task] = dofs.get(task, 0) + noise["dof"]
+    return {t: (ss[t] / dofs[t], dofs[t]) for t in ss}
+
+
 def cross_table(folders: list[Path]) -> str:
-    """Per (key, value): the difference from the default point on each task, ± 2 s.e."""
+    """Per setting: the paired difference from the default point of its sweep on each task,
+    ± twice its standard error from the task's pooled run-to-run noise."""
+    docs = [json.loads((f / "results.json").read_text()) for f in folders]
+    noise = task_noise(docs)
     cells: dict[str, dict[str, str]] = {}  # setting label -> task -> cell, in grid order
-    tasks: list[str] = []
-    for folder in folders:
-        doc = json.loads((folder / "results.json").read_text())
+    tasks: dict[str, tuple[float, int, str]] = {}  # task -> scale, digits, unit
+    for doc in docs:
         meta, summary = doc["meta"], doc["summary"]
         task = meta["task"]
-        if task not in tasks:
-            tasks.append(task)
-        default = next((s for s in summary.values() if s["default"]), None)
-        if default is None:
-            continue
         scale = metric_scale(meta)
+        digits = 2 if meta.get("percent") else 4
+        tasks[task] = (scale, digits, " points" if meta.get("percent") else "")
         for name, s in summary.items():
-            if s["reference"] or s["default"]:
+            p = s.get("vs_default")
+            if s["reference"] or p is None:
                 continue
-            diff, noise = compare_means(s["metric"], default["metric"])
-            text = f"{diff * scale:+.2f}"
-            if noise is not None:
-                text += f" ± {noise * scale:.2f}"
-                if abs(diff) > noise:
+            text = f"{p['mean'] * scale:+.{digits}f}"
+            if task in noise:
+                band = 2.0 * math.sqrt(2.0 * noise[task][0] / p["n"])
+                text += f" ± {band * scale:.{digits}f}"
+                if abs(p["mean"]) > band:
                     text = f"**{text}**"
             cells.setdefault(name, {})[task] = text
     head = ["setting (vs the default)", *tasks]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_task in cells.items():
         rows.append(f"| {name} | " + " | ".join(by_task.get(t, "—") for t in tasks) + " |")
-    return "\n".join(rows)
+    sigmas = ", ".join(
+        f"{t}: σ = {math.sqrt(v) * tasks[t][0]:.{tasks[t][1]}f}{tasks[t][2]} "
+        f"({d} degrees of freedom)"
+        for t, (v, d) in noise.items()
+    )
+    return "\n".join(rows) + f"\n\nPooled run-to-run noise per task: {sigmas}."
 
 
 def main(argv=None) -> int:
@@ -119,9 +137,10 @@ def main(argv=None) -> int:
     out += [
         "### Every setting against the default, both tasks",
         "",
-        "Difference of the mean final metric from the default point of the same sweep "
-        "(accuracy in points: higher is better; validation loss: lower is better), ± twice its "
-        "standard error; **bold**: beyond that.",
+        "Mean over seeds of (this − the default point of the same sweep, same seed) (accuracy "
+        "in points: higher is better; validation loss: lower is better), ± twice its standard "
+        "error computed from the task's run-to-run noise pooled over all its sweeps; **bold**: "
+        "beyond that.",
         "",
         cross_table(folders),
         "",
