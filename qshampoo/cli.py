@@ -243,6 +243,140 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# qshampoo sweep
+# --------------------------------------------------------------------------------------------
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench.sweep import GRID_HELP
+    from .bench.tasks import TASKS
+
+    p.add_argument(
+        "--task",
+        default="fashion-mnist",
+        choices=list(TASKS),
+        help="what to train (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help=GRID_HELP + "; two --grid make the product",
+    )
+    p.add_argument(
+        "--optimizer",
+        default="shampoo4bit",
+        help="the optimizer whose settings are swept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--references",
+        default=None,
+        help="comma-separated optimizers run at their usual settings as reference lines "
+        "(default: adamw,shampoo; 'none' for none)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="2",
+        help="a count N (seeds 0..N-1) or a comma-separated list of seeds (default: %(default)s)",
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="training steps per run")
+    budget.add_argument(
+        "--epochs", type=float, default=None, help="passes over the training data per run"
+    )
+    p.add_argument(
+        "--out", default=None, help="report folder (default: report/sweep-<task>-<keys>)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs in --out (also after adding grid values) and continue "
+        "unfinished ones from their checkpoints",
+    )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        metavar="DIR",
+        default=[],
+        help="take finished runs with exactly the same settings (fingerprint) from an earlier "
+        "sweep or bench folder instead of training them again (repeatable)",
+    )
+    p.add_argument("--data-dir", default=None, help="folder holding the task's data")
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="steps between periodic evaluations"
+    )
+    p.add_argument(
+        "--hp",
+        action="append",
+        metavar="OPT.KEY=VALUE",
+        help="fix a hyperparameter for all points, e.g. shampoo4bit.bits=8 (repeatable)",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="evaluate on a split held out of the training data instead of the test set",
+    )
+    p.add_argument("--no-isolate", action="store_true", help="run everything in this process")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train one optimizer over a grid of one or two settings; write the sweep report."""
+    from .bench.data import DataNotFoundError
+    from .bench.suite import parse_overrides, parse_seeds
+    from .bench.sweep import SweepConfig, parse_grid, run_sweep
+    from .bench.tasks import get_task
+
+    try:
+        grid = parse_grid(args.grid)
+        task = get_task(args.task, args.data_dir)
+        if args.references is None:
+            references = None
+        elif args.references.strip().lower() in ("", "none"):
+            references = []
+        else:
+            references = [s.strip() for s in args.references.split(",") if s.strip()]
+        keys = "-".join(a.key for a in grid)
+        config = SweepConfig(
+            grid=grid,
+            seeds=parse_seeds(args.seeds),
+            out=args.out or f"report/sweep-{task.name}-{keys}",
+            optimizer=args.optimizer,
+            references=references,
+            steps=args.steps,
+            epochs=args.epochs,
+            device=args.device,
+            resume=args.resume,
+            reuse=list(args.reuse),
+            isolate=False if args.no_isolate else "auto",
+            progress=not args.no_progress,
+            eval_every=args.eval_every,
+            overrides=parse_overrides(args.hp),
+            validation=args.validation,
+            threads=args.threads,
+            command="qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+        )
+        out = run_sweep(task, config)
+    except DataNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted. Finished runs and checkpoints are kept; run the same command with "
+            "--resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command(
         "bench",
@@ -261,6 +395,12 @@ COMMANDS: list[Command] = [
         "optimizer-state memory per variant for the papers' model sizes (meta device)",
         _memory_arguments,
         cmd_memory,
+    ),
+    Command(
+        "sweep",
+        "sweep one or two optimizer settings over a grid on a task -> report folder",
+        _sweep_arguments,
+        cmd_sweep,
     ),
 ]
 

@@ -77,6 +77,8 @@ class RunSpec:
             "final_lr": t.final_lr,
             "device": torch.device(self.device).type,
         }
+        if self.extra.get("validation"):  # evaluated on a held-out split, not the test set
+            key["validation"] = True
         blob = json.dumps(key, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 
 from . import optimizers as optim_mod
-from .runner import RunSpec, can_isolate, load_result, run_isolated, train_run
+from .runner import (
+    RESULT,
+    RunSpec,
+    _jsonable,
+    atomic_write_text,
+    can_isolate,
+    load_result,
+    run_isolated,
+    train_run,
+)
 from .tasks import Task
 
 
@@ -135,23 +144,8 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
                 threads=config.threads,
                 extra={"validation": config.validation},
             )
-            done = load_result(spec.run_dir, spec.fingerprint()) if config.resume else None
-            if done is not None:
-                log(f"{name} seed {seed}: finished earlier, reusing {spec.run_dir}/result.json")
-                results.append(done)
-                continue
-            isolate = config.isolate
-            if isolate == "auto":
-                isolate = can_isolate(spec)
-            if isolate:
-                result = run_isolated(spec)
-            else:
-                result = train_run(spec, data)
-            result["isolated"] = bool(isolate)
-            results.append(result)
-            log(
-                f"{name} seed {seed}: {task.metric_name} {result['final']['metric']:.4f}, "
-                f"{result['time']['wall_s']:.1f} s"
+            results.append(
+                run_or_reuse(spec, data, config.isolate, config.resume, log, f"{name} seed {seed}")
             )
 
     meta = {
@@ -186,6 +180,28 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     report_mod.write_report(out, meta, results)
     log(f"report written to {out / 'report.md'}")
     return out
+
+
+def run_or_reuse(spec: RunSpec, data, isolate, resume: bool, log, what: str) -> dict:
+    """The result of ``spec``: a finished run in ``spec.run_dir`` with the same settings when
+    ``resume``, else a fresh run (continued from its checkpoint when ``resume``), in its own
+    process when ``isolate`` (``"auto"``: when the task pickles)."""
+    task = spec.task
+    done = load_result(spec.run_dir, spec.fingerprint()) if resume else None
+    if done is not None:
+        log(f"{what}: finished earlier, reusing {spec.run_dir}/result.json")
+        return done
+    if isolate == "auto":
+        isolate = can_isolate(spec)
+    result = run_isolated(spec) if isolate else train_run(spec, data)
+    result["isolated"] = bool(isolate)
+    # Kept in the file too, so a report built from reused runs still knows how they ran.
+    atomic_write_text(Path(spec.run_dir) / RESULT, json.dumps(_jsonable(result), indent=1))
+    log(
+        f"{what}: {task.metric_name} {result['final']['metric']:.4f}, "
+        f"{result['time']['wall_s']:.1f} s"
+    )
+    return result
 
 
 def _final_eval_what(task: Task, data, validation: bool) -> str:
