@@ -451,7 +451,9 @@ class Shampoo(Optimizer):
         Raises ``ValueError`` naming the difference when the checkpoint comes from another
         variant or layout (``quant``, ``max_preconditioner_dim``, ...), another model or
         parameter order (shapes differ), fails its checksum (damaged bytes), or holds inf/NaN.
-        Nothing is changed when it raises.
+        Nothing is changed when it raises. Under ``bits="auto"`` each factor keeps the width it
+        was saved with; if that exceeds this optimizer's ``memory_budget``, the precision
+        policy re-plans at once.
 
         ``torch.optim.Optimizer`` would cast every saved tensor to its parameter's dtype, which
         would turn 4-bit codes into floats under bf16 parameters; here tensors are only moved to
@@ -494,6 +496,11 @@ class Shampoo(Optimizer):
                 st = _copy_to(saved[i], p.device)
                 self._fit_loaded_blocks(i, p, st, group_of[p])
                 self.state[p] = st
+        if self._adaptive():
+            # a checkpoint saved under a larger memory_budget: fit this one's at once
+            inv = self._precision_inventory()
+            if self.memory_report()["preconditioners"] > inv.budget:
+                self._adapt_precision()
 
     def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
         """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.

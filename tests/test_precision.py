@@ -292,6 +292,17 @@ def test_state_dict_round_trip_with_mixed_precision():
     assert [f.bits for f in _factors(opt2)] == [f.bits for f in _factors(opt)]
 
 
+def test_a_smaller_budget_is_met_on_load():
+    params, opt = _run(0.16, 6)
+    sd = opt.state_dict()
+    tight = _opt(_params(), 0.147)
+    assert opt.memory_report()["preconditioners"] > tight.memory_report()["memory_budget"]
+    tight.load_state_dict(sd)
+    r = tight.memory_report()
+    assert r["preconditioners"] <= r["memory_budget"]
+    assert tight.diagnostics()["precision"]["demotions"] > 0
+
+
 def test_load_checks_per_factor_bits():
     params, opt = _run(0.15, 6)
     sd = opt.state_dict()
@@ -369,3 +380,28 @@ def test_a_group_added_later_is_checked():
     with pytest.raises(ValueError, match="memory_budget"):  # 4 bits would not fit
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(300, 300))]})
     assert len(opt.param_groups) == before + 1
+
+
+@pytest.mark.parametrize("quant", ["naive", "eigen", "cholesky"])
+def test_every_quantized_variant_adapts_within_budget(quant):
+    params = _params()
+    cfg = PrecisionConfig(promote_at=0, demote_below=0)
+    opt = qshampoo.Shampoo(
+        params,
+        quant=quant,
+        bits="auto",
+        memory_budget=0.3,
+        stat_interval=1,
+        block_size=32,
+        precision_config=cfg,
+    )
+    _run(None, 4, opt, params)
+    r = opt.memory_report()
+    assert r["preconditioners"] <= r["memory_budget"] and r["preconditioners_8bit"] > 0
+    expected = sum(
+        sum(factor_bytes(quant, f.order, bits=f.bits, block_size=32, adaptive=f.adaptive).values())
+        if f.bits != 32
+        else sum(factor_bytes("none", f.order).values())
+        for f in _factors(opt)
+    )
+    assert r["preconditioners"] == expected
