@@ -44,11 +44,13 @@ def rows_of(folder: Path) -> tuple[dict, list[dict]]:
         if hp.get("bits") == 8 and label.startswith("4-bit"):  # e.g. --hp shampoo4bit.bits=8
             label = "8-bit" + label[len("4-bit") :]
         budget = None
-        if name == "shampoo4bit-auto":
+        if name.startswith("shampoo4bit-auto"):
             budget = hp.get("memory_budget", 1 / 7)
             label = f"auto, budget {budget:g}"
             if isinstance(budget, float):
-                label += f" (1/{1 / budget:.2g})"
+                label += f" (1/{1 / budget:.3g})"
+            if name.endswith("-inverse"):
+                label += ", ranking reversed (ablation)"
         precision = [r["diagnostics"].get("precision") for r in runs]
         out.append(
             dict(
