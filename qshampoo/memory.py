@@ -12,7 +12,10 @@ Per factor of order ``n`` (``N = n(n-1)/2`` strict-lower entries, ``b`` bits, bl
 
 (+4n for naive is its exact diagonal, for eigen its eigenvalues, for Cholesky its diagonal.)
 Quantized factors also keep 4 bytes of ``quant_error`` (Cholesky: +4 bytes of ``cholesky_damping``),
-reported as ``diagnostics``. Factors with ``n^2 < min_quant_numel`` are stored as ``none``.
+reported as ``diagnostics``; under ``bits="auto"`` each quantized factor has its own ``b`` (4 or 8)
+and keeps 4 more bytes, its precision signal (``qshampoo.precision``), and a ``cholesky_ef``
+factor in 8 bits is stored as ``cholesky`` (no error state). Factors with
+``n^2 < min_quant_numel`` are stored as ``none``.
 The base optimizer keeps 8 bytes per parameter element (AdamW) or 4 (SGD with momentum).
 """
 
@@ -26,9 +29,23 @@ from .quant import num_chunks, packed_numel
 
 
 def factor_bytes(
-    quant: str, n: int, *, bits: int = 4, block_size: int = 64, min_quant_numel: int = 4096
+    quant: str,
+    n: int,
+    *,
+    bits: int | str = 4,
+    block_size: int = 64,
+    min_quant_numel: int = 4096,
+    adaptive: bool = False,
 ) -> dict[str, int]:
-    """Bytes of one factor of order ``n``: ``statistics``, ``roots``, ``diagnostics``."""
+    """Bytes of one factor of order ``n``: ``statistics``, ``roots``, ``diagnostics``.
+
+    ``bits="auto"`` is a factor of an adaptive-precision group as it starts (4 bits);
+    ``adaptive=True`` with ``bits`` 4 or 8 is such a factor at that width.
+    """
+    if bits == "auto":
+        bits, adaptive = 4, True
+    if quant == "cholesky_ef" and adaptive and bits >= 8:
+        quant = "cholesky"  # an adaptive CQ+EF factor drops its error state in 8 bits
     if quant == "none" or n * n < min_quant_numel:
         return {"statistics": 4 * n * n, "roots": 4 * n * n, "diagnostics": 0}
     N = n * (n - 1) // 2
@@ -46,6 +63,8 @@ def factor_bytes(
         diag = 8
     else:
         raise ValueError(f"unknown quant={quant!r}")
+    if adaptive:
+        diag += 4  # the precision signal
     return {"statistics": stats, "roots": roots, "diagnostics": diag}
 
 
@@ -54,7 +73,7 @@ def state_bytes(
     *,
     base: str = "adamw",
     quant: str = "none",
-    bits: int = 4,
+    bits: int | str = 4,
     block_size: int = 64,
     max_preconditioner_dim: int = 1200,
     min_quant_numel: int = 4096,
@@ -63,6 +82,8 @@ def state_bytes(
     """What ``Shampoo(...).memory_report()`` will say once every parameter has stepped.
 
     ``precondition=False`` gives the base optimizer alone (AdamW or SGD with momentum).
+    ``bits="auto"``: every factor at 4 bits, as an adaptive-precision optimizer starts (use
+    ``factor_bytes`` per factor for a mix of widths).
     """
     out = dict.fromkeys(("statistics", "roots", "diagnostics", "base_state"), 0)
     per_element = {"adamw": 8, "sgd": 4}[base]

@@ -12,8 +12,10 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,7 +34,16 @@ from .distributed import (
     make_sharding,
     shard_key,
 )
-from .factors import FACTORS, FactorConfig, StepHyper, check_failures, update_roots
+from .factors import FACTORS, FactorConfig, StepHyper, check_failures, make_factor, update_roots
+from .memory import factor_bytes
+from .precision import (
+    AUTO_BITS,
+    Candidate,
+    PrecisionConfig,
+    check_budget,
+    plan,
+    resolve_budget,
+)
 from .preconditioner import ParamPreconditioner, block_list, held_dict, precondition_blocks
 from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
 from .roots import ROOT_METHODS
@@ -72,7 +83,10 @@ class Shampoo(Optimizer):
         root_method: ``"eigh"`` or ``"newton"``.
         quant: how factors are stored: ``"none"`` (fp32), ``"naive"``, ``"eigen"``,
             ``"cholesky"`` or ``"cholesky_ef"``.
-        bits, block_size, codebook: the quantizer (see ``qshampoo.quant``).
+        bits, block_size, codebook: the quantizer (see ``qshampoo.quant``). ``bits="auto"``
+            (a quantized ``quant`` only): every factor starts at 4 bits and the ones whose
+            4-bit storage costs the most accuracy per extra byte move to 8 bits, within
+            ``memory_budget`` (see ``qshampoo.precision`` and ``docs/adaptive_precision.md``).
         ef_decay: decay of the Cholesky error-feedback state.
         min_quant_numel: factors with fewer elements than this stay fp32.
         precondition: False sends the group's parameters straight to the base optimizer.
@@ -95,6 +109,14 @@ class Shampoo(Optimizer):
             at steady state it holds about ``delta / (1 - stat_decay)`` where 32-bit Shampoo
             holds none. ``"carry"`` keeps it (Paper A as written); ``"subtract"`` removes the
             previous ``delta`` before the EMA. See ``docs/algorithm-notes.md``.
+        memory_budget: with ``bits="auto"`` (required there, refused elsewhere), the most
+            bytes the preconditioners may hold (``memory_report()["preconditioners"]``, which
+            never exceeds it): a float in (0, 1] is a fraction of what 32-bit Shampoo's
+            preconditioners would take for the same parameters, an int a number of bytes.
+            A budget below what every factor needs at 4 bits raises ``ValueError``.
+            Optimizer-wide; under ``distributed`` it applies to each process's own blocks.
+        precision_config: the adaptive-precision policy's thresholds and hysteresis
+            (``qshampoo.precision.PrecisionConfig``; default: its defaults).
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
             ``torch.compile`` (one kernel per root shape; ~1.5x faster dequantization at orders
             288-600 on a CPU, see ``benchmarks/RESULTS_step_time.md``). Compiling takes a few
@@ -133,6 +155,8 @@ class Shampoo(Optimizer):
         cholesky_damping: str = "carry",
         distributed: bool | None = None,
         process_group: Any = None,
+        memory_budget: float | int | None = None,
+        precision_config: PrecisionConfig | None = None,
     ):
         defaults = dict(
             lr=lr,
@@ -161,14 +185,32 @@ class Shampoo(Optimizer):
             compile=compile,
             cholesky_damping=cholesky_damping,
         )
+        check_budget(memory_budget)
+        if precision_config is not None and not isinstance(precision_config, PrecisionConfig):
+            raise ValueError(
+                f"invalid precision_config={precision_config!r}: must be a "
+                "qshampoo.precision.PrecisionConfig or None"
+            )
+        self._memory_budget = memory_budget
+        self._precision_config = precision_config or PrecisionConfig()
+        self._precision_log: list[dict] = []
+        self._precision_warned = False
         self._sharding = make_sharding(distributed, process_group)
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
+        self._initialized = False
         super().__init__(params, defaults)
+        self._initialized = True
+        self._check_precision_setup()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
         self.__dict__.setdefault("_sharding", None)
+        self.__dict__.setdefault("_memory_budget", None)
+        self.__dict__.setdefault("_precision_config", PrecisionConfig())
+        self.__dict__.setdefault("_precision_log", [])
+        self.__dict__.setdefault("_precision_warned", False)
+        self.__dict__.setdefault("_initialized", True)
 
     # -- param groups -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -184,6 +226,8 @@ class Shampoo(Optimizer):
                     )
                 if not p.is_floating_point():
                     raise TypeError(f"Shampoo needs floating-point parameters, got {p.dtype}")
+            if getattr(self, "_initialized", False):  # groups added after the constructor
+                self._check_precision_setup()
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
@@ -224,6 +268,7 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_roots, pres, touched = [], [], []
+        adapt = False
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
@@ -234,10 +279,13 @@ class Shampoo(Optimizer):
             roots_due = st["step"] % group["root_interval"] == 0
             if stats_due:
                 pre.update_statistics(g, hp)
+                adapt = adapt or group["bits"] == "auto"
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
+        if adapt:  # before the roots, so that a switched factor stores its root at its new width
+            self._adapt_precision()
         if due_roots:
             update_roots(due_roots, hp)
         if touched:
@@ -414,7 +462,9 @@ class Shampoo(Optimizer):
         Raises ``ValueError`` naming the difference when the checkpoint comes from another
         variant or layout (``quant``, ``max_preconditioner_dim``, ...), another model or
         parameter order (shapes differ), fails its checksum (damaged bytes), or holds inf/NaN.
-        Nothing is changed when it raises.
+        Nothing is changed when it raises. Under ``bits="auto"`` each factor keeps the width it
+        was saved with; if that exceeds this optimizer's ``memory_budget``, the precision
+        policy re-plans at once.
 
         ``torch.optim.Optimizer`` would cast every saved tensor to its parameter's dtype, which
         would turn 4-bit codes into floats under bf16 parameters; here tensors are only moved to
@@ -457,6 +507,11 @@ class Shampoo(Optimizer):
                 st = _copy_to(saved[i], p.device)
                 self._fit_loaded_blocks(i, p, st, group_of[p])
                 self.state[p] = st
+        if self._adaptive():
+            # a checkpoint saved under a larger memory_budget: fit this one's at once
+            inv = self._precision_inventory()
+            if self.memory_report()["preconditioners"] > inv.budget:
+                self._adapt_precision()
 
     def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
         """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.
@@ -619,6 +674,8 @@ class Shampoo(Optimizer):
                         f"{len(blocks)} blocks"
                     )
                 expected["precond"] = {k: blocks[int(k)] for k in stored}
+            if "precond" in expected:
+                self._fit_factor_bits(stored, expected["precond"], p, group, where)
         try:
             compare_state(saved, expected, where)
         except ValueError as e:
@@ -626,6 +683,167 @@ class Shampoo(Optimizer):
                 f"{e}. The checkpoint does not fit this optimizer: it was saved for another "
                 "model or parameter order, with other settings, or it is corrupted."
             ) from None
+
+    # -- adaptive precision (bits="auto") -----------------------------------------------------
+    def _adaptive(self) -> bool:
+        return any(g["bits"] == "auto" for g in self.param_groups)
+
+    def _check_precision_setup(self) -> None:
+        """``bits="auto"`` and ``memory_budget`` go together, and the budget must hold every
+        factor at 4 bits (checked here from shapes unless blocks are split across ranks, where
+        each process's share is known only at the first step)."""
+        auto = self._adaptive()
+        if auto and self._memory_budget is None:
+            raise ValueError(
+                "bits='auto' needs memory_budget=...: a fraction of 32-bit Shampoo's "
+                "preconditioner bytes (e.g. 1/7) or a number of bytes"
+            )
+        if not auto and self._memory_budget is not None:
+            raise ValueError(
+                f"memory_budget={self._memory_budget!r} applies only to bits='auto' (adaptive "
+                "precision); pass bits='auto' or drop memory_budget"
+            )
+        if not auto or self._sharding is not None:
+            return
+        inv = self._precision_inventory()
+        if inv.floor > inv.budget:
+            raise ValueError(
+                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) cannot hold the "
+                f"preconditioners even with every factor in 4 bits ({inv.floor} bytes, "
+                f"{inv.floor / max(inv.reference, 1):.4f} of 32-bit Shampoo's "
+                f"{inv.reference} bytes); raise it to at least that"
+            )
+
+    def _precision_inventory(self) -> _Inventory:
+        """Every adaptive factor (with where it sits) and the bytes of everything else."""
+        inv = _Inventory()
+        i = -1
+        for g, group in enumerate(self.param_groups):
+            auto = group["bits"] == "auto"
+            for p in group["params"]:
+                i += 1
+                blocking = _blocking(p, group)
+                if blocking is None:
+                    continue
+                st = self.state.get(p)
+                pre = self._preconditioner(p, st, group) if st else None
+                if pre is None:  # no state yet: reserve it at the width it will start with
+                    for rows, cols in blocking.slices:
+                        for n in (rows.stop - rows.start, cols.stop - cols.start):
+                            inv.reference += _bytes(factor_bytes("none", n))
+                            start = _bytes(_group_factor_bytes(group, n))
+                            inv.fixed += start
+                            top = _group_factor_bytes(group, n, AUTO_BITS[1]) if auto else None
+                            inv.ceiling += start if top is None else _bytes(top)
+                    continue
+                for b, pair in enumerate(pre.blocks):
+                    if pair is None:  # held by another rank
+                        continue
+                    for side, f in zip("LR", pair, strict=True):
+                        inv.reference += _bytes(factor_bytes("none", f.order))
+                        if auto and f.adaptive:
+                            b4, b8 = (
+                                _bytes(_group_factor_bytes(group, f.order, bits))
+                                for bits in AUTO_BITS
+                            )
+                            inv.factors.append(((i, b, side), f, g, p, b4, b8))
+                            inv.ceiling += b8
+                        else:
+                            nbytes = _nbytes(f.state)
+                            inv.fixed += nbytes
+                            inv.ceiling += nbytes
+        inv.floor = inv.fixed + sum(entry[4] for entry in inv.factors)
+        inv.budget = (
+            resolve_budget(self._memory_budget, inv.reference)
+            if self._memory_budget is not None
+            else None
+        )
+        return inv
+
+    def _adapt_precision(self) -> None:
+        """Choose each adaptive factor's width from its latest signal (``qshampoo.precision``)
+        and re-quantize the ones that change; log every change."""
+        inv = self._precision_inventory()
+        if not inv.factors:
+            return
+        signals = torch.stack(
+            [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
+        ).tolist()  # one host sync per statistics step
+        candidates = []
+        for (key, f, _, _, b4, b8), signal in zip(inv.factors, signals, strict=True):
+            switched = f.state["promotions"] + f.state["demotions"] > 0
+            age = f.state["bits_age"] if switched else _NEVER
+            candidates.append(Candidate(key, f.bits, _finite(signal), b4, b8, age))
+        room = inv.budget - inv.fixed
+        if room < sum(c.bytes4 for c in candidates) and not self._precision_warned:
+            self._precision_warned = True
+            warnings.warn(
+                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) is below what this "
+                f"process's preconditioners need with every factor in 4 bits ({inv.floor} "
+                "bytes): every factor stays in 4 bits",
+                stacklevel=3,
+            )
+        target = plan(candidates, room, self._precision_config)
+        for c, (key, f, g, p, _, _) in zip(candidates, inv.factors, strict=True):
+            bits = target[c.key]
+            if bits == c.bits:
+                continue
+            f.set_bits(bits)
+            f.state["bits_age"] = 0
+            f.state["promotions" if bits > c.bits else "demotions"] += 1
+            entry = {
+                "step": self.state[p]["step"],
+                "param": key[0],
+                "group": g,
+                "block": key[1],
+                "side": key[2],
+                "order": f.order,
+                "from": c.bits,
+                "to": bits,
+                "signal": c.signal,
+            }
+            self._precision_log.append(entry)
+            _LOG.info(
+                "step %d: parameter #%d block %d (%s, order %d): %d -> %d bits (signal %.4g)",
+                entry["step"],
+                key[0],
+                key[1],
+                key[2],
+                f.order,
+                c.bits,
+                bits,
+                c.signal,
+            )
+        del self._precision_log[:-_LOG_LENGTH]
+
+    def _fit_factor_bits(self, stored: Any, expected: Any, p: Tensor, group: dict, where: str):
+        """Give each expected low-bit factor the width its saved counterpart has: under
+        ``bits="auto"`` any of ``AUTO_BITS`` (the skeleton is rebuilt at that width), otherwise
+        exactly the group's ``bits``."""
+        pairs = (
+            [(k, stored.get(k), expected[k]) for k in expected]
+            if isinstance(expected, dict) and isinstance(stored, dict)
+            else list(zip(range(len(expected)), stored, expected, strict=False))
+            if isinstance(stored, list)
+            else []
+        )
+        for b, saved_block, block in pairs:
+            if not isinstance(saved_block, dict) or not isinstance(block, dict):
+                continue  # compare_state explains the mismatch
+            for side in ("L", "R"):
+                want, got = block.get(side), saved_block.get(side)
+                if not isinstance(want, dict) or not isinstance(got, dict) or "bits" not in want:
+                    continue
+                bits = got.get("bits")
+                allowed = AUTO_BITS if group["bits"] == "auto" else (group["bits"],)
+                if isinstance(bits, bool) or bits not in allowed:
+                    raise ValueError(
+                        f"{where}['precond'][{b!r}][{side!r}]['bits'] is {bits!r}; this "
+                        f"optimizer (bits={group['bits']!r}) stores its factors with "
+                        f"{' or '.join(map(str, allowed))} bits"
+                    )
+                if bits != want["bits"]:
+                    block[side] = _factor_skeleton(want["kind"], want["order"], group, bits)
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
@@ -636,8 +854,14 @@ class Shampoo(Optimizer):
         scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
         Under ``torch.distributed``, the bytes this rank holds: its own blocks, or its shard
         under FSDP2 (see ``docs/distributed.md``).
+
+        With ``bits="auto"`` also: ``preconditioners_4bit``, ``preconditioners_8bit`` and
+        ``preconditioners_fp32`` (the factors held at each width, their scalars included; they
+        add up to ``preconditioners``) and ``memory_budget`` (in bytes, never exceeded by
+        ``preconditioners``).
         """
         report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
+        by_bits = dict.fromkeys((32, *AUTO_BITS), 0)
         total = 0
         for group in self.param_groups:
             for p in group["params"]:
@@ -651,8 +875,15 @@ class Shampoo(Optimizer):
                 for f in pre.factors() if pre is not None else ():
                     for k, v in f.nbytes().items():
                         report[k] += v
+                    by_bits[f.bits] = by_bits.get(f.bits, 0) + _nbytes(f.state)
         report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
         report["total"] = total
+        if self._adaptive():
+            for bits, nbytes in by_bits.items():
+                report["preconditioners_fp32" if bits == 32 else f"preconditioners_{bits}bit"] = (
+                    nbytes
+                )
+            report["memory_budget"] = self._precision_inventory().budget
         return report
 
     def diagnostics(self) -> dict[str, Any]:
@@ -666,6 +897,13 @@ class Shampoo(Optimizer):
         (total and current streak), ``root_damping`` / ``cholesky_damping`` (the damping its
         last root / factorisation used, None before the first), ``quant_error``, ``bits`` (the
         quantized variants) and ``skipped_steps`` (its parameter's skipped steps).
+
+        With ``bits="auto"`` each adaptive factor also has ``precision_signal`` (its latest
+        estimated 4-bit error), ``promotions`` and ``demotions``, and ``precision`` sums it up:
+        ``memory_budget``, ``bytes`` (the preconditioners now), ``all_4bit`` / ``all_8bit``
+        (every adaptive factor at 4 / 8 bits), ``reference_32bit``, ``factors_4bit`` /
+        ``factors_8bit``, ``promotions`` / ``demotions`` (totals) and ``log``: the latest
+        switches (step, param, group, block, side, order, from, to, signal).
         """
         out: dict[str, Any] = {
             "nonfinite_steps": 0,
@@ -696,7 +934,25 @@ class Shampoo(Optimizer):
                         )
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
+        if self._adaptive():
+            out["precision"] = self._precision_summary(out["factors"])
         return out
+
+    def _precision_summary(self, factors: list[dict]) -> dict[str, Any]:
+        inv = self._precision_inventory()
+        adaptive = [d for d in factors if "precision_signal" in d]
+        return {
+            "memory_budget": inv.budget,
+            "bytes": self.memory_report()["preconditioners"],
+            "all_4bit": inv.floor,
+            "all_8bit": inv.ceiling,
+            "reference_32bit": inv.reference,
+            "factors_4bit": sum(d["bits"] == 4 for d in adaptive),
+            "factors_8bit": sum(d["bits"] == 8 for d in adaptive),
+            "promotions": sum(d["promotions"] for d in adaptive),
+            "demotions": sum(d["demotions"] for d in adaptive),
+            "log": [dict(e) for e in self._precision_log],
+        }
 
 
 class Shampoo4bit(Shampoo):
@@ -723,7 +979,51 @@ def _blocking(p: Tensor, group: dict) -> Blocking | None:
 
 
 def _factor_config(group: dict) -> FactorConfig:
+    if group["bits"] == "auto":  # adaptive factors start at 4 bits
+        return FactorConfig(AUTO_BITS[0], group["block_size"], group["codebook"], adaptive=True)
     return FactorConfig(group["bits"], group["block_size"], group["codebook"])
+
+
+def _group_factor_bytes(group: dict, n: int, bits: int | None = None) -> dict[str, int]:
+    """``memory.factor_bytes`` of a factor of order ``n`` in ``group`` (at ``bits``, if given:
+    an adaptive factor at that width)."""
+    auto = group["bits"] == "auto"
+    return factor_bytes(
+        group["quant"],
+        n,
+        bits=group["bits"] if bits is None else bits,
+        block_size=group["block_size"],
+        min_quant_numel=group["min_quant_numel"],
+        adaptive=auto,
+    )
+
+
+def _bytes(parts: dict[str, int]) -> int:
+    return sum(parts.values())
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+#: the age of a factor that never switched: it may switch at once
+_NEVER = 1 << 30
+#: decisions kept in ``diagnostics()["precision"]["log"]``
+_LOG_LENGTH = 256
+_LOG = logging.getLogger("qshampoo.precision")
+
+
+class _Inventory:
+    """What the precision policy needs to know about the preconditioner bytes."""
+
+    def __init__(self):
+        #: (key, factor, group index, parameter, bytes at 4 bits, bytes at 8 bits)
+        self.factors: list[tuple] = []
+        self.fixed = 0  # every other preconditioner byte, reservations for new state included
+        self.reference = 0  # what 32-bit Shampoo's preconditioners would take
+        self.floor = 0  # everything, adaptive factors at 4 bits
+        self.ceiling = 0  # everything, adaptive factors at 8 bits
+        self.budget: int | None = None
 
 
 def _base_kwargs(group: dict) -> dict:
@@ -778,6 +1078,22 @@ def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
 
 #: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
 _SKELETONS: dict[tuple, dict] = {}
+
+
+def _factor_skeleton(kind: str, order: int, group: dict, bits: int) -> dict:
+    """The state of a new ``kind`` factor of ``order`` at ``bits``, as meta tensors."""
+    config = _factor_config(group)
+    config = FactorConfig(bits, config.block_size, config.codebook, config.adaptive)
+    key = ("factor", kind, order, bits, config)
+    skeleton = _SKELETONS.get(key)
+    if skeleton is None:
+        # min_quant_numel 0: the saved factor is of this (quantized) kind whatever its order
+        try:
+            made = make_factor(kind, order, config, torch.device("meta"), 1.0, 0).state
+        except (NotImplementedError, RuntimeError):
+            made = _to_meta(make_factor(kind, order, config, torch.device("cpu"), 1.0, 0).state)
+        skeleton = _SKELETONS[key] = made
+    return _copy_to(skeleton, torch.device("meta"))
 
 
 def _to_meta(obj):
@@ -878,9 +1194,18 @@ def validate_group(g: dict[str, Any]) -> None:
         _integer(name, g[name], 1)
     _integer("min_quant_numel", g["min_quant_numel"], 0)
     _integer("max_consecutive_failures", g["max_consecutive_failures"], 0)
-    _check(
-        g["bits"] in SUPPORTED_BITS and not isinstance(g["bits"], bool),
-        "bits",
-        g["bits"],
-        f"must be one of {SUPPORTED_BITS}",
-    )
+    if isinstance(g["bits"], str) and g["bits"] == "auto":
+        _check(
+            g["quant"] != "none",
+            "bits",
+            g["bits"],
+            "'auto' (4 or 8 bits per factor) needs a quantized variant: pass quant='cholesky_ef' "
+            "(or 'cholesky', 'naive', 'eigen'), not quant='none'",
+        )
+    else:
+        _check(
+            g["bits"] in SUPPORTED_BITS and not isinstance(g["bits"], bool),
+            "bits",
+            g["bits"],
+            f"must be one of {SUPPORTED_BITS} or 'auto'",
+        )

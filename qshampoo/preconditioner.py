@@ -115,18 +115,20 @@ def precondition_blocks(
 ) -> list[Tensor]:
     """``L_hat @ G_b @ R_hat`` for each ``(left, G_b, right)`` job, as 2-D fp32 tensors.
 
-    Jobs whose factors share class and orders are done together: their roots are dequantized
-    in one batched pass (``Factor.dense_roots``) and multiplied with batched matmuls, so the
-    cost per step does not grow with the number of same-shaped blocks in Python calls.
+    Jobs whose factors share class, order and storage format (``Factor.batch_key``) are done
+    together: their roots are dequantized in one batched pass (``Factor.dense_roots``) and
+    multiplied with batched matmuls, so the cost per step does not grow with the number of
+    same-shaped blocks in Python calls.
     ``compiled`` selects the ``torch.compile``d dequantization kernel.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, (left, _, right) in enumerate(jobs):
-        groups[type(left), left.order, type(right), right.order].append(i)
+        groups[left.batch_key(), right.batch_key()].append(i)
     out: list[Tensor] = [None] * len(jobs)  # type: ignore[list-item]
-    for (left_cls, _, right_cls, _), idx in groups.items():
-        L = left_cls.dense_roots([jobs[i][0] for i in idx], compiled)
-        R = right_cls.dense_roots([jobs[i][2] for i in idx], compiled)
+    for idx in groups.values():
+        left, right = jobs[idx[0]][0], jobs[idx[0]][2]
+        L = type(left).dense_roots([jobs[i][0] for i in idx], compiled)
+        R = type(right).dense_roots([jobs[i][2] for i in idx], compiled)
         G = jobs[idx[0]][1][None] if len(idx) == 1 else torch.stack([jobs[i][1] for i in idx])
         P = torch.bmm(torch.bmm(L, G), R)
         for j, i in enumerate(idx):

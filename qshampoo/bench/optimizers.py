@@ -46,7 +46,14 @@ def _shampoo_keys() -> frozenset[str]:
 
     names = inspect.signature(Shampoo.__init__).parameters
     # quant is what the optimizer names (shampoo, shampoo4bit, ...) choose
-    return frozenset(names) - {"self", "params", "quant", "distributed", "process_group"}
+    return frozenset(names) - {
+        "self",
+        "params",
+        "quant",
+        "distributed",
+        "process_group",
+        "precision_config",
+    }
 
 
 _SHAMPOO_KEYS = _shampoo_keys()
@@ -60,12 +67,17 @@ def _import(module: str, what: str):
     return mod
 
 
-def _shampoo(quant: str) -> Callable[..., torch.optim.Optimizer]:
+def _shampoo(quant: str, **defaults) -> Callable[..., torch.optim.Optimizer]:
+    """A factory of ``qshampoo.Shampoo(quant=quant)``; ``defaults`` apply unless overridden."""
+
     def make(params, **kw):
         qshampoo = _import("qshampoo", "qshampoo")
         cls = getattr(qshampoo, "Shampoo", None)
         if cls is None:
             raise OptimizerUnavailable("qshampoo.Shampoo is not implemented in this checkout")
+        kw = {**defaults, **kw}
+        if kw.get("bits") != "auto":
+            kw.pop("memory_budget", None)  # one hyperparameter dict serves the whole family
         return cls(params, quant=quant, **kw)
 
     return make
@@ -135,6 +147,28 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "adam",
             "4-bit Shampoo with Cholesky factors, no error feedback (CQ)",
             _shampoo("cholesky"),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo4bit-auto",
+            "adam",
+            "CQ+EF with adaptive precision: 8 bits (CQ) for the factors where 4 bits cost the "
+            "most, within memory_budget (default 1/7 of 32-bit's preconditioner bytes)",
+            _shampoo("cholesky_ef", bits="auto", memory_budget=1 / 7),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo8bit",
+            "adam",
+            "8-bit Shampoo: Cholesky factors + error feedback (CQ+EF) in 8 bits",
+            _shampoo("cholesky_ef", bits=8),
+            _SHAMPOO_KEYS,
+        ),
+        OptimizerSpec(
+            "shampoo8bit-cholesky",
+            "adam",
+            "8-bit Shampoo: Cholesky factors in 8 bits, no error feedback (CQ)",
+            _shampoo("cholesky", bits=8),
             _SHAMPOO_KEYS,
         ),
         OptimizerSpec(

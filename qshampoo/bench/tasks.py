@@ -235,6 +235,10 @@ TUNED_LR: dict[str, dict[str, float]] = {
         "shampoo4bit-cholesky": 0.01,
         "shampoo4bit-eigen": 0.01,
         "sgd": 0.1,
+        # not tuned: the 4-bit CQ+EF value (docs/adaptive_precision.md)
+        "shampoo4bit-auto": 0.01,
+        "shampoo8bit": 0.01,
+        "shampoo8bit-cholesky": 0.01,
     },
     "digits": {
         "adamw": 0.1,
@@ -244,12 +248,19 @@ TUNED_LR: dict[str, dict[str, float]] = {
         "shampoo4bit-naive": 0.01,
         "shampoo4bit-eigen": 0.003,
         "shampoo4bit-cholesky": 0.003,
+        "shampoo4bit-auto": 0.003,
+        "shampoo8bit": 0.003,
+        "shampoo8bit-cholesky": 0.003,
     },
     "shakespeare": {
         "adamw": 0.003,
         "shampoo": 0.003,
         "shampoo4bit": 0.003,
         "shampoo4bit-naive": 0.003,
+        # not tuned: the 4-bit CQ+EF value (docs/adaptive_precision.md)
+        "shampoo4bit-auto": 0.003,
+        "shampoo8bit": 0.003,
+        "shampoo8bit-cholesky": 0.003,
     },
 }
 _LR_SOURCE = "benchmarks/RESULTS_lr.md (benchmarks/tune_lr.py)"

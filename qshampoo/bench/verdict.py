@@ -19,6 +19,9 @@ LABELS = {
     "shampoo4bit-naive": "naive 4-bit Shampoo (VQ)",
     "shampoo4bit-eigen": "eigenvector 4-bit Shampoo",
     "shampoo4bit-cholesky": "4-bit Shampoo (CQ, no EF)",
+    "shampoo4bit-auto": "adaptive 4/8-bit Shampoo (CQ+EF, bits='auto')",
+    "shampoo8bit": "8-bit Shampoo (CQ+EF)",
+    "shampoo8bit-cholesky": "8-bit Shampoo (CQ, no EF)",
 }
 
 

@@ -39,6 +39,8 @@ class FactorConfig:
     bits: int = 4
     block_size: int = 64
     codebook: str = "linear2"
+    #: low-bit factors record a precision signal and may change ``bits`` (``bits="auto"``)
+    adaptive: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,28 @@ class Factor:
     @property
     def order(self) -> int:
         return int(self.state["order"])
+
+    @property
+    def bits(self) -> int:
+        """Bits per stored element of the factor's quantized state (32: kept in fp32)."""
+        return 32
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the precision policy may change this factor's width (``bits="auto"``)."""
+        return False
+
+    def batch_key(self) -> tuple:
+        """Factors with equal keys share one batched root dequantization (same class, order
+        and storage format)."""
+        return (type(self), self.order)
+
+    def set_bits(self, bits: int) -> bool:
+        """Store the factor at ``bits`` from now on (low-bit variants only; see
+        ``QuantizedFactor.set_bits``). Returns whether anything changed."""
+        if bits == self.bits:
+            return False
+        raise ValueError(f"a {self.kind!r} factor is stored in fp32; it cannot use {bits} bits")
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -97,7 +121,7 @@ class Factor:
 
     @classmethod
     def dense_roots(cls, factors: list[Factor], compiled: bool = False) -> Tensor:
-        """The roots of same-order factors of this class as one ``(B, n, n)`` fp32 tensor.
+        """The roots of factors with one ``batch_key()`` as one ``(B, n, n)`` fp32 tensor.
 
         Variants that store roots in low bits override this to dequantize them in one batched
         pass (``compiled``: with the ``torch.compile``d kernel); each root is dequantized

@@ -21,6 +21,11 @@ residual is carried forward in a second low-bit triangle ``E`` with its own chun
 
 C's and E's codes are interleaved one pair per byte, so C+EF costs what one n x n 4-bit matrix
 costs (Paper A stores E in the upper triangle of the same matrix).
+
+Under ``bits="auto"`` a CQ+EF factor keeps its error state only while it is in 4 bits: at 8 bits
+it is stored as CQ (the error state would double its statistics bytes, and 8-bit CQ trains like
+8-bit CQ+EF and 32-bit Shampoo, docs/adaptive_precision.md). A promotion folds ``E`` into the
+factor; a demotion starts ``E`` from what the 4-bit rounding loses.
 """
 
 from __future__ import annotations
@@ -65,12 +70,17 @@ class CholeskyFactor(QuantizedFactor):
         self.state["chol_diag"] = statistics.diagonal().sqrt()
         self.state["cholesky_damping"] = torch.zeros((), device=statistics.device)
         zero = torch.zeros(n, n, device=statistics.device)
-        self.requantize(zero, zero if self.error_feedback else None, ef_decay=0.0)
+        self.requantize(zero, zero if self.keeps_error_state() else None, ef_decay=0.0)
+
+    def keeps_error_state(self) -> bool:
+        """Whether the factor, at its current width, carries an error-feedback state: CQ+EF
+        does, except an adaptive factor in 8 bits (see the module docstring)."""
+        return self.error_feedback and not (self.adaptive and self.bits >= 8)
 
     # -- the stored factor ----------------------------------------------------------------
     def _codes(self) -> Tensor:
         """Unpacked codes, ``(N, 2)`` for C and E with error feedback, else ``(N, 1)``."""
-        n, k = self.order, 2 if self.error_feedback else 1
+        n, k = self.order, 2 if "e_scales" in self.state else 1
         N = n * (n - 1) // 2
         return unpack(self.state["codes"], self.state["bits"], k * N).view(N, k)
 
@@ -103,7 +113,7 @@ class CholeskyFactor(QuantizedFactor):
         C = self._decode(codes[:, 0].contiguous(), self.state["c_scales"])
         C.diagonal().copy_(self.state["chol_diag"])
         E = None
-        if self.error_feedback:
+        if "e_scales" in self.state:
             E = self._decode(codes[:, 1].contiguous(), self.state["e_scales"])
         return C, E
 
@@ -153,9 +163,70 @@ class CholeskyFactor(QuantizedFactor):
         strict = C.tril(-1)
         X = strict if E is None else strict + E
         stored = self.requantize(X, E, hp.ef_decay)
+        if self.adaptive:
+            self.record_precision_signal(self.root_error_estimate(strict, C.diagonal()))
         # the diagonal is exact, so the error lives in the strict lower part
         err = torch.linalg.vector_norm(strict.sub_(stored))
         self.state["quant_error"] = err / torch.linalg.vector_norm(C).clamp_min(_TINY)
+
+    # -- precision ---------------------------------------------------------------------------
+    def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:
+        """The precision signal: how much 4-bit storage of this factor perturbs its root.
+
+        ``strict``/``diag``: the exact factor ``C`` just computed. With ``dC`` the error of
+        ``C``'s strict lower part stored at 4 bits (no error feedback, whatever ``bits`` is
+        now), ``L`` is perturbed by about ``C (M + M^T) C^T`` with ``M = C^-1 dC``; its
+        diagonal-pivot part ``diag(C)^-1 dC`` measures each row's error against the size of
+        the direction it belongs to (small pivots: the small eigenvalues that dominate
+        ``L^(-1/4)``). Returns ``||diag(C)^-1 dC||_F / sqrt(n)`` as a 0-d tensor (no sync);
+        ``benchmarks/precision_signals.py`` compares it with the true root error.
+        """
+        n = self.order
+        codes, scales = encode(
+            strict,
+            layout="tril",
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=4,
+        )
+        dC = strict - decode(
+            codes,
+            scales,
+            (n, n),
+            layout="tril",
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=4,
+        )
+        rel = dC / diag.clamp_min(_TINY)[:, None]
+        return torch.linalg.vector_norm(rel) / n**0.5
+
+    def dense_statistics(self) -> dict[str, Tensor]:
+        C, E = self._stored()
+        out = {"strict": C.tril_(-1)}  # the diagonal is fp32 and stays as it is
+        if E is not None:
+            out["error"] = E
+        return out
+
+    def store_statistics(self, dense: dict[str, Tensor]) -> None:
+        """Re-quantize ``C`` at the current bits. With error feedback, what this new rounding
+        loses is added to the error state, so ``C_bar + E`` (what the next statistics step
+        quantizes) changes only by ``E``'s own rounding; a factor that stops carrying an
+        error state (an adaptive one promoted to 8 bits) folds it into ``C``."""
+        strict, E = dense["strict"], dense.get("error")
+        keep = self.keeps_error_state()
+        if E is not None and not keep:
+            strict, E = strict + E, None
+        c_codes, c_scales = self._encode(strict)
+        codes = c_codes[:, None]
+        self.state.pop("e_scales", None)
+        if keep:
+            lost = strict - self._decode(c_codes, c_scales)
+            E = lost if E is None else E + lost
+            e_codes, self.state["e_scales"] = self._encode(E)
+            codes = torch.stack([c_codes, e_codes], 1)
+        self.state["c_scales"] = c_scales
+        self.state["codes"] = pack(codes.reshape(-1), self.state["bits"])
 
     def statistics_bytes(self) -> int:
         keys = ("codes", "c_scales", "e_scales", "chol_diag")

@@ -63,6 +63,8 @@ class EigenFactor(QuantizedFactor):
         q = self.quantize(Q)
         self.put("vecs", q)
         self.record_quant_error(Q, dequantize(q))
+        if self.adaptive:
+            self.record_precision_signal(self.precision_probe(Q, "full"))
 
     @classmethod
     def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
@@ -80,6 +82,12 @@ class EigenFactor(QuantizedFactor):
         for f, d in zip(factors, damping, strict=True):
             f.state["root_damping"] = d
         return roots, ok
+
+    def dense_statistics(self) -> dict[str, Tensor]:
+        return {"vecs": self.eigenvectors()}  # the eigenvalues stay fp32
+
+    def store_statistics(self, dense: dict[str, Tensor]) -> None:
+        self.put("vecs", self.quantize(dense["vecs"]))
 
     def statistics_bytes(self) -> int:
         return self.stored_bytes("vecs") + self.state["eigvals"].nbytes

@@ -28,6 +28,14 @@ class NaiveFactor(QuantizedFactor):
         q = self.quantize(L, exact_diagonal=True)
         self.put("stat", q)
         self.record_quant_error(L, dequantize(q))
+        if self.adaptive:
+            self.record_precision_signal(self.precision_probe(L, "full", exact_diagonal=True))
+
+    def dense_statistics(self) -> dict[str, Tensor]:
+        return {"stat": self.statistics()}
+
+    def store_statistics(self, dense: dict[str, Tensor]) -> None:
+        self.put("stat", self.quantize(dense["stat"], exact_diagonal=True))
 
     def statistics_bytes(self) -> int:
         return self.stored_bytes("stat")

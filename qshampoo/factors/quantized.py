@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..quant import QuantizedTensor, dequantize_symmetric, quantize
+from ..quant import SUPPORTED_BITS, QuantizedTensor, dequantize, dequantize_symmetric, quantize
 from .base import Factor
 
 
@@ -20,10 +20,70 @@ class QuantizedFactor(Factor):
     def init_state(self, statistics: Tensor, root: Tensor) -> None:
         self.state["bits"] = self.config.bits
         self.state["quant_error"] = torch.zeros((), device=root.device)
+        if self.config.adaptive:
+            self.state.update(new_precision_state(root.device))
         self.store_root(root)
         self.init_statistics(statistics)
 
     def init_statistics(self, statistics: Tensor) -> None:
+        raise NotImplementedError
+
+    @property
+    def bits(self) -> int:
+        return int(self.state["bits"])
+
+    def batch_key(self) -> tuple:
+        return (type(self), self.order, self.bits)
+
+    # -- precision --------------------------------------------------------------------------
+    def set_bits(self, bits: int) -> bool:
+        """Store this factor at ``bits`` from now on; returns whether anything changed.
+
+        Its whole state (the statistics in the variant's form, the Cholesky error state, the
+        root) is dequantized to fp32 once and re-quantized at the new width, so what the
+        factor represents changes by at most one quantization error at the new width.
+        """
+        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+        if bits == self.bits:
+            return False
+        root = self.root()
+        dense = self.dense_statistics()
+        self.state["bits"] = bits
+        self.store_root(root)
+        self.store_statistics(dense)
+        return True
+
+    @property
+    def adaptive(self) -> bool:
+        return "precision_signal" in self.state
+
+    def record_precision_signal(self, signal: Tensor) -> None:
+        """Keep ``signal`` (a 0-d tensor, no host sync) for the precision policy and count the
+        statistics update; a no-op unless the factor is adaptive."""
+        if self.adaptive:
+            self.state["precision_signal"] = signal
+            self.state["bits_age"] += 1
+
+    def precision_probe(self, x: Tensor, layout: str, exact_diagonal: bool = False) -> Tensor:
+        """Relative Frobenius error of ``x`` stored at 4 bits (whatever ``bits`` is now), the
+        default precision signal; one extra quantization of ``x``."""
+        q = quantize(
+            x,
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=4,
+            exact_diagonal=exact_diagonal,
+            layout=layout,
+        )
+        return _relative_error(x, dequantize(q))
+
+    def dense_statistics(self) -> dict[str, Tensor]:
+        """The stored statistics state, dequantized to fp32 (for ``set_bits``)."""
+        raise NotImplementedError
+
+    def store_statistics(self, dense: dict[str, Tensor]) -> None:
+        """Quantize ``dense_statistics()``'s output at the current ``bits`` and keep it."""
         raise NotImplementedError
 
     # -- stored low-bit tensors -----------------------------------------------------------
@@ -87,9 +147,27 @@ class QuantizedFactor(Factor):
         out = super().diagnostics()
         out["quant_error"] = float(self.state["quant_error"])
         out["bits"] = self.state["bits"]
+        if self.adaptive:
+            out["precision_signal"] = float(self.state["precision_signal"])
+            out["promotions"] = self.state["promotions"]
+            out["demotions"] = self.state["demotions"]
         return out
 
     def record_quant_error(self, exact: Tensor, stored: Tensor) -> None:
         """Relative Frobenius error of what is stored, ``||x - D(Q(x))|| / ||x||`` (no sync)."""
-        err = (exact - stored).norm() / exact.norm().clamp_min(torch.finfo(torch.float32).tiny)
-        self.state["quant_error"] = err
+        self.state["quant_error"] = _relative_error(exact, stored)
+
+
+def _relative_error(exact: Tensor, stored: Tensor) -> Tensor:
+    return (exact - stored).norm() / exact.norm().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def new_precision_state(device) -> dict:
+    """What an adaptive factor keeps for the precision policy (``qshampoo.precision``): its
+    latest signal, statistics updates since its last switch, and its switch counts."""
+    return {
+        "precision_signal": torch.zeros((), device=device),
+        "bits_age": 0,
+        "promotions": 0,
+        "demotions": 0,
+    }
