@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .base import BASES
-from .blocking import Blocking
 from .checkpoint import compare_state, state_checksum, with_checksums
 from .distributed import (
     is_dtensor,
@@ -34,6 +33,7 @@ from .distributed import (
     shard_key,
 )
 from .factors import FactorConfig, StepHyper, check_failures, make_factor, update_roots
+from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking, state_nbytes
 from .memory import factor_bytes
 from .precision import (
     AUTO_BITS,
@@ -48,18 +48,6 @@ from .validation import validate_group, validate_params
 
 #: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
 STATE_FORMAT_VERSION = 1
-
-#: group keys that decide the layout of the stored state; they cannot change once it exists
-_LAYOUT_KEYS = (
-    "quant",
-    "bits",
-    "block_size",
-    "codebook",
-    "max_preconditioner_dim",
-    "min_quant_numel",
-    "precondition",
-    "base",
-)
 
 
 class Shampoo(Optimizer):
@@ -389,11 +377,11 @@ class Shampoo(Optimizer):
             init, _ = BASES[group["base"]]
             st["step"] = 0
             st["nonfinite_steps"] = 0
-            st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
+            st["layout"] = layout_of(group)
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
             self._new_preconditioner(p, st, group)
         else:
-            changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
+            changed = [k for k in LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
                 raise ValueError(
                     f"{', '.join(changed)} changed after the optimizer state was created; these "
@@ -403,13 +391,13 @@ class Shampoo(Optimizer):
 
     def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
         """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
-        blocking = _blocking(p, group)
+        blocking = param_blocking(p, group)
         if blocking is None:
             return
         pre, stored = ParamPreconditioner.create(
             blocking,
             group["quant"],
-            _factor_config(group),
+            factor_config(group),
             p.device,
             group["matrix_eps"],
             group["min_quant_numel"],
@@ -426,7 +414,7 @@ class Shampoo(Optimizer):
         cached = self._views.get(p)
         if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
             blocks = stored[shard_key(p)] if is_dtensor(p) else stored
-            pre = ParamPreconditioner.view(_blocking(p, group), blocks, _factor_config(group))
+            pre = ParamPreconditioner.view(param_blocking(p, group), blocks, factor_config(group))
             self._views[p] = cached = (stored, pre)
         return cached[1]
 
@@ -510,7 +498,7 @@ class Shampoo(Optimizer):
         A state saved without preconditioners (see ``qshampoo.distributed.
         drop_preconditioners``) gets fresh ones: Shampoo restarts them, the rest is kept.
         """
-        if st.get("layout") != {k: group[k] for k in _LAYOUT_KEYS}:
+        if st.get("layout") != layout_of(group):
             return  # the next step() explains what changed
         stored = st.get("precond")
         if stored is None:
@@ -528,7 +516,7 @@ class Shampoo(Optimizer):
                 )
             return
         held = self._sharding.held(p) if self._sharding is not None else None
-        blocks = block_list(stored, len(_blocking(p, group).slices))
+        blocks = block_list(stored, len(param_blocking(p, group).slices))
         for b, entry in enumerate(blocks):
             if held is not None and b not in held:
                 blocks[b] = None  # owned by another rank: do not keep its memory here
@@ -583,7 +571,7 @@ class Shampoo(Optimizer):
                 validate_group(group)
             except ValueError as e:
                 raise ValueError(f"param group {g} of the checkpoint: {e}") from None
-            changed = [k for k in _LAYOUT_KEYS if group[k] != mine[k]]
+            changed = [k for k in LAYOUT_KEYS if group[k] != mine[k]]
             if changed:
                 diff = ", ".join(f"{k}={group[k]!r} (this optimizer: {mine[k]!r})" for k in changed)
                 raise ValueError(
@@ -627,7 +615,7 @@ class Shampoo(Optimizer):
     def _skeleton(self, p: Tensor, group: dict) -> dict:
         """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes),
         with every preconditioner block (a list)."""
-        key = (tuple(p.shape), p.dtype, tuple(group[k] for k in _LAYOUT_KEYS))
+        key = (tuple(p.shape), p.dtype, tuple(group[k] for k in LAYOUT_KEYS))
         skeleton = _SKELETONS.get(key)
         if skeleton is None:
             try:  # no memory, no work
@@ -713,7 +701,7 @@ class Shampoo(Optimizer):
             auto = group["bits"] == "auto"
             for p in group["params"]:
                 i += 1
-                blocking = _blocking(p, group)
+                blocking = param_blocking(p, group)
                 if blocking is None:
                     continue
                 st = self.state.get(p)
@@ -740,7 +728,7 @@ class Shampoo(Optimizer):
                             inv.factors.append(((i, b, side), f, g, p, b4, b8))
                             inv.ceiling += b8
                         else:
-                            nbytes = _nbytes(f.state)
+                            nbytes = state_nbytes(f.state)
                             inv.fixed += nbytes
                             inv.ceiling += nbytes
         inv.floor = inv.fixed + sum(entry[4] for entry in inv.factors)
@@ -859,14 +847,14 @@ class Shampoo(Optimizer):
                 st = self.state.get(p)
                 if not st:
                     continue
-                total += _nbytes(st)
-                report["base_state"] += _nbytes(st["base"])
-                report["preconditioners"] += _nbytes(st.get("precond"))
+                total += state_nbytes(st)
+                report["base_state"] += state_nbytes(st["base"])
+                report["preconditioners"] += state_nbytes(st.get("precond"))
                 pre = self._preconditioner(p, st, group)
                 for f in pre.factors() if pre is not None else ():
                     for k, v in f.nbytes().items():
                         report[k] += v
-                    by_bits[f.bits] = by_bits.get(f.bits, 0) + _nbytes(f.state)
+                    by_bits[f.bits] = by_bits.get(f.bits, 0) + state_nbytes(f.state)
         report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
         report["total"] = total
         if self._adaptive():
@@ -963,18 +951,6 @@ def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> T
     return direction.mul_(scale)
 
 
-def _blocking(p: Tensor, group: dict) -> Blocking | None:
-    if not group["precondition"]:
-        return None
-    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
-
-
-def _factor_config(group: dict) -> FactorConfig:
-    if group["bits"] == "auto":  # adaptive factors start at 4 bits
-        return FactorConfig(AUTO_BITS[0], group["block_size"], group["codebook"], adaptive=True)
-    return FactorConfig(group["bits"], group["block_size"], group["codebook"])
-
-
 def _group_factor_bytes(group: dict, n: int, bits: int | None = None) -> dict[str, int]:
     """``memory.factor_bytes`` of a factor of order ``n`` in ``group`` (at ``bits``, if given:
     an adaptive factor at that width)."""
@@ -1035,31 +1011,21 @@ def _looks_like_ours(state_dict: dict) -> bool:
     )
 
 
-def _nbytes(obj) -> int:
-    if isinstance(obj, Tensor):
-        return local(obj).nbytes  # a DTensor counts this rank's shard
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
 def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
     """The state a (non-DTensor) parameter starts with, every block included, on ``device``."""
     init, _ = BASES[group["base"]]
     st = {
         "step": 0,
         "nonfinite_steps": 0,
-        "layout": {k: group[k] for k in _LAYOUT_KEYS},
+        "layout": layout_of(group),
         "base": init(torch.empty(p.shape, dtype=p.dtype, device=device)),
     }
-    blocking = _blocking(p, group)
+    blocking = param_blocking(p, group)
     if blocking is not None:
         _, st["precond"] = ParamPreconditioner.create(
             blocking,
             group["quant"],
-            _factor_config(group),
+            factor_config(group),
             device,
             group["matrix_eps"],
             group["min_quant_numel"],
@@ -1073,7 +1039,7 @@ _SKELETONS: dict[tuple, dict] = {}
 
 def _factor_skeleton(kind: str, order: int, group: dict, bits: int) -> dict:
     """The state of a new ``kind`` factor of ``order`` at ``bits``, as meta tensors."""
-    config = _factor_config(group)
+    config = factor_config(group)
     config = FactorConfig(bits, config.block_size, config.codebook, config.adaptive)
     key = ("factor", kind, order, bits, config)
     skeleton = _SKELETONS.get(key)
