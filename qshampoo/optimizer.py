@@ -12,9 +12,6 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,15 +31,8 @@ from .distributed import (
 from .factors import StepHyper, check_failures, update_roots
 from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking, state_nbytes
 from .loading import check_state_dict, copy_to, held_blocks
-from .memory import factor_bytes
-from .precision import (
-    AUTO_BITS,
-    Candidate,
-    PrecisionConfig,
-    check_budget,
-    plan,
-    resolve_budget,
-)
+from .precision import AUTO_BITS, PrecisionConfig
+from .precision_state import AdaptivePrecision, is_adaptive
 from .preconditioner import ParamPreconditioner, precondition_blocks
 from .validation import validate_group, validate_params
 
@@ -168,31 +158,19 @@ class Shampoo(Optimizer):
             compile=compile,
             cholesky_damping=cholesky_damping,
         )
-        check_budget(memory_budget)
-        if precision_config is not None and not isinstance(precision_config, PrecisionConfig):
-            raise ValueError(
-                f"invalid precision_config={precision_config!r}: must be a "
-                "qshampoo.precision.PrecisionConfig or None"
-            )
-        self._memory_budget = memory_budget
-        self._precision_config = precision_config or PrecisionConfig()
-        self._precision_log: list[dict] = []
-        self._precision_warned = False
+        self._precision = AdaptivePrecision(memory_budget, precision_config)
         self._sharding = make_sharding(distributed, process_group)
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
         self._initialized = False
         super().__init__(params, defaults)
         self._initialized = True
-        self._check_precision_setup()
+        self._precision.check_setup(self, sharded=self._sharding is not None)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
         self.__dict__.setdefault("_sharding", None)
-        self.__dict__.setdefault("_memory_budget", None)
-        self.__dict__.setdefault("_precision_config", PrecisionConfig())
-        self.__dict__.setdefault("_precision_log", [])
-        self.__dict__.setdefault("_precision_warned", False)
+        self.__dict__.setdefault("_precision", AdaptivePrecision(None, None))
         self.__dict__.setdefault("_initialized", True)
 
     # -- param groups -------------------------------------------------------------------------
@@ -203,7 +181,7 @@ class Shampoo(Optimizer):
             validate_group(group)
             validate_params(group["params"])
             if getattr(self, "_initialized", False):  # groups added after the constructor
-                self._check_precision_setup()
+                self._precision.check_setup(self, sharded=self._sharding is not None)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
@@ -244,7 +222,7 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_roots, pres, touched = [], [], []
-        adapt = False
+        stats_updated = False
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
@@ -255,13 +233,14 @@ class Shampoo(Optimizer):
             roots_due = st["step"] % group["root_interval"] == 0
             if stats_due:
                 pre.update_statistics(g, hp)
-                adapt = adapt or group["bits"] == "auto"
+                stats_updated = True
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
-        if adapt:  # before the roots, so that a switched factor stores its root at its new width
-            self._adapt_precision()
+        if stats_updated:
+            # before the roots, so that a switched factor stores its root at its new width
+            self._precision.after_statistics(self, group)
         if due_roots:
             update_roots(due_roots, hp)
         if touched:
@@ -469,143 +448,7 @@ class Shampoo(Optimizer):
                 else:
                     st["precond"] = held_blocks(i, p, st["precond"], group, self._sharding)
             self.state[p] = st
-        if self._adaptive():
-            # a checkpoint saved under a larger memory_budget: fit this one's at once
-            inv = self._precision_inventory()
-            if self.memory_report()["preconditioners"] > inv.budget:
-                self._adapt_precision()
-
-    # -- adaptive precision (bits="auto") -----------------------------------------------------
-    def _adaptive(self) -> bool:
-        return any(g["bits"] == "auto" for g in self.param_groups)
-
-    def _check_precision_setup(self) -> None:
-        """``bits="auto"`` and ``memory_budget`` go together, and the budget must hold every
-        factor at 4 bits (checked here from shapes unless blocks are split across ranks, where
-        each process's share is known only at the first step)."""
-        auto = self._adaptive()
-        if auto and self._memory_budget is None:
-            raise ValueError(
-                "bits='auto' needs memory_budget=...: a fraction of 32-bit Shampoo's "
-                "preconditioner bytes (e.g. 1/7) or a number of bytes"
-            )
-        if not auto and self._memory_budget is not None:
-            raise ValueError(
-                f"memory_budget={self._memory_budget!r} applies only to bits='auto' (adaptive "
-                "precision); pass bits='auto' or drop memory_budget"
-            )
-        if not auto or self._sharding is not None:
-            return
-        inv = self._precision_inventory()
-        if inv.floor > inv.budget:
-            raise ValueError(
-                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) cannot hold the "
-                f"preconditioners even with every factor in 4 bits ({inv.floor} bytes, "
-                f"{inv.floor / max(inv.reference, 1):.4f} of 32-bit Shampoo's "
-                f"{inv.reference} bytes); raise it to at least that"
-            )
-
-    def _precision_inventory(self) -> _Inventory:
-        """Every adaptive factor (with where it sits) and the bytes of everything else."""
-        inv = _Inventory()
-        i = -1
-        for g, group in enumerate(self.param_groups):
-            auto = group["bits"] == "auto"
-            for p in group["params"]:
-                i += 1
-                blocking = param_blocking(p, group)
-                if blocking is None:
-                    continue
-                st = self.state.get(p)
-                pre = self._preconditioner(p, st, group) if st else None
-                if pre is None:  # no state yet: reserve it at the width it will start with
-                    for rows, cols in blocking.slices:
-                        for n in (rows.stop - rows.start, cols.stop - cols.start):
-                            inv.reference += _bytes(factor_bytes("none", n))
-                            start = _bytes(_group_factor_bytes(group, n))
-                            inv.fixed += start
-                            top = _group_factor_bytes(group, n, AUTO_BITS[1]) if auto else None
-                            inv.ceiling += start if top is None else _bytes(top)
-                    continue
-                for b, pair in enumerate(pre.blocks):
-                    if pair is None:  # held by another rank
-                        continue
-                    for side, f in zip("LR", pair, strict=True):
-                        inv.reference += _bytes(factor_bytes("none", f.order))
-                        if auto and f.adaptive:
-                            b4, b8 = (
-                                _bytes(_group_factor_bytes(group, f.order, bits))
-                                for bits in AUTO_BITS
-                            )
-                            inv.factors.append(((i, b, side), f, g, p, b4, b8))
-                            inv.ceiling += b8
-                        else:
-                            nbytes = state_nbytes(f.state)
-                            inv.fixed += nbytes
-                            inv.ceiling += nbytes
-        inv.floor = inv.fixed + sum(entry[4] for entry in inv.factors)
-        inv.budget = (
-            resolve_budget(self._memory_budget, inv.reference)
-            if self._memory_budget is not None
-            else None
-        )
-        return inv
-
-    def _adapt_precision(self) -> None:
-        """Choose each adaptive factor's width from its latest signal (``qshampoo.precision``)
-        and re-quantize the ones that change; log every change."""
-        inv = self._precision_inventory()
-        if not inv.factors:
-            return
-        signals = torch.stack(
-            [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
-        ).tolist()  # one host sync per statistics step
-        candidates = []
-        for (key, f, _, _, b4, b8), signal in zip(inv.factors, signals, strict=True):
-            switched = f.state["promotions"] + f.state["demotions"] > 0
-            age = f.state["bits_age"] if switched else _NEVER
-            candidates.append(Candidate(key, f.bits, _finite(signal), b4, b8, age))
-        room = inv.budget - inv.fixed
-        if room < sum(c.bytes4 for c in candidates) and not self._precision_warned:
-            self._precision_warned = True
-            warnings.warn(
-                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) is below what this "
-                f"process's preconditioners need with every factor in 4 bits ({inv.floor} "
-                "bytes): every factor stays in 4 bits",
-                stacklevel=3,
-            )
-        target = plan(candidates, room, self._precision_config)
-        for c, (key, f, g, p, _, _) in zip(candidates, inv.factors, strict=True):
-            bits = target[c.key]
-            if bits == c.bits:
-                continue
-            f.set_bits(bits)
-            f.state["bits_age"] = 0
-            f.state["promotions" if bits > c.bits else "demotions"] += 1
-            entry = {
-                "step": self.state[p]["step"],
-                "param": key[0],
-                "group": g,
-                "block": key[1],
-                "side": key[2],
-                "order": f.order,
-                "from": c.bits,
-                "to": bits,
-                "signal": c.signal,
-            }
-            self._precision_log.append(entry)
-            _LOG.info(
-                "step %d: parameter #%d block %d (%s, order %d): %d -> %d bits (signal %.4g)",
-                entry["step"],
-                key[0],
-                key[1],
-                key[2],
-                f.order,
-                c.bits,
-                bits,
-                c.signal,
-            )
-        del self._precision_log[:-_LOG_LENGTH]
+        self._precision.fit_loaded(self)
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
@@ -640,12 +483,12 @@ class Shampoo(Optimizer):
                     by_bits[f.bits] = by_bits.get(f.bits, 0) + state_nbytes(f.state)
         report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
         report["total"] = total
-        if self._adaptive():
+        if is_adaptive(self.param_groups):
             for bits, nbytes in by_bits.items():
                 report["preconditioners_fp32" if bits == 32 else f"preconditioners_{bits}bit"] = (
                     nbytes
                 )
-            report["memory_budget"] = self._precision_inventory().budget
+            report["memory_budget"] = self._precision.budget_bytes(self)
         return report
 
     def diagnostics(self) -> dict[str, Any]:
@@ -696,25 +539,9 @@ class Shampoo(Optimizer):
                         )
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
-        if self._adaptive():
-            out["precision"] = self._precision_summary(out["factors"])
+        if is_adaptive(self.param_groups):
+            out["precision"] = self._precision.summary(self, out["factors"])
         return out
-
-    def _precision_summary(self, factors: list[dict]) -> dict[str, Any]:
-        inv = self._precision_inventory()
-        adaptive = [d for d in factors if "precision_signal" in d]
-        return {
-            "memory_budget": inv.budget,
-            "bytes": self.memory_report()["preconditioners"],
-            "all_4bit": inv.floor,
-            "all_8bit": inv.ceiling,
-            "reference_32bit": inv.reference,
-            "factors_4bit": sum(d["bits"] == 4 for d in adaptive),
-            "factors_8bit": sum(d["bits"] == 8 for d in adaptive),
-            "promotions": sum(d["promotions"] for d in adaptive),
-            "demotions": sum(d["demotions"] for d in adaptive),
-            "log": [dict(e) for e in self._precision_log],
-        }
 
 
 class Shampoo4bit(Shampoo):
@@ -732,48 +559,6 @@ def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> T
         grad_norm = grad.norm()
     scale = torch.where(norm_d > 0, grad_norm / norm_d, torch.zeros_like(norm_d))
     return direction.mul_(scale)
-
-
-def _group_factor_bytes(group: dict, n: int, bits: int | None = None) -> dict[str, int]:
-    """``memory.factor_bytes`` of a factor of order ``n`` in ``group`` (at ``bits``, if given:
-    an adaptive factor at that width)."""
-    auto = group["bits"] == "auto"
-    return factor_bytes(
-        group["quant"],
-        n,
-        bits=group["bits"] if bits is None else bits,
-        block_size=group["block_size"],
-        min_quant_numel=group["min_quant_numel"],
-        adaptive=auto,
-    )
-
-
-def _bytes(parts: dict[str, int]) -> int:
-    return sum(parts.values())
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else 0.0
-
-
-#: the age of a factor that never switched: it may switch at once
-_NEVER = 1 << 30
-#: decisions kept in ``diagnostics()["precision"]["log"]``
-_LOG_LENGTH = 256
-_LOG = logging.getLogger("qshampoo.precision")
-
-
-class _Inventory:
-    """What the precision policy needs to know about the preconditioner bytes."""
-
-    def __init__(self):
-        #: (key, factor, group index, parameter, bytes at 4 bits, bytes at 8 bits)
-        self.factors: list[tuple] = []
-        self.fixed = 0  # every other preconditioner byte, reservations for new state included
-        self.reference = 0  # what 32-bit Shampoo's preconditioners would take
-        self.floor = 0  # everything, adaptive factors at 4 bits
-        self.ceiling = 0  # everything, adaptive factors at 8 bits
-        self.budget: int | None = None
 
 
 def _base_kwargs(group: dict) -> dict:
