@@ -166,6 +166,11 @@ class Shampoo(Optimizer):
         self._initialized = True
         self._precision.check_setup(self, sharded=self._sharding is not None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults, state and param groups; a copy or pickle with
+        # bits="auto" also needs its memory_budget (the process group is not kept)
+        return {**super().__getstate__(), "_precision": self._precision}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
