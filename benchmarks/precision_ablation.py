@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import sys
 
-import qshampoo.optimizer as optimizer_mod
+import qshampoo.precision_state as precision_state_mod
 from qshampoo.bench import optimizers as optim_mod
 from qshampoo.bench.suite import SuiteConfig, run_suite
 from qshampoo.bench.tasks import get_task
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default="report/precision-ablation")
     args = ap.parse_args()
 
-    optimizer_mod.plan = inverse_plan
+    precision_state_mod.plan = inverse_plan  # the name the optimizer's precision bookkeeping calls
     base = optim_mod.spec("shampoo4bit-auto")
     optim_mod.REGISTRY[NAME] = dataclasses.replace(
         base, name=NAME, description="bits='auto' with the policy's ranking reversed (ablation)"

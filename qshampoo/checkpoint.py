@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
+STATE_FORMAT_VERSION = 1
 #: bytes summed per chunk (bounds the temporary int64 buffer to 8x this)
 _CHUNK = 1 << 22
 #: weights cycle below this prime, so every weight is in [1, 65521]

@@ -12,10 +12,6 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
-import logging
-import math
-import numbers
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,44 +20,21 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .base import BASES
-from .blocking import Blocking
-from .checkpoint import compare_state, state_checksum, with_checksums
+from .checkpoint import STATE_FORMAT_VERSION, with_checksums
 from .distributed import (
     is_dtensor,
-    is_shard_state,
     like_param,
     local,
     make_sharding,
     shard_key,
 )
-from .factors import FACTORS, FactorConfig, StepHyper, check_failures, make_factor, update_roots
-from .memory import factor_bytes
-from .precision import (
-    AUTO_BITS,
-    Candidate,
-    PrecisionConfig,
-    check_budget,
-    plan,
-    resolve_budget,
-)
-from .preconditioner import ParamPreconditioner, block_list, held_dict, precondition_blocks
-from .quant import CODEBOOK_NAMES, SUPPORTED_BITS
-from .roots import ROOT_METHODS
-
-#: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
-STATE_FORMAT_VERSION = 1
-
-#: group keys that decide the layout of the stored state; they cannot change once it exists
-_LAYOUT_KEYS = (
-    "quant",
-    "bits",
-    "block_size",
-    "codebook",
-    "max_preconditioner_dim",
-    "min_quant_numel",
-    "precondition",
-    "base",
-)
+from .factors import StepHyper, check_failures, update_roots
+from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking, state_nbytes
+from .loading import check_state_dict, copy_to, held_blocks
+from .precision import AUTO_BITS, PrecisionConfig
+from .precision_state import AdaptivePrecision, is_adaptive
+from .preconditioner import ParamPreconditioner, precondition_blocks
+from .validation import validate_group, validate_params
 
 
 class Shampoo(Optimizer):
@@ -185,31 +158,24 @@ class Shampoo(Optimizer):
             compile=compile,
             cholesky_damping=cholesky_damping,
         )
-        check_budget(memory_budget)
-        if precision_config is not None and not isinstance(precision_config, PrecisionConfig):
-            raise ValueError(
-                f"invalid precision_config={precision_config!r}: must be a "
-                "qshampoo.precision.PrecisionConfig or None"
-            )
-        self._memory_budget = memory_budget
-        self._precision_config = precision_config or PrecisionConfig()
-        self._precision_log: list[dict] = []
-        self._precision_warned = False
+        self._precision = AdaptivePrecision(memory_budget, precision_config)
         self._sharding = make_sharding(distributed, process_group)
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
         self._initialized = False
         super().__init__(params, defaults)
         self._initialized = True
-        self._check_precision_setup()
+        self._precision.check_setup(self, sharded=self._sharding is not None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults, state and param groups; a copy or pickle with
+        # bits="auto" also needs its memory_budget (the process group is not kept)
+        return {**super().__getstate__(), "_precision": self._precision}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._views = {}
         self.__dict__.setdefault("_sharding", None)
-        self.__dict__.setdefault("_memory_budget", None)
-        self.__dict__.setdefault("_precision_config", PrecisionConfig())
-        self.__dict__.setdefault("_precision_log", [])
-        self.__dict__.setdefault("_precision_warned", False)
+        self.__dict__.setdefault("_precision", AdaptivePrecision(None, None))
         self.__dict__.setdefault("_initialized", True)
 
     # -- param groups -------------------------------------------------------------------------
@@ -218,16 +184,9 @@ class Shampoo(Optimizer):
         group = self.param_groups[-1]
         try:  # a group that fails validation must not stay in the optimizer
             validate_group(group)
-            for p in group["params"]:
-                if p.is_complex():
-                    raise TypeError(
-                        "Shampoo does not support complex parameters; pass "
-                        "torch.view_as_real(p) as a real parameter instead"
-                    )
-                if not p.is_floating_point():
-                    raise TypeError(f"Shampoo needs floating-point parameters, got {p.dtype}")
+            validate_params(group["params"])
             if getattr(self, "_initialized", False):  # groups added after the constructor
-                self._check_precision_setup()
+                self._precision.check_setup(self, sharded=self._sharding is not None)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
@@ -268,7 +227,7 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_roots, pres, touched = [], [], []
-        adapt = False
+        stats_updated = False
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
             pre = self._preconditioner(p, st, group)
@@ -279,13 +238,14 @@ class Shampoo(Optimizer):
             roots_due = st["step"] % group["root_interval"] == 0
             if stats_due:
                 pre.update_statistics(g, hp)
-                adapt = adapt or group["bits"] == "auto"
+                stats_updated = True
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
-        if adapt:  # before the roots, so that a switched factor stores its root at its new width
-            self._adapt_precision()
+        if stats_updated:
+            # before the roots, so that a switched factor stores its root at its new width
+            self._precision.after_statistics(self, group)
         if due_roots:
             update_roots(due_roots, hp)
         if touched:
@@ -398,11 +358,11 @@ class Shampoo(Optimizer):
             init, _ = BASES[group["base"]]
             st["step"] = 0
             st["nonfinite_steps"] = 0
-            st["layout"] = {k: group[k] for k in _LAYOUT_KEYS}
+            st["layout"] = layout_of(group)
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
             self._new_preconditioner(p, st, group)
         else:
-            changed = [k for k in _LAYOUT_KEYS if st["layout"][k] != group[k]]
+            changed = [k for k in LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
                 raise ValueError(
                     f"{', '.join(changed)} changed after the optimizer state was created; these "
@@ -412,13 +372,13 @@ class Shampoo(Optimizer):
 
     def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
         """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
-        blocking = _blocking(p, group)
+        blocking = param_blocking(p, group)
         if blocking is None:
             return
         pre, stored = ParamPreconditioner.create(
             blocking,
             group["quant"],
-            _factor_config(group),
+            factor_config(group),
             p.device,
             group["matrix_eps"],
             group["min_quant_numel"],
@@ -435,7 +395,7 @@ class Shampoo(Optimizer):
         cached = self._views.get(p)
         if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
             blocks = stored[shard_key(p)] if is_dtensor(p) else stored
-            pre = ParamPreconditioner.view(_blocking(p, group), blocks, _factor_config(group))
+            pre = ParamPreconditioner.view(param_blocking(p, group), blocks, factor_config(group))
             self._views[p] = cached = (stored, pre)
         return cached[1]
 
@@ -470,29 +430,7 @@ class Shampoo(Optimizer):
         would turn 4-bit codes into floats under bf16 parameters; here tensors are only moved to
         the parameter's device.
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        version = state_dict.get("format_version")
-        if version is None and _looks_like_ours(state_dict):
-            # torch.distributed.checkpoint.state_dict keeps only "state" and "param_groups"
-            version = STATE_FORMAT_VERSION
-        if version != STATE_FORMAT_VERSION:
-            raise ValueError(
-                f"this is not a qshampoo.Shampoo state dict of format {STATE_FORMAT_VERSION} "
-                f"(format_version={version!r})"
-            )
-        saved, groups = state_dict.get("state"), state_dict.get("param_groups")
-        if not isinstance(saved, dict) or not isinstance(groups, list):
-            raise ValueError("state dict lacks its 'state' dict or its 'param_groups' list")
-        try:
-            merged, ids, owners = self._check_loadable(state_dict, saved, groups)
-        except (ValueError, TypeError):
-            raise
-        except Exception as e:  # anything else a damaged state could trip over
-            raise ValueError(
-                f"malformed optimizer state dict ({type(e).__name__}: {e}); the checkpoint is "
-                "corrupted or was not written by qshampoo.Shampoo.state_dict()"
-            ) from e
+        merged, ids = check_state_dict(state_dict, self.param_groups)
 
         super().load_state_dict({**state_dict, "state": {}})
         for mine, group in zip(self.param_groups, merged, strict=True):
@@ -502,348 +440,20 @@ class Shampoo(Optimizer):
         self._views.clear()
         if self._sharding is not None:
             self._sharding.update_plan(self.param_groups)
-        for i, (p, _) in zip(ids, owners, strict=True):
-            if i in saved:
-                st = _copy_to(saved[i], p.device)
-                self._fit_loaded_blocks(i, p, st, group_of[p])
-                self.state[p] = st
-        if self._adaptive():
-            # a checkpoint saved under a larger memory_budget: fit this one's at once
-            inv = self._precision_inventory()
-            if self.memory_report()["preconditioners"] > inv.budget:
-                self._adapt_precision()
-
-    def _fit_loaded_blocks(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
-        """Keep the loaded preconditioner blocks this rank owns; refuse missing ones.
-
-        A state saved without preconditioners (see ``qshampoo.distributed.
-        drop_preconditioners``) gets fresh ones: Shampoo restarts them, the rest is kept.
-        """
-        if st.get("layout") != {k: group[k] for k in _LAYOUT_KEYS}:
-            return  # the next step() explains what changed
-        stored = st.get("precond")
-        if stored is None:
-            self._new_preconditioner(p, st, group)
-            return
-        sharded_state = is_shard_state(stored)
-        if is_dtensor(p) or sharded_state:
-            if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
-                raise ValueError(
-                    f"the state of parameter {i!r} holds preconditioners for "
-                    f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
-                    f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
-                    "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
-                    "same device mesh and sharding (see docs/distributed.md)"
-                )
-            return
-        held = self._sharding.held(p) if self._sharding is not None else None
-        blocks = block_list(stored, len(_blocking(p, group).slices))
-        for b, entry in enumerate(blocks):
-            if held is not None and b not in held:
-                blocks[b] = None  # owned by another rank: do not keep its memory here
-            elif not entry:
-                raise ValueError(
-                    f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
-                    "rank's state_dict() from a distributed run, which holds only that rank's "
-                    "blocks. Load per-rank state dicts at the same world size, or save with "
-                    "torch.distributed.checkpoint or qshampoo.distributed."
-                    "consolidated_state_dict() to load at another world size"
-                )
-        st["precond"] = blocks if held is None else held_dict(blocks)
-
-    def _check_loadable(self, state_dict: dict, saved: dict, groups: list):
-        """Every check ``load_state_dict`` makes before it changes anything."""
-        merged = self._check_groups(groups)
-        self._check_checksums(saved, groups, state_dict.get("checksums"))
-        ids = [i for g in groups for i in g["params"]]
-        unknown = [k for k in saved if k not in set(ids)]
-        if unknown:
-            raise ValueError(
-                f"state dict has state for parameter ids {unknown[:5]} that no param group lists"
-            )
-        owners = [
-            (p, g)
-            for g, mine in zip(merged, self.param_groups, strict=True)
-            for p in mine["params"]
-        ]
-        for n, (i, (p, group)) in enumerate(zip(ids, owners, strict=True)):
-            if i in saved:
-                self._check_param_state(saved[i], p, group, n)
-        return merged, ids, owners
-
-    def _check_groups(self, groups: list) -> list[dict]:
-        """The groups as they will be after loading; raise if they do not fit this optimizer."""
-        if len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"the checkpoint has {len(groups)} param groups, this optimizer "
-                f"{len(self.param_groups)}: it was saved for another model or configuration"
-            )
-        merged = []
-        for g, (mine, theirs) in enumerate(zip(self.param_groups, groups, strict=True)):
-            if not isinstance(theirs, dict) or not isinstance(theirs.get("params"), list):
-                raise ValueError(f"param group {g} of the checkpoint is malformed")
-            if len(theirs["params"]) != len(mine["params"]):
-                raise ValueError(
-                    f"param group {g} has {len(theirs['params'])} parameters in the checkpoint, "
-                    f"{len(mine['params'])} here: it was saved for another model"
-                )
-            group = {**mine, **theirs, "params": mine["params"]}
-            try:
-                validate_group(group)
-            except ValueError as e:
-                raise ValueError(f"param group {g} of the checkpoint: {e}") from None
-            changed = [k for k in _LAYOUT_KEYS if group[k] != mine[k]]
-            if changed:
-                diff = ", ".join(f"{k}={group[k]!r} (this optimizer: {mine[k]!r})" for k in changed)
-                raise ValueError(
-                    f"param group {g} of the checkpoint was saved with {diff}. These decide how "
-                    "the state is stored: create the optimizer with the checkpoint's values to "
-                    "resume from it, or start a fresh optimizer state."
-                )
-            merged.append(group)
-        return merged
-
-    @staticmethod
-    def _check_checksums(saved: dict, groups: list, checksums: Any) -> None:
-        if checksums is None:  # a state edited on purpose may drop its checksums
-            return
-        edited = "(To load a state you edited on purpose, delete its 'checksums'.)"
-        if (
-            not isinstance(checksums, dict)
-            or not isinstance(checksums.get("state"), dict)
-            or set(checksums["state"]) != set(saved)
-            or not isinstance(checksums.get("param_groups"), list)
-            or len(checksums["param_groups"]) != len(groups)
-        ):
-            raise ValueError(
-                "the checkpoint's checksums do not list the same parameters and param groups as "
-                f"its state: it is corrupted or truncated. {edited}"
-            )
-        for g, (group, checksum) in enumerate(zip(groups, checksums["param_groups"], strict=True)):
-            if state_checksum(group) != checksum:
-                raise ValueError(
-                    f"param group {g} of the checkpoint does not match its checksum: the "
-                    f"checkpoint is corrupted, or was changed after state_dict(). {edited}"
-                )
-        for k, v in saved.items():
-            if state_checksum(v) != checksums["state"][k]:
-                raise ValueError(
-                    f"the optimizer state of parameter id {k} does not match its checksum: the "
-                    "checkpoint is corrupted, or the state changed between state_dict() and "
-                    f"saving. {edited}"
-                )
-
-    def _skeleton(self, p: Tensor, group: dict) -> dict:
-        """The state a new parameter like ``p`` would get, as meta tensors (shapes, dtypes),
-        with every preconditioner block (a list)."""
-        key = (tuple(p.shape), p.dtype, tuple(group[k] for k in _LAYOUT_KEYS))
-        skeleton = _SKELETONS.get(key)
-        if skeleton is None:
-            try:  # no memory, no work
-                skeleton = _fresh_state(p, group, torch.device("meta"))
-            except (NotImplementedError, RuntimeError):  # an op without a meta kernel
-                skeleton = _to_meta(_fresh_state(p, group, torch.device("cpu")))
-            if len(_SKELETONS) > 1024:
-                _SKELETONS.clear()
-            _SKELETONS[key] = skeleton
-        return _copy_to(skeleton, torch.device("meta"))
-
-    def _check_param_state(self, saved: Any, p: Tensor, group: dict, n: int) -> None:
-        if is_dtensor(p):  # FSDP2 shards: checked by _fit_loaded_blocks (docs/distributed.md)
-            return
-        expected = self._skeleton(p, group)
-        where = f"parameter #{n} (shape {tuple(p.shape)}): state"
-        if not isinstance(saved, dict):
-            raise ValueError(f"{where} should be a dict, got {type(saved).__name__}")
-        base = saved.get("base")
-        if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
-            expected["base"]["momentum_buffer"] = torch.empty(
-                p.shape, dtype=torch.float32, device="meta"
-            )
-        if "precond" in expected:
-            stored = saved.get("precond", None)
-            if stored is None:  # saved without preconditioners: fresh ones are made
-                saved = {k: v for k, v in saved.items() if k != "precond"}
-                del expected["precond"]
-            elif isinstance(stored, dict):  # one rank's blocks, {"<block index>": ...}
-                blocks = expected["precond"]
-                bad = [k for k in stored if not (str(k).isdigit() and int(k) < len(blocks))]
-                if bad:
-                    raise ValueError(
-                        f"{where}['precond'] names blocks {bad}; this parameter has "
-                        f"{len(blocks)} blocks"
-                    )
-                expected["precond"] = {k: blocks[int(k)] for k in stored}
-            if "precond" in expected:
-                self._fit_factor_bits(stored, expected["precond"], p, group, where)
-        try:
-            compare_state(saved, expected, where)
-        except ValueError as e:
-            raise ValueError(
-                f"{e}. The checkpoint does not fit this optimizer: it was saved for another "
-                "model or parameter order, with other settings, or it is corrupted."
-            ) from None
-
-    # -- adaptive precision (bits="auto") -----------------------------------------------------
-    def _adaptive(self) -> bool:
-        return any(g["bits"] == "auto" for g in self.param_groups)
-
-    def _check_precision_setup(self) -> None:
-        """``bits="auto"`` and ``memory_budget`` go together, and the budget must hold every
-        factor at 4 bits (checked here from shapes unless blocks are split across ranks, where
-        each process's share is known only at the first step)."""
-        auto = self._adaptive()
-        if auto and self._memory_budget is None:
-            raise ValueError(
-                "bits='auto' needs memory_budget=...: a fraction of 32-bit Shampoo's "
-                "preconditioner bytes (e.g. 1/7) or a number of bytes"
-            )
-        if not auto and self._memory_budget is not None:
-            raise ValueError(
-                f"memory_budget={self._memory_budget!r} applies only to bits='auto' (adaptive "
-                "precision); pass bits='auto' or drop memory_budget"
-            )
-        if not auto or self._sharding is not None:
-            return
-        inv = self._precision_inventory()
-        if inv.floor > inv.budget:
-            raise ValueError(
-                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) cannot hold the "
-                f"preconditioners even with every factor in 4 bits ({inv.floor} bytes, "
-                f"{inv.floor / max(inv.reference, 1):.4f} of 32-bit Shampoo's "
-                f"{inv.reference} bytes); raise it to at least that"
-            )
-
-    def _precision_inventory(self) -> _Inventory:
-        """Every adaptive factor (with where it sits) and the bytes of everything else."""
-        inv = _Inventory()
-        i = -1
-        for g, group in enumerate(self.param_groups):
-            auto = group["bits"] == "auto"
-            for p in group["params"]:
-                i += 1
-                blocking = _blocking(p, group)
-                if blocking is None:
-                    continue
-                st = self.state.get(p)
-                pre = self._preconditioner(p, st, group) if st else None
-                if pre is None:  # no state yet: reserve it at the width it will start with
-                    for rows, cols in blocking.slices:
-                        for n in (rows.stop - rows.start, cols.stop - cols.start):
-                            inv.reference += _bytes(factor_bytes("none", n))
-                            start = _bytes(_group_factor_bytes(group, n))
-                            inv.fixed += start
-                            top = _group_factor_bytes(group, n, AUTO_BITS[1]) if auto else None
-                            inv.ceiling += start if top is None else _bytes(top)
-                    continue
-                for b, pair in enumerate(pre.blocks):
-                    if pair is None:  # held by another rank
-                        continue
-                    for side, f in zip("LR", pair, strict=True):
-                        inv.reference += _bytes(factor_bytes("none", f.order))
-                        if auto and f.adaptive:
-                            b4, b8 = (
-                                _bytes(_group_factor_bytes(group, f.order, bits))
-                                for bits in AUTO_BITS
-                            )
-                            inv.factors.append(((i, b, side), f, g, p, b4, b8))
-                            inv.ceiling += b8
-                        else:
-                            nbytes = _nbytes(f.state)
-                            inv.fixed += nbytes
-                            inv.ceiling += nbytes
-        inv.floor = inv.fixed + sum(entry[4] for entry in inv.factors)
-        inv.budget = (
-            resolve_budget(self._memory_budget, inv.reference)
-            if self._memory_budget is not None
-            else None
-        )
-        return inv
-
-    def _adapt_precision(self) -> None:
-        """Choose each adaptive factor's width from its latest signal (``qshampoo.precision``)
-        and re-quantize the ones that change; log every change."""
-        inv = self._precision_inventory()
-        if not inv.factors:
-            return
-        signals = torch.stack(
-            [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
-        ).tolist()  # one host sync per statistics step
-        candidates = []
-        for (key, f, _, _, b4, b8), signal in zip(inv.factors, signals, strict=True):
-            switched = f.state["promotions"] + f.state["demotions"] > 0
-            age = f.state["bits_age"] if switched else _NEVER
-            candidates.append(Candidate(key, f.bits, _finite(signal), b4, b8, age))
-        room = inv.budget - inv.fixed
-        if room < sum(c.bytes4 for c in candidates) and not self._precision_warned:
-            self._precision_warned = True
-            warnings.warn(
-                f"memory_budget={self._memory_budget!r} ({inv.budget} bytes) is below what this "
-                f"process's preconditioners need with every factor in 4 bits ({inv.floor} "
-                "bytes): every factor stays in 4 bits",
-                stacklevel=3,
-            )
-        target = plan(candidates, room, self._precision_config)
-        for c, (key, f, g, p, _, _) in zip(candidates, inv.factors, strict=True):
-            bits = target[c.key]
-            if bits == c.bits:
+        saved = state_dict["state"]
+        for i, p in ids:
+            if i not in saved:
                 continue
-            f.set_bits(bits)
-            f.state["bits_age"] = 0
-            f.state["promotions" if bits > c.bits else "demotions"] += 1
-            entry = {
-                "step": self.state[p]["step"],
-                "param": key[0],
-                "group": g,
-                "block": key[1],
-                "side": key[2],
-                "order": f.order,
-                "from": c.bits,
-                "to": bits,
-                "signal": c.signal,
-            }
-            self._precision_log.append(entry)
-            _LOG.info(
-                "step %d: parameter #%d block %d (%s, order %d): %d -> %d bits (signal %.4g)",
-                entry["step"],
-                key[0],
-                key[1],
-                key[2],
-                f.order,
-                c.bits,
-                bits,
-                c.signal,
-            )
-        del self._precision_log[:-_LOG_LENGTH]
-
-    def _fit_factor_bits(self, stored: Any, expected: Any, p: Tensor, group: dict, where: str):
-        """Give each expected low-bit factor the width its saved counterpart has: under
-        ``bits="auto"`` any of ``AUTO_BITS`` (the skeleton is rebuilt at that width), otherwise
-        exactly the group's ``bits``."""
-        pairs = (
-            [(k, stored.get(k), expected[k]) for k in expected]
-            if isinstance(expected, dict) and isinstance(stored, dict)
-            else list(zip(range(len(expected)), stored, expected, strict=False))
-            if isinstance(stored, list)
-            else []
-        )
-        for b, saved_block, block in pairs:
-            if not isinstance(saved_block, dict) or not isinstance(block, dict):
-                continue  # compare_state explains the mismatch
-            for side in ("L", "R"):
-                want, got = block.get(side), saved_block.get(side)
-                if not isinstance(want, dict) or not isinstance(got, dict) or "bits" not in want:
-                    continue
-                bits = got.get("bits")
-                allowed = AUTO_BITS if group["bits"] == "auto" else (group["bits"],)
-                if isinstance(bits, bool) or bits not in allowed:
-                    raise ValueError(
-                        f"{where}['precond'][{b!r}][{side!r}]['bits'] is {bits!r}; this "
-                        f"optimizer (bits={group['bits']!r}) stores its factors with "
-                        f"{' or '.join(map(str, allowed))} bits"
-                    )
-                if bits != want["bits"]:
-                    block[side] = _factor_skeleton(want["kind"], want["order"], group, bits)
+            st, group = copy_to(saved[i], p.device), group_of[p]
+            if st.get("layout") == layout_of(group):  # if not, the next step() explains
+                if st.get("precond") is None:
+                    # saved without preconditioners (qshampoo.distributed.drop_preconditioners):
+                    # Shampoo restarts them, the rest is kept
+                    self._new_preconditioner(p, st, group)
+                else:
+                    st["precond"] = held_blocks(i, p, st["precond"], group, self._sharding)
+            self.state[p] = st
+        self._precision.fit_loaded(self)
 
     # -- reports ----------------------------------------------------------------------------------
     def memory_report(self) -> dict[str, int]:
@@ -868,22 +478,22 @@ class Shampoo(Optimizer):
                 st = self.state.get(p)
                 if not st:
                     continue
-                total += _nbytes(st)
-                report["base_state"] += _nbytes(st["base"])
-                report["preconditioners"] += _nbytes(st.get("precond"))
+                total += state_nbytes(st)
+                report["base_state"] += state_nbytes(st["base"])
+                report["preconditioners"] += state_nbytes(st.get("precond"))
                 pre = self._preconditioner(p, st, group)
                 for f in pre.factors() if pre is not None else ():
                     for k, v in f.nbytes().items():
                         report[k] += v
-                    by_bits[f.bits] = by_bits.get(f.bits, 0) + _nbytes(f.state)
+                    by_bits[f.bits] = by_bits.get(f.bits, 0) + state_nbytes(f.state)
         report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
         report["total"] = total
-        if self._adaptive():
+        if is_adaptive(self.param_groups):
             for bits, nbytes in by_bits.items():
                 report["preconditioners_fp32" if bits == 32 else f"preconditioners_{bits}bit"] = (
                     nbytes
                 )
-            report["memory_budget"] = self._precision_inventory().budget
+            report["memory_budget"] = self._precision.budget_bytes(self)
         return report
 
     def diagnostics(self) -> dict[str, Any]:
@@ -934,25 +544,9 @@ class Shampoo(Optimizer):
                         )
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
-        if self._adaptive():
-            out["precision"] = self._precision_summary(out["factors"])
+        if is_adaptive(self.param_groups):
+            out["precision"] = self._precision.summary(self, out["factors"])
         return out
-
-    def _precision_summary(self, factors: list[dict]) -> dict[str, Any]:
-        inv = self._precision_inventory()
-        adaptive = [d for d in factors if "precision_signal" in d]
-        return {
-            "memory_budget": inv.budget,
-            "bytes": self.memory_report()["preconditioners"],
-            "all_4bit": inv.floor,
-            "all_8bit": inv.ceiling,
-            "reference_32bit": inv.reference,
-            "factors_4bit": sum(d["bits"] == 4 for d in adaptive),
-            "factors_8bit": sum(d["bits"] == 8 for d in adaptive),
-            "promotions": sum(d["promotions"] for d in adaptive),
-            "demotions": sum(d["demotions"] for d in adaptive),
-            "log": [dict(e) for e in self._precision_log],
-        }
 
 
 class Shampoo4bit(Shampoo):
@@ -972,240 +566,9 @@ def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> T
     return direction.mul_(scale)
 
 
-def _blocking(p: Tensor, group: dict) -> Blocking | None:
-    if not group["precondition"]:
-        return None
-    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
-
-
-def _factor_config(group: dict) -> FactorConfig:
-    if group["bits"] == "auto":  # adaptive factors start at 4 bits
-        return FactorConfig(AUTO_BITS[0], group["block_size"], group["codebook"], adaptive=True)
-    return FactorConfig(group["bits"], group["block_size"], group["codebook"])
-
-
-def _group_factor_bytes(group: dict, n: int, bits: int | None = None) -> dict[str, int]:
-    """``memory.factor_bytes`` of a factor of order ``n`` in ``group`` (at ``bits``, if given:
-    an adaptive factor at that width)."""
-    auto = group["bits"] == "auto"
-    return factor_bytes(
-        group["quant"],
-        n,
-        bits=group["bits"] if bits is None else bits,
-        block_size=group["block_size"],
-        min_quant_numel=group["min_quant_numel"],
-        adaptive=auto,
-    )
-
-
-def _bytes(parts: dict[str, int]) -> int:
-    return sum(parts.values())
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else 0.0
-
-
-#: the age of a factor that never switched: it may switch at once
-_NEVER = 1 << 30
-#: decisions kept in ``diagnostics()["precision"]["log"]``
-_LOG_LENGTH = 256
-_LOG = logging.getLogger("qshampoo.precision")
-
-
-class _Inventory:
-    """What the precision policy needs to know about the preconditioner bytes."""
-
-    def __init__(self):
-        #: (key, factor, group index, parameter, bytes at 4 bits, bytes at 8 bits)
-        self.factors: list[tuple] = []
-        self.fixed = 0  # every other preconditioner byte, reservations for new state included
-        self.reference = 0  # what 32-bit Shampoo's preconditioners would take
-        self.floor = 0  # everything, adaptive factors at 4 bits
-        self.ceiling = 0  # everything, adaptive factors at 8 bits
-        self.budget: int | None = None
-
-
 def _base_kwargs(group: dict) -> dict:
     if group["base"] == "adamw":
         return dict(betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"])
     return dict(
         momentum=group["momentum"], nesterov=group["nesterov"], weight_decay=group["weight_decay"]
     )
-
-
-def _looks_like_ours(state_dict: dict) -> bool:
-    groups = state_dict.get("param_groups") or []
-    states = (state_dict.get("state") or {}).values()
-    return (
-        bool(groups)
-        and all("quant" in g and "stat_decay" in g for g in groups)
-        and all("layout" in st for st in states)
-    )
-
-
-def _nbytes(obj) -> int:
-    if isinstance(obj, Tensor):
-        return local(obj).nbytes  # a DTensor counts this rank's shard
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
-    """The state a (non-DTensor) parameter starts with, every block included, on ``device``."""
-    init, _ = BASES[group["base"]]
-    st = {
-        "step": 0,
-        "nonfinite_steps": 0,
-        "layout": {k: group[k] for k in _LAYOUT_KEYS},
-        "base": init(torch.empty(p.shape, dtype=p.dtype, device=device)),
-    }
-    blocking = _blocking(p, group)
-    if blocking is not None:
-        _, st["precond"] = ParamPreconditioner.create(
-            blocking,
-            group["quant"],
-            _factor_config(group),
-            device,
-            group["matrix_eps"],
-            group["min_quant_numel"],
-        )
-    return st
-
-
-#: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
-_SKELETONS: dict[tuple, dict] = {}
-
-
-def _factor_skeleton(kind: str, order: int, group: dict, bits: int) -> dict:
-    """The state of a new ``kind`` factor of ``order`` at ``bits``, as meta tensors."""
-    config = _factor_config(group)
-    config = FactorConfig(bits, config.block_size, config.codebook, config.adaptive)
-    key = ("factor", kind, order, bits, config)
-    skeleton = _SKELETONS.get(key)
-    if skeleton is None:
-        # min_quant_numel 0: the saved factor is of this (quantized) kind whatever its order
-        try:
-            made = make_factor(kind, order, config, torch.device("meta"), 1.0, 0).state
-        except (NotImplementedError, RuntimeError):
-            made = _to_meta(make_factor(kind, order, config, torch.device("cpu"), 1.0, 0).state)
-        skeleton = _SKELETONS[key] = made
-    return _copy_to(skeleton, torch.device("meta"))
-
-
-def _to_meta(obj):
-    if isinstance(obj, Tensor):
-        return torch.empty(obj.shape, dtype=obj.dtype, device="meta")
-    if isinstance(obj, dict):
-        return {k: _to_meta(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_meta(v) for v in obj]
-    return obj
-
-
-def _copy_to(obj, device: torch.device):
-    if isinstance(obj, Tensor):
-        return obj.detach().to(device=device, copy=True)
-    if isinstance(obj, dict):
-        return {k: _copy_to(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_copy_to(v, device) for v in obj]
-    return obj
-
-
-# -- validation -------------------------------------------------------------------------------
-def _check(ok: bool, name: str, value: Any, what: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {what}")
-
-
-def _real(name: str, value: Any, what: str = "must be a finite real number") -> float:
-    """``value`` as a float, or ValueError naming ``name`` (bools and non-finite refused)."""
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
-        value_f = value.item()
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        value_f = float(value)
-    else:
-        raise ValueError(f"invalid {name}={value!r}: {what}")
-    _check(math.isfinite(value_f), name, value, what)
-    return value_f
-
-
-def _integer(name: str, value: Any, low: int) -> None:
-    _check(
-        isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low,
-        name,
-        value,
-        f"must be an integer >= {low}",
-    )
-
-
-def validate_group(g: dict[str, Any]) -> None:
-    """Raise ValueError naming the first invalid hyperparameter of a param group."""
-    for name, options in (
-        ("base", tuple(BASES)),
-        ("quant", tuple(FACTORS)),
-        ("root_method", ROOT_METHODS),
-        ("codebook", tuple(CODEBOOK_NAMES)),
-        ("nonfinite", ("skip", "raise")),
-        ("cholesky_damping", ("carry", "subtract")),
-    ):
-        v = g[name]
-        _check(isinstance(v, str) and v in options, name, v, f"must be one of {options}")
-    for name in ("nesterov", "maximize", "precondition", "compile"):
-        _check(isinstance(g[name], bool), name, g[name], "must be True or False")
-    _check(_real("lr", g["lr"]) >= 0, "lr", g["lr"], "must be >= 0")
-    betas = g["betas"]
-    _check(
-        isinstance(betas, (tuple, list)) and len(betas) == 2,
-        "betas",
-        betas,
-        "must be a pair (beta1, beta2)",
-    )
-    for b in betas:
-        _check(0 <= _real("betas", b) < 1, "betas", betas, "each must be in [0, 1)")
-    eps = _real("eps", g["eps"])
-    _check(eps >= 0, "eps", eps, "must be >= 0")
-    _check(
-        eps > 0 or g["base"] != "adamw",
-        "eps",
-        eps,
-        "must be > 0 with base='adamw' (a gradient entry that stays zero would give 0/0 = NaN)",
-    )
-    _check(
-        _real("weight_decay", g["weight_decay"]) >= 0,
-        "weight_decay",
-        g["weight_decay"],
-        "must be >= 0",
-    )
-    for name in ("momentum", "stat_decay", "ef_decay"):
-        _check(0 <= _real(name, g[name]) < 1, name, g[name], "must be in [0, 1)")
-    _check(
-        not (g["nesterov"] and g["momentum"] == 0),
-        "nesterov",
-        g["nesterov"],
-        "Nesterov momentum needs momentum > 0",
-    )
-    _check(_real("matrix_eps", g["matrix_eps"]) > 0, "matrix_eps", g["matrix_eps"], "must be > 0")
-    for name in ("stat_interval", "root_interval", "max_preconditioner_dim", "block_size"):
-        _integer(name, g[name], 1)
-    _integer("min_quant_numel", g["min_quant_numel"], 0)
-    _integer("max_consecutive_failures", g["max_consecutive_failures"], 0)
-    if isinstance(g["bits"], str) and g["bits"] == "auto":
-        _check(
-            g["quant"] != "none",
-            "bits",
-            g["bits"],
-            "'auto' (4 or 8 bits per factor) needs a quantized variant: pass quant='cholesky_ef' "
-            "(or 'cholesky', 'naive', 'eigen'), not quant='none'",
-        )
-    else:
-        _check(
-            g["bits"] in SUPPORTED_BITS and not isinstance(g["bits"], bool),
-            "bits",
-            g["bits"],
-            f"must be one of {SUPPORTED_BITS} or 'auto'",
-        )

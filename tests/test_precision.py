@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -290,6 +292,24 @@ def test_state_dict_round_trip_with_mixed_precision():
     for a, b in zip(params, twin, strict=True):
         assert torch.equal(a, b)
     assert [f.bits for f in _factors(opt2)] == [f.bits for f in _factors(opt)]
+
+
+@pytest.mark.parametrize("duplicate", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_keeps_its_budget(duplicate):
+    # both go through Optimizer.__getstate__, which keeps only defaults, state and param groups
+    params, opt = _run(0.15, 4)
+    if duplicate == "deepcopy":
+        twin = copy.deepcopy(opt)
+    else:
+        twin = pickle.loads(pickle.dumps(opt))
+    twin_params = [p for g in twin.param_groups for p in g["params"]]
+    assert twin.memory_report() == opt.memory_report()
+    assert twin.diagnostics()["precision"] == opt.diagnostics()["precision"]
+    _run(None, 6, opt, params, start=4)
+    _run(None, 6, twin, twin_params, start=4)
+    for a, b in zip(params, twin_params, strict=True):
+        assert torch.equal(a, b)
+    assert twin.diagnostics()["precision"] == opt.diagnostics()["precision"]
 
 
 def test_a_smaller_budget_is_met_on_load():
