@@ -59,6 +59,7 @@ def rows_of(folder: Path) -> tuple[dict, list[dict]]:
                 folder=str(folder),
                 seeds=[r["seed"] for r in runs],
                 values=[r["final"]["metric"] for r in runs],
+                losses=[r["final"]["loss"] for r in runs],
                 bytes=[r["memory"]["optimizer_state"]["preconditioners"] for r in runs],
                 budget_bytes=[p["memory_budget"] for p in precision] if precision[0] else None,
                 bits8=[p["factors_8bit"] for p in precision] if precision[0] else None,
@@ -96,12 +97,14 @@ def main() -> None:
     scale = 100.0 if percent else 1.0
     metric = meta["metric_name"] + (" (%)" if percent else "")
 
+    loss_col = not meta.get("metric_is_loss", False)  # accuracy tasks: the loss as well
     print(
         f"| variant | {metric}, per seed | mean | vs 32-bit, per seed | vs 32-bit | "
-        "preconditioner bytes (end) | budget | less than 32-bit | factors 8-bit / 4-bit | "
+        + ("test loss vs 32-bit | " if loss_col else "")
+        + "preconditioner bytes (end) | budget | less than 32-bit | factors 8-bit / 4-bit | "
         "switches (up / down) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if loss_col else ""))
     for r in rows:
         vals = r["values"]
         mean = statistics.fmean(vals)
@@ -118,6 +121,10 @@ def main() -> None:
                 d_mean = f"{statistics.fmean(diffs):+.2f}%"
         else:
             d_seed = d_mean = "—"
+        d_loss = "—"
+        if ref is not None and ref["seeds"] == r["seeds"]:
+            rel = [100 * (v / w - 1) for v, w in zip(r["losses"], ref["losses"], strict=True)]
+            d_loss = f"{statistics.fmean(rel):+.2f}%"
         nbytes = max(r["bytes"])
         ratio = f"{max(ref['bytes']) / nbytes:.2f}×" if ref else "—"
         budget = fmt_bytes(max(r["budget_bytes"])) if r["budget_bytes"] else "—"
@@ -130,7 +137,8 @@ def main() -> None:
         mean_s = f"{mean * scale:.2f}" if percent else f"{mean:.4f}"
         print(
             f"| {r['label']} | {per_seed} | {mean_s} | {d_seed} | {d_mean} | "
-            f"{fmt_bytes(nbytes)} | {budget} | {ratio} | {bits} | {sw} |"
+            + (f"{d_loss} | " if loss_col else "")
+            + f"{fmt_bytes(nbytes)} | {budget} | {ratio} | {bits} | {sw} |"
         )
     print()
     for folder in args.folders:
@@ -169,11 +177,16 @@ def plot(rows, ref, path: Path, metric: str, scale: float, higher: bool, title: 
         color = "tab:red" if r["name"] == "shampoo4bit-auto" else next(others)
         ax.scatter([x] * len(ys), ys, s=14, alpha=0.45, color=color, zorder=2)
         ax.scatter([x], [statistics.fmean(ys)], s=60, color=color, zorder=3, marker="D")
+        auto_row = r["name"].startswith("shampoo4bit-auto")
+        short = r["label"].split(" (")[0].replace("budget ", "")
+        if r["name"].endswith("-inverse"):
+            short = short.replace("auto", "reversed")
         ax.annotate(
-            r["label"],
+            short if auto_row else r["label"],
             (x, statistics.fmean(ys)),
             textcoords="offset points",
-            xytext=(6, 4),
+            xytext=(-8, -3) if auto_row else (6, 4),
+            ha="right" if auto_row else "left",
             fontsize=8,
         )
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
@@ -183,6 +196,8 @@ def plot(rows, ref, path: Path, metric: str, scale: float, higher: bool, title: 
     ax.axvline(seven, color="grey", lw=0.8, ls="-.", label="7× less than 32-bit")
     ax.legend(loc="best", fontsize=8)
     ax.set_xscale("log")
+    low = min(max(r["bytes"]) for r in rows) / 2**20
+    ax.set_xlim(left=low / 1.45)  # room for the labels left of the auto points
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.tick_params(axis="x", which="minor", labelsize=7)
