@@ -7,7 +7,8 @@ For every folder: the command, the machine, the date, the wall time and the load
 results table, the findings and the per-seed table, all read from its ``results.json`` and
 ``report.md`` (nothing is recomputed). Then one table across folders: per swept key and value,
 the difference from the default on each task. With ``--figures DIR``, the quality and Pareto
-plots (and the curves) are copied to ``DIR/sweep-<folder>-<plot>.png``.
+plots named by ``--plots`` (default: quality) are copied to ``DIR/sweep-<folder>-<plot>.png`` and
+linked from the sections (the links are relative to ``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def _section(md: str, title: str) -> str:
     return md[start + len(f"## {title}\n") : end if end >= 0 else None].strip()
 
 
-def folder_section(folder: Path, figures: Path | None, level: int = 3) -> str:
+def folder_section(
+    folder: Path, figures: Path | None, plots: tuple[str, ...] = ("quality",), level: int = 3
+) -> str:
     doc = json.loads((folder / "results.json").read_text())
     md = (folder / "report.md").read_text()
     meta, machine, vers = doc["meta"], doc["machine"], doc["versions"]
@@ -70,10 +73,12 @@ def folder_section(folder: Path, figures: Path | None, level: int = 3) -> str:
     ]
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        for plot in FIGURES:
+        for plot in plots:
             src = folder / f"{plot}.png"
             if src.exists():
-                shutil.copyfile(src, figures / f"sweep-{folder.name}-{plot}.png")
+                dst = figures / f"sweep-{folder.name}-{plot}.png"
+                shutil.copyfile(src, dst)
+                lines += [f"![{folder.name}: {plot}](../{dst.as_posix()})", ""]
     return "\n".join(lines)
 
 
@@ -130,10 +135,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+")
     p.add_argument("--figures", default=None, help="copy the plots into this folder")
+    p.add_argument(
+        "--plots",
+        default="quality",
+        help=f"comma-separated plots to copy, of {', '.join(FIGURES)} (default: quality)",
+    )
     args = p.parse_args(argv)
     folders = [Path(f) for f in args.folders]
     figures = Path(args.figures) if args.figures else None
-    out = [folder_section(f, figures) for f in folders]
+    plots = tuple(args.plots.split(","))
+    if unknown := set(plots) - set(FIGURES):
+        p.error(f"--plots: unknown {sorted(unknown)}; choose from {', '.join(FIGURES)}")
+    out = [folder_section(f, figures, plots) for f in folders]
     out += [
         "### Every setting against the default, both tasks",
         "",
