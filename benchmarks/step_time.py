@@ -89,6 +89,7 @@ class Timed:
     opt: torch.optim.Optimizer
     params: list[torch.Tensor]
     shampoo: bool  # qshampoo: timed by the three-state method; else by windows
+    grads: list[torch.Tensor]  # the fixed gradients (qshampoo never changes p.grad)
 
     def step_at(self, k: int) -> float:
         """Wall seconds of one ``step()`` whose step counter becomes ``k``."""
@@ -103,6 +104,11 @@ class Timed:
     def window(self, steps: int) -> float:
         t = time.perf_counter()
         for _ in range(steps):
+            if self.name != "adamw":
+                # heavyball consumes the gradient (in place, then p.grad = None): every peer
+                # step gets a fresh copy (a memcpy of the gradients, timed for every peer alike)
+                for p, g in zip(self.params, self.grads, strict=True):
+                    p.grad = g.clone()
             self.opt.step()
         return (time.perf_counter() - t) / steps
 
@@ -133,42 +139,34 @@ def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
     loss_fn().backward()
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
-    def fresh() -> list[torch.Tensor]:
-        ps = [p.detach().clone().requires_grad_() for p in net.parameters()]
-        for p, g in zip(ps, grads, strict=True):
-            p.grad = g
-        return ps
+    def row(name: str, make: Callable, shampoo: bool) -> Timed:
+        params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        return Timed(name, make(params), params, shampoo, grads)
 
-    rows = [Timed("adamw", *_pair(lambda p: torch.optim.AdamW(p, lr=1e-3), fresh()), False)]
     kw = dict(lr=1e-3, stat_interval=T1, root_interval=T2)
-    rows.append(
-        Timed(
-            "base only",
-            *_pair(lambda p: qshampoo.Shampoo(p, precondition=False, **kw), fresh()),
-            True,
-        )
-    )
+    rows = [
+        row("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3), False),
+        row("base only", lambda p: qshampoo.Shampoo(p, precondition=False, **kw), True),
+    ]
     for v in VARIANTS:
-        rows.append(
-            Timed(v, *_pair(lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), fresh()), True)
-        )
+        rows.append(row(v, lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), True))
     rows.append(
-        Timed(
+        row(
             "cholesky_ef, compile=True",
-            *_pair(lambda p: qshampoo.Shampoo(p, quant="cholesky_ef", compile=True, **kw), fresh()),
+            lambda p: qshampoo.Shampoo(p, quant="cholesky_ef", compile=True, **kw),
             True,
         )
     )
     if with_peers:
         for name, make in peers(T2).items():
-            rows.append(Timed(name, *_pair(make, fresh()), False))
+            rows.append(row(name, make, False))
     for r in rows:  # state exists, first-call costs paid
         r.opt.step()
+        for p, g in zip(r.params, grads, strict=True):
+            p.grad = g.clone()
     return rows
-
-
-def _pair(make, params):
-    return make(params), params
 
 
 def measure(model_name: str, T1: int, T2: int, reps: int, with_peers: bool) -> dict[str, dict]:
