@@ -18,7 +18,7 @@ from .machine import machine_info, versions
 from .plots import _mean_curve, _smooth
 from .report import _machine_line, _second_cell, _second_column
 from .summary import fmt_bytes, fmt_mean_std, metric_scale, stats_of, summarize_runs
-from .verdict import label
+from .verdict import label, stability_sentence
 
 SWEEP_PLOTS = {
     "curves": "curves.png",
@@ -265,25 +265,8 @@ def findings(meta: dict, summary: dict) -> str:
         )
         + "."
     )
-    troubled = []
-    for k, s in summary.items():
-        st = s["stability"]
-        events = {
-            "non-finite steps": st["nonfinite_losses"] + st["optimizer_nonfinite_steps"],
-            "loss spikes": st["loss_spikes"],
-            "root failures": st["root_failures"],
-            "Cholesky failures": st["cholesky_failures"],
-            "diverged runs": st["diverged_runs"],
-        }
-        found = [f"{v} {what}" for what, v in events.items() if v]
-        if found:
-            troubled.append(f"{k}: {', '.join(found)}")
-    if troubled:
-        parts.append("Stability events (all seeds): " + "; ".join(troubled) + ".")
-    else:
-        parts.append(
-            "No run had a non-finite step, a loss spike, a root or Cholesky failure, or diverged."
-        )
+    # Settings and references by their keys (a setting's label, a reference's name).
+    parts.append(stability_sentence(summary, name=str))
     return " ".join(parts)
 
 
