@@ -16,7 +16,15 @@ from pathlib import Path
 
 from .machine import machine_info, versions
 from .plots import _mean_curve, _smooth
-from .report import _machine_line, _second_cell, _second_column
+from .report import (
+    _closing_lines,
+    _header_lines,
+    _load_lines,
+    _per_seed_table,
+    _second_cell,
+    _second_column,
+    _task_sentence,
+)
 from .summary import fmt_bytes, fmt_mean_std, metric_scale, stats_of, summarize_runs
 from .verdict import label, stability_sentence
 
@@ -351,24 +359,6 @@ def results_table(meta: dict, summary: dict) -> str:
     return "\n".join(rows)
 
 
-def _per_seed_table(meta: dict, summary: dict) -> str:
-    scale = metric_scale(meta)
-    seeds = meta["seeds"]
-    rows = [
-        "| setting | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-        "|---|" + "---|" * len(seeds),
-    ]
-    for name, s in summary.items():
-        by_seed = dict(zip(s["seeds"], s["metric"]["values"], strict=True))
-        cells = [
-            "—" if by_seed.get(k) is None else f"{by_seed[k] * scale:.{_digits(meta)}f}"
-            for k in seeds
-        ]
-        shown = f"`{name}`" if s["reference"] else name
-        rows.append(f"| {shown} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
 def _hp_text(hp: dict) -> str:
     def one(v):
         if isinstance(v, (list, tuple)):
@@ -395,35 +385,22 @@ def _fmt(v) -> str:
 
 def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots: list[str]) -> str:
     keys = ", ".join(a["key"] for a in meta["grid"])
-    lines = [f"# qshampoo sweep: {meta['task']}, `{meta['optimizer']}` over {keys}", ""]
-    if meta.get("command"):
-        lines += [f"Command: `{meta['command']}`", ""]
-    lines += [
-        f"Date: {meta.get('date', '')}. Machine: {_machine_line(machine, meta.get('threads'))}; "
-        f"device `{meta['device']}`. torch {vers.get('torch')}, qshampoo "
-        f"{vers.get('qshampoo', '?')}"
-        + (f" (git {vers['qshampoo_git']})" if vers.get("qshampoo_git") else "")
-        + ".",
+    lines = [
+        f"# qshampoo sweep: {meta['task']}, `{meta['optimizer']}` over {keys}",
         "",
-        f"Task: {meta.get('task_description', meta['task'])}. {meta['steps']} steps of batch "
-        f"{meta['batch_size']}, seeds {', '.join(map(str, meta['seeds']))}; learning rate: "
-        f"{100 * meta['warmup']:g}% linear warm-up, cosine decay to {meta['final_lr']:g}× peak. "
-        f"Final numbers on {meta.get('final_eval_what') or 'the test set'}. Total time of the "
-        f"sweep: {meta['sweep_wall_s'] / 60:.1f} min.",
+        *_header_lines(meta, machine, vers),
+    ]
+    lines += [
+        f"{_task_sentence(meta)} Final numbers on "
+        f"{meta.get('final_eval_what') or 'the test set'}. Total time of the sweep: "
+        f"{meta['sweep_wall_s'] / 60:.1f} min.",
         "",
         f"Grid: {_grid_text(meta)} for `{meta['optimizer']}`; references: "
         + (", ".join(f"`{r}`" for r in meta["references"]) or "none")
         + " at their usual settings. Same seed = same initialisation and data order everywhere.",
         "",
     ]
-    load = meta.get("load_average") or {}
-    if load.get("start") and load.get("end"):
-        lines += [
-            f"Machine load (1-minute load average) at start / end: {load['start'][0]:g} / "
-            f"{load['end'][0]:g} on {machine['cores']} cores; other work on the machine slows "
-            "every timing below.",
-            "",
-        ]
+    lines += _load_lines(meta, machine)
     if meta.get("validation"):
         lines += ["**Evaluated on a validation split held out of the training data.**", ""]
     lines += ["## Results", "", results_table(meta, summary), ""]
@@ -459,20 +436,14 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
         if s["reference"]:
             lines += [f"- `{name}` (reference): {_hp_text(s['hparams'])}"]
     lines += [""]
-    if meta.get("lr_source"):
-        lines += [f"Learning rates: {meta['lr_source']}.", ""]
-    if meta.get("overrides"):
-        lines += [f"Overrides (`--hp`): `{json.dumps(meta['overrides'])}`.", ""]
-    if meta.get("skipped"):
-        lines += [
-            "Skipped (not available here): "
-            + "; ".join(f"`{k}` ({v})" for k, v in meta["skipped"].items()),
-            "",
-        ]
-    lines += ["## Per seed", "", _per_seed_table(meta, summary), ""]
-    lines += ["## Plots", ""]
-    for p in plots:
-        lines += [f"![{p}]({p})", ""]
+    per_seed = _per_seed_table(
+        meta,
+        summary,
+        "setting",
+        _digits(meta),
+        lambda name, s: f"`{name}`" if s["reference"] else name,
+    )
+    lines += _closing_lines(meta, per_seed, plots, overrides_from="`--hp`")
     return "\n".join(lines)
 
 
