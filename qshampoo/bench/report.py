@@ -293,17 +293,36 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> dict:
     machine = machine_info()
     vers = versions()
     plots = write_plots(out, meta, results, summary)
+    conclusion = {"verdict": verdict(meta, summary)}
+    markdown = render_markdown(meta, summary, machine, vers, plots)
+    return _write_files(out, meta, machine, vers, summary, conclusion, results, plots, markdown)
+
+
+def _write_files(
+    out: Path,
+    meta: dict,
+    machine: dict,
+    vers: dict,
+    summary: dict,
+    conclusion: dict[str, str],
+    results: list[dict],
+    plots: list[str],
+    markdown: str,
+) -> dict:
+    """Write ``results.json`` and ``report.md`` (``markdown``) into ``out``; return the JSON.
+    Its layout (the sweep's ``rerender`` reads it back): meta, machine, versions, summary, the
+    ``conclusion`` paragraph (the bench's verdict, the sweep's findings), runs, plots."""
+    from .runner import _jsonable, atomic_write_text
+
     doc = {
         "meta": meta,
         "machine": machine,
         "versions": vers,
         "summary": summary,
-        "verdict": verdict(meta, summary),
+        **conclusion,
         "runs": results,
         "plots": plots,
     }
-    from .runner import _jsonable, atomic_write_text
-
     atomic_write_text(out / "results.json", json.dumps(_jsonable(doc), indent=1))
-    atomic_write_text(out / "report.md", render_markdown(meta, summary, machine, vers, plots))
+    atomic_write_text(out / "report.md", markdown)
     return doc

@@ -24,6 +24,7 @@ from .report import (
     _second_cell,
     _second_column,
     _task_sentence,
+    _write_files,
 )
 from .summary import fmt_bytes, fmt_mean_std, metric_scale, stats_of, summarize_runs
 from .verdict import label, stability_sentence
@@ -691,8 +692,6 @@ def write_report(
 ) -> dict:
     """Write ``report.md``, ``results.json`` and the plots into ``out``; return the JSON.
     ``machine`` and ``vers`` default to this machine's (given when re-rendering)."""
-    from .runner import _jsonable, atomic_write_text
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
@@ -703,18 +702,9 @@ def write_report(
     machine = machine or machine_info()
     vers = vers or versions()
     plots = write_plots(out, meta, results, summary)
-    doc = {
-        "meta": meta,
-        "machine": machine,
-        "versions": vers,
-        "summary": summary,
-        "findings": findings(meta, summary),
-        "runs": results,
-        "plots": plots,
-    }
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(doc), indent=1))
-    atomic_write_text(out / "report.md", render_markdown(meta, summary, machine, vers, plots))
-    return doc
+    conclusion = {"findings": findings(meta, summary)}
+    markdown = render_markdown(meta, summary, machine, vers, plots)
+    return _write_files(out, meta, machine, vers, summary, conclusion, results, plots, markdown)
 
 
 def rerender(out: str | Path) -> dict:
