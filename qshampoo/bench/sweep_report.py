@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from .machine import machine_info, versions
-from .plots import _mean_curve, _smooth
+from .plots import _mean_curve, _save, _smooth, _state_bars
 from .report import (
     _closing_lines,
     _header_lines,
@@ -549,10 +549,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         ax.grid(alpha=0.3)
     ax_loss.legend(fontsize=7)
     fig.suptitle(f"{title}: learning curves (mean over seeds {meta['seeds']})")
-    fig.tight_layout()
-    fig.savefig(out / SWEEP_PLOTS["curves"], dpi=110)
-    plt.close(fig)
-    written.append(SWEEP_PLOTS["curves"])
+    written.append(_save(fig, out / SWEEP_PLOTS["curves"]))
 
     # Final quality against the setting.
     grid = meta["grid"]
@@ -591,22 +588,14 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
     ax.set(xlabel=first["key"], ylabel=f"final {mlabel} (mean ± std over seeds)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / SWEEP_PLOTS["quality"], dpi=110)
-    plt.close(fig)
-    written.append(SWEEP_PLOTS["quality"])
+    written.append(_save(fig, out / SWEEP_PLOTS["quality"]))
 
     # Memory and time against the setting.
     names = points + refs
     xs = np.arange(len(names))
     ticks = [_short(summary[k], k) for k in names]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    pre = np.array([summary[k]["state_bytes"]["preconditioners"] for k in names]) / 2**20
-    base = np.array([summary[k]["state_bytes"]["base_state"] for k in names]) / 2**20
-    ax_mem.bar(xs, base, color="#9ab", label="base optimizer state")
-    ax_mem.bar(xs, pre, bottom=base, color="#c63", label="preconditioners")
-    ax_mem.set(ylabel="optimizer state (MiB)", title="optimizer state (memory_report)")
-    ax_mem.legend(fontsize=8)
+    _state_bars(ax_mem, xs, summary, names)
     tkey, tname = time_key(meta)
     ms = [summary[k]["ms_per_step"]["mean"] for k in names]
     err = [summary[k]["ms_per_step"]["std"] or 0.0 for k in names]
@@ -627,10 +616,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         ax.set_xlabel(" / ".join(keys) + " (references by name)")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out / SWEEP_PLOTS["cost"], dpi=110)
-    plt.close(fig)
-    written.append(SWEEP_PLOTS["cost"])
+    written.append(_save(fig, out / SWEEP_PLOTS["cost"]))
 
     # Pareto: quality against memory and against time.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -671,10 +657,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         f"{title} (points: {' / '.join(keys)}; squares: references; "
         f"{'up' if meta['higher_is_better'] else 'down'} is better)"
     )
-    fig.tight_layout()
-    fig.savefig(out / SWEEP_PLOTS["pareto"], dpi=110)
-    plt.close(fig)
-    written.append(SWEEP_PLOTS["pareto"])
+    written.append(_save(fig, out / SWEEP_PLOTS["pareto"]))
     return written
 
 
