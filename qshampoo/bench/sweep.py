@@ -43,6 +43,7 @@ from .suite import (
     run_spec,
     task_meta,
 )
+from .summary import fmt_value
 from .tasks import Task
 
 #: settings a grid may vary, and the type of their values
@@ -178,10 +179,6 @@ def parse_grid(items: list[str] | None) -> list[Axis]:
 # --------------------------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------------------------
-
-
-def fmt_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 @dataclass

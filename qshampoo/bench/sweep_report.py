@@ -26,7 +26,14 @@ from .report import (
     _task_sentence,
     _write_files,
 )
-from .summary import fmt_bytes, fmt_mean_std, metric_scale, stats_of, summarize_runs
+from .summary import (
+    fmt_bytes,
+    fmt_mean_std,
+    fmt_value,
+    metric_scale,
+    stats_of,
+    summarize_runs,
+)
 from .verdict import label, stability_sentence
 
 SWEEP_PLOTS = {
@@ -364,7 +371,7 @@ def _hp_text(hp: dict) -> str:
     def one(v):
         if isinstance(v, (list, tuple)):
             return "(" + ", ".join(one(x) for x in v) + ")"
-        return f"{v:g}" if isinstance(v, float) else str(v)
+        return fmt_value(v)
 
     return ", ".join(f"{k}={one(v)}" for k, v in sorted(hp.items()))
 
@@ -374,14 +381,10 @@ def _grid_text(meta: dict) -> str:
     for a in meta["grid"]:
         vals = []
         for v in a["values"]:
-            rel = a["relative"].get(_fmt(v))
-            vals.append(f"{_fmt(v)} ({rel})" if rel else _fmt(v))
+            rel = a["relative"].get(fmt_value(v))
+            vals.append(f"{fmt_value(v)} ({rel})" if rel else fmt_value(v))
         out.append(f"`{a['key']}` ∈ {{{', '.join(vals)}}}")
     return " × ".join(out)
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots: list[str]) -> str:
@@ -456,7 +459,7 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
 def _short(s: dict, name: str) -> str:
     if s["reference"]:
         return name
-    return "/".join(_fmt(v) for v in s["values"].values())
+    return "/".join(fmt_value(v) for v in s["values"].values())
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -568,7 +571,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
             ys.append(s["mean"] * scale if s else float("nan"))
             es.append((s["std"] or 0.0) * scale if s else 0.0)
         offset = (gi - (len(groups) - 1) / 2) * (width / max(1, len(groups) - 1))
-        lab = f"{second['key']}={_fmt(gv)}" if second else meta["optimizer"]
+        lab = f"{second['key']}={fmt_value(gv)}" if second else meta["optimizer"]
         ax.errorbar(x + offset, ys, yerr=es, marker="o", capsize=4, label=lab)
     for k in refs:
         m = summary[k]["metric"]
@@ -582,8 +585,8 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
             )
     ticks = []
     for v in first["values"]:
-        rel = first["relative"].get(_fmt(v))
-        ticks.append(f"{_fmt(v)}\n({rel})" if rel else _fmt(v))
+        rel = first["relative"].get(fmt_value(v))
+        ticks.append(f"{fmt_value(v)}\n({rel})" if rel else fmt_value(v))
     ax.set_xticks(x, ticks)
     ax.set(xlabel=first["key"], ylabel=f"final {mlabel} (mean ± std over seeds)", title=title)
     ax.grid(alpha=0.3)
