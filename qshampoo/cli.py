@@ -12,6 +12,8 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,11 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# qshampoo bench
+# What `bench` and `sweep` share
 # --------------------------------------------------------------------------------------------
 
 
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
+def _task_argument(p: argparse.ArgumentParser) -> None:
     from .bench.tasks import TASKS
 
     p.add_argument(
@@ -40,12 +42,10 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         choices=list(TASKS),
         help="what to train (default: %(default)s)",
     )
-    p.add_argument(
-        "--optimizers",
-        default=None,
-        help="comma-separated optimizer names (default: the task's comparison, "
-        "adamw,shampoo,shampoo4bit,shampoo4bit-naive); see --list",
-    )
+
+
+def _budget_arguments(p: argparse.ArgumentParser) -> None:
+    """The seeds and the length of every run."""
     p.add_argument(
         "--seeds",
         default="2",
@@ -56,6 +56,70 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--epochs", type=float, default=None, help="passes over the training data per run"
     )
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of :class:`~qshampoo.bench.suite.SuiteConfig` and
+    :class:`~qshampoo.bench.sweep.SweepConfig` that say how the runs go, from the flags that
+    ``bench`` and ``sweep`` share."""
+    from .bench.suite import parse_overrides, parse_seeds
+
+    return {
+        "seeds": parse_seeds(args.seeds),
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "device": args.device,
+        "resume": args.resume,
+        "isolate": False if args.no_isolate else "auto",
+        "progress": not args.no_progress,
+        "eval_every": args.eval_every,
+        "overrides": parse_overrides(args.hp),
+        "validation": args.validation,
+        "threads": args.threads,
+        "command": "qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+    }
+
+
+def _names(text: str) -> list[str]:
+    """``"adamw, shampoo"`` -> ``["adamw", "shampoo"]``."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _train_and_report(train: Callable[[], Path]) -> int:
+    """Call ``train``, which trains and writes a report folder and returns it; a user's error
+    (missing data, a bad value) becomes a one-line :class:`UsageError`, and an interrupt keeps
+    what finished (exit status 130)."""
+    from .bench.data import DataNotFoundError
+
+    try:
+        out = train()
+    except (DataNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted. Finished runs and checkpoints are kept; run the same command with "
+            "--resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# qshampoo bench
+# --------------------------------------------------------------------------------------------
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    _task_argument(p)
+    p.add_argument(
+        "--optimizers",
+        default=None,
+        help="comma-separated optimizer names (default: the task's comparison, "
+        "adamw,shampoo,shampoo4bit,shampoo4bit-naive); see --list",
+    )
+    _budget_arguments(p)
     p.add_argument("--out", default=None, help="report folder (default: report/<task>)")
     p.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)"
@@ -122,49 +186,21 @@ def _list_bench() -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Train one task with several optimizers and seeds; write the report."""
-    from .bench.data import DataNotFoundError
-    from .bench.suite import SuiteConfig, parse_overrides, parse_seeds, run_suite
+    from .bench.suite import SuiteConfig, run_suite
     from .bench.tasks import get_task
 
     if args.list:
         return _list_bench()
-    try:
+
+    def train() -> Path:
         task = get_task(args.task, args.data_dir)
-        optimizers = (
-            [s.strip() for s in args.optimizers.split(",") if s.strip()]
-            if args.optimizers
-            else list(task.optimizers)
-        )
+        optimizers = _names(args.optimizers) if args.optimizers else list(task.optimizers)
         config = SuiteConfig(
-            optimizers=optimizers,
-            seeds=parse_seeds(args.seeds),
-            out=args.out or f"report/{task.name}",
-            steps=args.steps,
-            epochs=args.epochs,
-            device=args.device,
-            resume=args.resume,
-            isolate=False if args.no_isolate else "auto",
-            progress=not args.no_progress,
-            eval_every=args.eval_every,
-            overrides=parse_overrides(args.hp),
-            validation=args.validation,
-            threads=args.threads,
-            command="qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+            optimizers=optimizers, out=args.out or f"report/{task.name}", **_run_options(args)
         )
-        out = run_suite(task, config)
-    except DataNotFoundError as e:
-        raise UsageError(str(e)) from None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted. Finished runs and checkpoints are kept; run the same command with "
-            "--resume to continue.",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"report: {out / 'report.md'}")
-    return 0
+        return run_suite(task, config)
+
+    return _train_and_report(train)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,14 +286,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     from .bench.sweep import GRID_HELP
-    from .bench.tasks import TASKS
 
-    p.add_argument(
-        "--task",
-        default="fashion-mnist",
-        choices=list(TASKS),
-        help="what to train (default: %(default)s)",
-    )
+    _task_argument(p)
     p.add_argument(
         "--grid",
         action="append",
@@ -275,16 +305,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated optimizers run at their usual settings as reference lines "
         "(default: adamw,shampoo; 'none' for none)",
     )
-    p.add_argument(
-        "--seeds",
-        default="2",
-        help="a count N (seeds 0..N-1) or a comma-separated list of seeds (default: %(default)s)",
-    )
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="training steps per run")
-    budget.add_argument(
-        "--epochs", type=float, default=None, help="passes over the training data per run"
-    )
+    _budget_arguments(p)
     p.add_argument(
         "--out", default=None, help="report folder (default: report/sweep-<task>-<keys>)"
     )
@@ -327,12 +348,10 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train one optimizer over a grid of one or two settings; write the sweep report."""
-    from .bench.data import DataNotFoundError
-    from .bench.suite import parse_overrides, parse_seeds
     from .bench.sweep import SweepConfig, parse_grid, run_sweep
     from .bench.tasks import get_task
 
-    try:
+    def train() -> Path:
         grid = parse_grid(args.grid)
         task = get_task(args.task, args.data_dir)
         if args.references is None:
@@ -340,41 +359,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         elif args.references.strip().lower() in ("", "none"):
             references = []
         else:
-            references = [s.strip() for s in args.references.split(",") if s.strip()]
+            references = _names(args.references)
         keys = "-".join(a.key for a in grid)
         config = SweepConfig(
             grid=grid,
-            seeds=parse_seeds(args.seeds),
             out=args.out or f"report/sweep-{task.name}-{keys}",
             optimizer=args.optimizer,
             references=references,
-            steps=args.steps,
-            epochs=args.epochs,
-            device=args.device,
-            resume=args.resume,
             reuse=list(args.reuse),
-            isolate=False if args.no_isolate else "auto",
-            progress=not args.no_progress,
-            eval_every=args.eval_every,
-            overrides=parse_overrides(args.hp),
-            validation=args.validation,
-            threads=args.threads,
-            command="qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+            **_run_options(args),
         )
-        out = run_sweep(task, config)
-    except DataNotFoundError as e:
-        raise UsageError(str(e)) from None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted. Finished runs and checkpoints are kept; run the same command with "
-            "--resume to continue.",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"report: {out / 'report.md'}")
-    return 0
+        return run_sweep(task, config)
+
+    return _train_and_report(train)
 
 
 COMMANDS: list[Command] = [

@@ -48,6 +48,29 @@ def _time_of_step(run: dict):
     return np.interp(np.arange(1, len(run["losses"]) + 1), steps, times)
 
 
+def _save(fig, path: Path) -> str:
+    """Lay ``fig`` out, write it to ``path`` and close it; return the file's name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _state_bars(ax, x, summary: dict, names: list[str]) -> None:
+    """Each entry's optimizer state (memory_report) in MiB at ``x``: the base optimizer's, the
+    preconditioners' stacked on it."""
+    import numpy as np
+
+    pre = np.array([summary[n]["state_bytes"]["preconditioners"] for n in names]) / 2**20
+    base = np.array([summary[n]["state_bytes"]["base_state"] for n in names]) / 2**20
+    ax.bar(x, base, color="#9ab", label="base optimizer state")
+    ax.bar(x, pre, bottom=base, color="#c63", label="preconditioners")
+    ax.set(ylabel="optimizer state (MiB)", title="optimizer state (memory_report)")
+    ax.legend(fontsize=8)
+
+
 def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> list[str]:
     import matplotlib
 
@@ -94,22 +117,13 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"{meta['task']}: mean over seeds {meta['seeds']} (band: min–max)")
-        fig.tight_layout()
-        path = out / PLOTS[f"curves_{axis}"]
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(_save(fig, out / PLOTS[f"curves_{axis}"]))
 
     names = list(summary)
     x = np.arange(len(names))
     gpu = any(s["cuda_peak_bytes"] for s in summary.values())
     fig, axes = plt.subplots(1, 3 if gpu else 2, figsize=(13 if gpu else 10, 4))
-    pre = np.array([summary[n]["state_bytes"]["preconditioners"] for n in names]) / 2**20
-    base = np.array([summary[n]["state_bytes"]["base_state"] for n in names]) / 2**20
-    axes[0].bar(x, base, color="#9ab", label="base optimizer state")
-    axes[0].bar(x, pre, bottom=base, color="#c63", label="preconditioners")
-    axes[0].set(ylabel="optimizer state (MiB)", title="optimizer state (memory_report)")
-    axes[0].legend(fontsize=8)
+    _state_bars(axes[0], x, summary, names)
     rss = np.array([summary[n]["peak_rss_bytes"]["mean"] for n in names]) / 2**20
     axes[1].bar(x, rss, color=[color[n] for n in names])
     axes[1].set(ylabel="MiB", title="peak process memory (RSS)")
@@ -123,10 +137,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
     for ax in axes:
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS["memory"], dpi=110)
-    plt.close(fig)
-    written.append(PLOTS["memory"])
+    written.append(_save(fig, out / PLOTS["memory"]))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in (
@@ -139,10 +150,7 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         ax.set_title(title)
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / PLOTS["time"], dpi=110)
-    plt.close(fig)
-    written.append(PLOTS["time"])
+    written.append(_save(fig, out / PLOTS["time"]))
 
     with_qe = [n for n in names if summary[n]["quant_error"]["series"]]
     if with_qe:
@@ -157,8 +165,5 @@ def write_plots(out: Path, meta: dict, results: list[dict], summary: dict) -> li
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / PLOTS["quant_error"], dpi=110)
-        plt.close(fig)
-        written.append(PLOTS["quant_error"])
+        written.append(_save(fig, out / PLOTS["quant_error"]))
     return written

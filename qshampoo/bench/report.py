@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from . import stability
@@ -166,33 +167,77 @@ def _machine_line(machine: dict, threads: int | None = None) -> str:
     return text
 
 
-def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots: list[str]) -> str:
-    lines = [f"# qshampoo bench: {meta['task']}", ""]
+def _header_lines(meta: dict, machine: dict, vers: dict) -> list[str]:
+    """The command, date, machine and versions a report comes from (after its title)."""
+    lines = []
     if meta.get("command"):
         lines += [f"Command: `{meta['command']}`", ""]
     lines += [
         f"Date: {meta.get('date', '')}. Machine: {_machine_line(machine, meta.get('threads'))}; "
-        f"device "
-        f"`{meta['device']}`. torch {vers.get('torch')}, qshampoo {vers.get('qshampoo', '?')}"
+        f"device `{meta['device']}`. torch {vers.get('torch')}, qshampoo "
+        f"{vers.get('qshampoo', '?')}"
         + (f" (git {vers['qshampoo_git']})" if vers.get("qshampoo_git") else "")
         + ".",
         "",
+    ]
+    return lines
+
+
+def _task_sentence(meta: dict) -> str:
+    """The task, the run length, the seeds and the learning-rate schedule."""
+    return (
         f"Task: {meta.get('task_description', meta['task'])}. {meta['steps']} steps of batch "
         f"{meta['batch_size']}, seeds {', '.join(map(str, meta['seeds']))}; learning rate: "
-        f"{100 * meta['warmup']:g}% linear warm-up, cosine decay to {meta['final_lr']:g}× peak. "
-        f"Same seed = same initialisation and data order for every optimizer. Total time of the "
-        f"comparison: {meta['bench_wall_s'] / 60:.1f} min. Final numbers on "
-        f"{meta.get('final_eval_what') or 'the test set'}.",
+        f"{100 * meta['warmup']:g}% linear warm-up, cosine decay to {meta['final_lr']:g}× peak."
+    )
+
+
+def _load_lines(meta: dict, machine: dict) -> list[str]:
+    """The machine's load at the start and end, when it was measured."""
+    load = meta.get("load_average") or {}
+    if not (load.get("start") and load.get("end")):
+        return []
+    return [
+        f"Machine load (1-minute load average) at start / end: {load['start'][0]:g} / "
+        f"{load['end'][0]:g} on {machine['cores']} cores; other work on the machine slows "
+        "every timing below.",
         "",
     ]
-    load = meta.get("load_average") or {}
-    if load.get("start") and load.get("end"):
+
+
+def _closing_lines(
+    meta: dict, per_seed: str, plots: list[str], overrides_from: str = "`--hp` / `hparams=`"
+) -> list[str]:
+    """How a report ends, after its hyperparameters: where the learning rates come from, the
+    overrides (given through ``overrides_from``), the optimizers skipped, the per-seed table
+    ``per_seed`` and the plots."""
+    lines = []
+    if meta.get("lr_source"):
+        lines += [f"Learning rates: {meta['lr_source']}.", ""]
+    if meta.get("overrides"):
+        lines += [f"Overrides ({overrides_from}): `{json.dumps(meta['overrides'])}`.", ""]
+    if meta.get("skipped"):
         lines += [
-            f"Machine load (1-minute load average) at start / end: {load['start'][0]:g} / "
-            f"{load['end'][0]:g} on {machine['cores']} cores; other work on the machine slows "
-            "every timing below.",
+            "Skipped (not available here): "
+            + "; ".join(f"`{k}` ({v})" for k, v in meta["skipped"].items()),
             "",
         ]
+    lines += ["## Per seed", "", per_seed, ""]
+    lines += ["## Plots", ""]
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    return lines
+
+
+def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots: list[str]) -> str:
+    lines = [f"# qshampoo bench: {meta['task']}", "", *_header_lines(meta, machine, vers)]
+    lines += [
+        f"{_task_sentence(meta)} Same seed = same initialisation and data order for every "
+        f"optimizer. Total time of the comparison: {meta['bench_wall_s'] / 60:.1f} min. Final "
+        f"numbers on {meta.get('final_eval_what') or 'the test set'}.",
+        "",
+    ]
+    lines += _load_lines(meta, machine)
     if meta.get("validation"):
         lines += [
             "**Evaluated on a validation split held out of the training data** (tuning mode), "
@@ -210,37 +255,31 @@ def render_markdown(meta: dict, summary: dict, machine: dict, vers: dict, plots:
     lines += ["## Verdict", "", verdict(meta, summary), ""]
     lines += [DEFINITIONS.format(metric=meta["metric_name"]), ""]
     lines += ["## Hyperparameters", "", hparams_table(summary, meta.get("lr_tuned")), ""]
-    if meta.get("lr_source"):
-        lines += [f"Learning rates: {meta['lr_source']}.", ""]
-    if meta.get("overrides"):
-        lines += [f"Overrides (`--hp` / `hparams=`): `{json.dumps(meta['overrides'])}`.", ""]
-    if meta.get("skipped"):
-        lines += [
-            "Skipped (not available here): "
-            + "; ".join(f"`{k}` ({v})" for k, v in meta["skipped"].items()),
-            "",
-        ]
-    lines += ["## Per seed", "", _per_seed_table(meta, summary), ""]
-    lines += ["## Plots", ""]
-    for p in plots:
-        lines += [f"![{p}]({p})", ""]
+    lines += _closing_lines(meta, _per_seed_table(meta, summary), plots)
     return "\n".join(lines)
 
 
-def _per_seed_table(meta: dict, summary: dict) -> str:
+def _per_seed_table(
+    meta: dict,
+    summary: dict,
+    column: str = "optimizer",
+    digits: int = 2,
+    shown: Callable[[str, dict], str] = lambda name, s: f"`{name}`",
+) -> str:
+    """The final metric of every entry of ``summary`` at each seed (``—`` where it has none);
+    the first column, headed ``column``, shows an entry as ``shown(key, entry)``."""
     scale = metric_scale(meta)
     seeds = meta["seeds"]
     rows = [
-        "| optimizer | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        f"| {column} | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "|---|" + "---|" * len(seeds),
     ]
     for name, s in summary.items():
         by_seed = dict(zip(s["seeds"], s["metric"]["values"], strict=True))
-        cells = []
-        for seed in seeds:
-            v = by_seed.get(seed)
-            cells.append("—" if v is None else f"{v * scale:.2f}")
-        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        cells = [
+            "—" if by_seed.get(k) is None else f"{by_seed[k] * scale:.{digits}f}" for k in seeds
+        ]
+        rows.append(f"| {shown(name, s)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -254,17 +293,36 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> dict:
     machine = machine_info()
     vers = versions()
     plots = write_plots(out, meta, results, summary)
+    conclusion = {"verdict": verdict(meta, summary)}
+    markdown = render_markdown(meta, summary, machine, vers, plots)
+    return _write_files(out, meta, machine, vers, summary, conclusion, results, plots, markdown)
+
+
+def _write_files(
+    out: Path,
+    meta: dict,
+    machine: dict,
+    vers: dict,
+    summary: dict,
+    conclusion: dict[str, str],
+    results: list[dict],
+    plots: list[str],
+    markdown: str,
+) -> dict:
+    """Write ``results.json`` and ``report.md`` (``markdown``) into ``out``; return the JSON.
+    Its layout (the sweep's ``rerender`` reads it back): meta, machine, versions, summary, the
+    ``conclusion`` paragraph (the bench's verdict, the sweep's findings), runs, plots."""
+    from .runner import _jsonable, atomic_write_text
+
     doc = {
         "meta": meta,
         "machine": machine,
         "versions": vers,
         "summary": summary,
-        "verdict": verdict(meta, summary),
+        **conclusion,
         "runs": results,
         "plots": plots,
     }
-    from .runner import _jsonable, atomic_write_text
-
     atomic_write_text(out / "results.json", json.dumps(_jsonable(doc), indent=1))
-    atomic_write_text(out / "report.md", render_markdown(meta, summary, machine, vers, plots))
+    atomic_write_text(out / "report.md", markdown)
     return doc

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from .runner import (
     train_run,
 )
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .sweep import SweepConfig
 
 
 @dataclass
@@ -102,10 +105,7 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     ``config.resume``; otherwise every run starts afresh."""
     from . import report as report_mod
 
-    def _log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    log = log or _log
+    log = log or _log_stderr
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -125,41 +125,16 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     steps = resolve_steps(task, data, config.steps, config.epochs)
     results: list[dict] = []
     for name in optimizers:
-        hp = task.hyperparameters(name, steps)
-        hp.update(config.overrides.get("*", {}))
-        hp.update(config.overrides.get(name, {}))
-        hp = optim_mod.effective(name, hp)
+        hp = run_hparams(task, name, steps, config.overrides)
         for seed in config.seeds:
-            spec = RunSpec(
-                task=task,
-                optimizer=name,
-                seed=seed,
-                steps=steps,
-                hparams=hp,
-                run_dir=str(out / "runs" / name / f"seed{seed}"),
-                device=device,
-                eval_every=config.eval_every,
-                resume=config.resume,
-                progress=config.progress,
-                threads=config.threads,
-                extra={"validation": config.validation},
-            )
+            run_dir = out / "runs" / name / f"seed{seed}"
+            spec = run_spec(task, config, name, hp, seed, steps, device, run_dir)
             results.append(
                 run_or_reuse(spec, data, config.isolate, config.resume, log, f"{name} seed {seed}")
             )
 
     meta = {
-        "task": task.name,
-        "task_description": task.description,
-        "metric_name": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "percent": task.percent,
-        "metric_is_loss": task.metric_fn is None,
-        "perplexity": task.perplexity,
-        "final_eval_what": _final_eval_what(task, data, config.validation),
-        "steps": steps,
-        "batch_size": task.batch_size,
-        "seeds": config.seeds,
+        **task_meta(task, data, steps, config.seeds, config.validation),
         "optimizers": optimizers,
         "skipped": skipped,
         "device": device,
@@ -180,6 +155,70 @@ def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     report_mod.write_report(out, meta, results)
     log(f"report written to {out / 'report.md'}")
     return out
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_hparams(
+    task: Task, name: str, steps: int, overrides: dict, defaults: dict | None = None
+) -> dict[str, Any]:
+    """The hyperparameters a run of optimizer ``name`` gets: the task's, then the ``--hp``
+    overrides (those for ``*``, then those for ``name``), then ``defaults`` for the keys still
+    unset; only the keys the optimizer takes."""
+    hp = task.hyperparameters(name, steps)
+    hp.update(overrides.get("*", {}))
+    hp.update(overrides.get(name, {}))
+    for k, v in (defaults or {}).items():
+        hp.setdefault(k, v)
+    return optim_mod.effective(name, hp)
+
+
+def run_spec(
+    task: Task,
+    config: SuiteConfig | SweepConfig,
+    name: str,
+    hparams: dict[str, Any],
+    seed: int,
+    steps: int,
+    device: str,
+    run_dir: Path,
+) -> RunSpec:
+    """One run of optimizer ``name`` in ``run_dir``, with ``config``'s run options (evaluation
+    interval, resume, progress bars, threads, validation split)."""
+    return RunSpec(
+        task=task,
+        optimizer=name,
+        seed=seed,
+        steps=steps,
+        hparams=hparams,
+        run_dir=str(run_dir),
+        device=device,
+        eval_every=config.eval_every,
+        resume=config.resume,
+        progress=config.progress,
+        threads=config.threads,
+        extra={"validation": config.validation},
+    )
+
+
+def task_meta(task: Task, data, steps: int, seeds: list[int], validation: bool) -> dict[str, Any]:
+    """What a report says about the task and the runs' length and seeds (the first entries of
+    its meta)."""
+    return {
+        "task": task.name,
+        "task_description": task.description,
+        "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "percent": task.percent,
+        "metric_is_loss": task.metric_fn is None,
+        "perplexity": task.perplexity,
+        "final_eval_what": _final_eval_what(task, data, validation),
+        "steps": steps,
+        "batch_size": task.batch_size,
+        "seeds": seeds,
+    }
 
 
 def run_or_reuse(spec: RunSpec, data, isolate, resume: bool, log, what: str) -> dict:

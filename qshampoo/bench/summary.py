@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from statistics import mean, stdev
+from typing import Any
 
 # --------------------------------------------------------------------------------------------
 # Summaries
@@ -93,6 +94,12 @@ def fmt_bytes(n: float | None) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def fmt_value(v: Any) -> str:
+    """A setting's value as labels, run folders and reports write it (``0.9``, ``1e-05``, ``64``):
+    the sweep's ``relative`` entries are keyed by it."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def metric_scale(meta: dict) -> float:

@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,18 @@ from typing import Any
 from . import optimizers as optim_mod
 from .runner import RESULT, RunSpec, _jsonable, atomic_write_text, load_result
 from .suite import (
-    _final_eval_what,
     _loadavg,
+    _log_stderr,
     check_optimizers,
     check_overrides,
     resolve_device,
     resolve_steps,
+    run_hparams,
     run_or_reuse,
+    run_spec,
+    task_meta,
 )
+from .summary import fmt_value
 from .tasks import Task
 
 #: settings a grid may vary, and the type of their values
@@ -178,10 +181,6 @@ def parse_grid(items: list[str] | None) -> list[Axis]:
 # --------------------------------------------------------------------------------------------
 
 
-def fmt_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 @dataclass
 class Setting:
     """One point of the grid."""
@@ -218,12 +217,7 @@ def base_hparams(task: Task, optimizer: str, steps: int, overrides: dict) -> dic
     """The swept optimizer's hyperparameters before the grid: the task's (tuned lr, interval
     rule), the ``--hp`` overrides, and the constructor's defaults of the other sweepable keys,
     all written out."""
-    hp = task.hyperparameters(optimizer, steps)
-    hp.update(overrides.get("*", {}))
-    hp.update(overrides.get(optimizer, {}))
-    for k, v in constructor_defaults(optimizer).items():
-        hp.setdefault(k, v)
-    return optim_mod.effective(optimizer, hp)
+    return run_hparams(task, optimizer, steps, overrides, constructor_defaults(optimizer))
 
 
 def settings(axes: list[Axis], base: dict[str, Any], steps: int) -> list[Setting]:
@@ -319,10 +313,7 @@ def run_sweep(task: Task, config: SweepConfig, log=None) -> Path:
     Returns the output folder."""
     from . import sweep_report
 
-    def _log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    log = log or _log
+    log = log or _log_stderr
     out = Path(config.out)
     device = resolve_device(config.device)
     optim_mod.spec(config.optimizer)
@@ -347,22 +338,6 @@ def run_sweep(task: Task, config: SweepConfig, log=None) -> Path:
     base = base_hparams(task, config.optimizer, steps, config.overrides)
     points = settings(config.grid, base, steps)
 
-    def spec_for(name: str, hp: dict, seed: int, run_dir: Path) -> RunSpec:
-        return RunSpec(
-            task=task,
-            optimizer=name,
-            seed=seed,
-            steps=steps,
-            hparams=hp,
-            run_dir=str(run_dir),
-            device=device,
-            eval_every=config.eval_every,
-            resume=config.resume,
-            progress=config.progress,
-            threads=config.threads,
-            extra={"validation": config.validation},
-        )
-
     def run(spec: RunSpec, what: str) -> dict:
         taken = reuse.take(spec, log, what)
         if taken is not None:
@@ -373,34 +348,24 @@ def run_sweep(task: Task, config: SweepConfig, log=None) -> Path:
     for point in points:
         for seed in config.seeds:
             run_dir = out / "runs" / config.optimizer / point.slug / f"seed{seed}"
-            spec = spec_for(config.optimizer, point.hparams, seed, run_dir)
+            spec = run_spec(
+                task, config, config.optimizer, point.hparams, seed, steps, device, run_dir
+            )
             result = run(spec, f"{config.optimizer} {point.label} seed {seed}")
             result["setting"] = point.label
             results.append(result)
     for name in references:
-        hp = task.hyperparameters(name, steps)
-        hp.update(config.overrides.get("*", {}))
-        hp.update(config.overrides.get(name, {}))
-        hp = optim_mod.effective(name, hp)
+        hp = run_hparams(task, name, steps, config.overrides)
         for seed in config.seeds:
-            spec = spec_for(name, hp, seed, out / "runs" / name / f"seed{seed}")
+            run_dir = out / "runs" / name / f"seed{seed}"
+            spec = run_spec(task, config, name, hp, seed, steps, device, run_dir)
             result = run(spec, f"{name} (reference) seed {seed}")
             result["setting"] = None
             results.append(result)
 
     meta = {
         "kind": "sweep",
-        "task": task.name,
-        "task_description": task.description,
-        "metric_name": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "percent": task.percent,
-        "metric_is_loss": task.metric_fn is None,
-        "perplexity": task.perplexity,
-        "final_eval_what": _final_eval_what(task, data, config.validation),
-        "steps": steps,
-        "batch_size": task.batch_size,
-        "seeds": config.seeds,
+        **task_meta(task, data, steps, config.seeds, config.validation),
         "optimizer": config.optimizer,
         "references": references,
         "skipped": skipped,

@@ -4,6 +4,7 @@ claim written in advance."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .summary import fmt_bytes, metric_scale
 
@@ -161,29 +162,7 @@ def verdict(meta: dict, summary: dict) -> str:
                 f"Time per step relative to {label(baseline)} ({base_ms:.1f} ms): {times}."
             )
     # Stability.
-    troubled = []
-    for n, s in summary.items():
-        st = s["stability"]
-        issues = []
-        nonfinite = st["nonfinite_losses"] + st["optimizer_nonfinite_steps"]
-        if nonfinite:
-            issues.append(f"{nonfinite} non-finite steps")
-        if st["loss_spikes"]:
-            issues.append(f"{st['loss_spikes']} loss spikes")
-        if st["root_failures"]:
-            issues.append(f"{st['root_failures']} root failures")
-        if st["cholesky_failures"]:
-            issues.append(f"{st['cholesky_failures']} Cholesky failures")
-        if st["diverged_runs"]:
-            issues.append(f"{st['diverged_runs']} diverged runs")
-        if issues:
-            troubled.append(f"{label(n)}: {', '.join(issues)}")
-    if troubled:
-        parts.append("Stability events (all seeds): " + "; ".join(troubled) + ".")
-    else:
-        parts.append(
-            "No run had a non-finite step, a loss spike, a root or Cholesky failure, or diverged."
-        )
+    parts.append(stability_sentence(summary))
     qe = {n: s["quant_error"] for n, s in summary.items() if s["quant_error"]["first"] is not None}
     if qe:
         parts.append(
@@ -192,3 +171,24 @@ def verdict(meta: dict, summary: dict) -> str:
             + "."
         )
     return " ".join(parts)
+
+
+def stability_sentence(summary: dict[str, dict], name: Callable[[str], str] = label) -> str:
+    """The stability events of each entry of ``summary`` (summed over its seeds), shown by
+    ``name(key)``; or the sentence that there were none."""
+    troubled = []
+    for k, s in summary.items():
+        st = s["stability"]
+        events = {
+            "non-finite steps": st["nonfinite_losses"] + st["optimizer_nonfinite_steps"],
+            "loss spikes": st["loss_spikes"],
+            "root failures": st["root_failures"],
+            "Cholesky failures": st["cholesky_failures"],
+            "diverged runs": st["diverged_runs"],
+        }
+        found = [f"{v} {what}" for what, v in events.items() if v]
+        if found:
+            troubled.append(f"{name(k)}: {', '.join(found)}")
+    if troubled:
+        return "Stability events (all seeds): " + "; ".join(troubled) + "."
+    return "No run had a non-finite step, a loss spike, a root or Cholesky failure, or diverged."
