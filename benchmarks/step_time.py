@@ -20,7 +20,7 @@ expensive update every ``f`` steps on their own counters, so they are timed over
 step by design) and reported as the window's mean.
 
     python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
-    python benchmarks/step_time.py --models mlp512,cnn --out benchmarks/RESULTS_step_time.md
+    python benchmarks/step_time.py --models mlp512,cnn --out /tmp/step_time.md
     python benchmarks/step_time.py --models mlp512x1,mlp512x2,mlp512x4,mlp512x8 --no-peers
 """
 
