@@ -2,7 +2,10 @@
 
     PYTHONPATH=. python benchmarks/quant_speed.py [--device cpu|cuda] [--bits 4] [--repeats 10]
 
-Prints the median wall time of each call in milliseconds. Nothing is written to disk.
+Prints the median wall time of each call in milliseconds. For the ``tril`` layout (how the
+inverse roots are stored) it also times ``dequantize_symmetric``, the full symmetric matrix the
+optimizer multiplies with, eager and ``compiled=True`` (the optimizer's ``compile`` option; the
+first compiled call of each shape compiles and is not timed). Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 import torch
 
 from qshampoo.quant import dequantize, quantize
+from qshampoo.quant.blockwise import dequantize_symmetric
 
 
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
@@ -48,7 +52,10 @@ def main() -> None:
         f"codebook {args.codebook}"
     )
     print("exact_diagonal=True; median of --repeats calls")
-    print(f"{'n':>6} {'layout':>6} {'quantize ms':>12} {'dequantize ms':>14} {'bytes':>10}")
+    print(
+        f"{'n':>6} {'layout':>6} {'quantize ms':>12} {'dequantize ms':>14} {'bytes':>10} "
+        f"{'symmetric ms':>13} {'compiled ms':>12}"
+    )
     gen = torch.Generator().manual_seed(0)
     for n in args.sizes:
         x = torch.randn(n, n, generator=gen).to(device)
@@ -63,7 +70,16 @@ def main() -> None:
             q = quantize(x, **kw)
             tq = _median_ms(lambda x=x, kw=kw: quantize(x, **kw), device, args.repeats)
             td = _median_ms(lambda q=q: dequantize(q), device, args.repeats)
-            print(f"{n:>6} {layout:>6} {tq:>12.2f} {td:>14.2f} {q.nbytes:>10}")
+            line = f"{n:>6} {layout:>6} {tq:>12.2f} {td:>14.2f} {q.nbytes:>10}"
+            if layout == "tril":
+                ts, tc = (
+                    _median_ms(
+                        lambda q=q, c=c: dequantize_symmetric(q, compiled=c), device, args.repeats
+                    )
+                    for c in (False, True)
+                )
+                line += f" {ts:>13.2f} {tc:>12.2f}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,8 @@ class Shampoo(Optimizer):
         precision_config: the adaptive-precision policy's thresholds and hysteresis
             (``qshampoo.precision.PrecisionConfig``; default: its defaults).
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
-            ``torch.compile`` (one kernel per root shape; on a CPU the step ranged from 8%
-            slower to 6% faster, faster on the largest roots: ``benchmarks/RESULTS.md``,
+            ``torch.compile`` (one kernel per root shape; on the development CPU the step
+            ranged from 8% slower to 6% faster: ``benchmarks/RESULTS.md``,
             ``docs/speed.md``). Compiling takes a few
             seconds per shape at the first steps and needs a working C++ compiler; if it fails,
             the optimizer warns once and stays eager. Same results either way.

@@ -354,9 +354,11 @@ def dequantize_symmetric(
     tensors (same shape and format) is dequantized in one batched pass into ``(B, n, n)``.
 
     ``compiled=True`` runs the 4-bit decoding of orders >= ``COMPILE_MIN_ORDER`` as one
-    ``torch.compile``d kernel (compiled once per shape; ~1.5x faster at orders 288-600 on a
-    CPU, no gain at 1024). If compiling fails (no C++ compiler, say) it warns once and stays
-    eager. Both give identical results.
+    ``torch.compile``d kernel (compiled once per shape). On the development CPU it was not
+    faster for one matrix (``benchmarks/quant_speed.py``) and changed the optimizer's step by
+    -6% to +8% (``benchmarks/RESULTS.md``); it is there for devices where fusion pays. If
+    compiling fails (no C++ compiler, say) it warns once and stays eager. Both give identical
+    results.
     """
     single = isinstance(q, QuantizedTensor)
     qs = [q] if single else list(q)

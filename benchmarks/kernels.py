@@ -1,0 +1,72 @@
+"""The hand-written kernels against what they replace: median ms per call, and the speed-up.
+
+- nearest-code quantization: ``qshampoo.quant.codebooks.nearest_codes`` (a lookup table)
+  against ``torch.bucketize`` on the codebook's midpoints (the same codes, exactly);
+- Cholesky: ``qshampoo.linalg.cholesky_lower`` (recursive, LAPACK below ``BASE_ORDER``)
+  against ``torch.linalg.cholesky_ex``;
+- ``C C^T`` of a lower-triangular ``C``: ``qshampoo.linalg.lower_gram`` against ``C @ C.mT``.
+
+    PYTHONPATH=. python benchmarks/kernels.py [--sizes 256 512 1024 2048] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from qshampoo.linalg import cholesky_lower, lower_gram
+from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
+
+
+def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
+    print(
+        "| n | nearest codes: LUT | bucketize | speed-up | Cholesky: recursive | LAPACK "
+        "| speed-up | C C^T: lower_gram | C @ C^T | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    mids = codebook_midpoints("linear2", 4)
+    for n in args.sizes:
+        y = torch.rand(n, n, generator=gen) * 2 - 1
+        assert torch.equal(nearest_codes(y, "linear2", 4), torch.bucketize(y, mids).to(torch.uint8))
+        g = torch.randn(n, n, generator=gen)
+        A = g @ g.T / n + torch.eye(n)
+        C = torch.linalg.cholesky(A)
+        calls = [
+            (lambda x: nearest_codes(x, "linear2", 4), y),
+            (lambda x: torch.bucketize(x, mids, out_int32=True), y),
+            (cholesky_lower, A),
+            (torch.linalg.cholesky_ex, A),
+            (lower_gram, C),
+            (lambda x: x @ x.mT, C),
+        ]
+        t = [median_ms(fn, x, args.repeats) for fn, x in calls]
+        print(
+            f"| {n} | {t[0]:.2f} | {t[1]:.2f} | {t[1] / t[0]:.1f}× | {t[2]:.2f} | {t[3]:.2f} "
+            f"| {t[3] / t[2]:.1f}× | {t[4]:.2f} | {t[5]:.2f} | {t[5] / t[4]:.1f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
