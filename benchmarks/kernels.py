@@ -4,7 +4,8 @@
   against ``torch.bucketize`` on the codebook's midpoints (the same codes, exactly);
 - Cholesky: ``qshampoo.linalg.cholesky_lower`` (recursive, LAPACK below ``BASE_ORDER``)
   against ``torch.linalg.cholesky_ex``;
-- ``C C^T`` of a lower-triangular ``C``: ``qshampoo.linalg.lower_gram`` against ``C @ C.mT``.
+- ``C C^T`` of a lower-triangular ``C``: ``qshampoo.linalg.lower_gram`` against ``C @ C.mT``;
+- inverse 4th root: ``root_method="eigh"`` (the default) against ``"newton"`` (coupled Newton).
 
     PYTHONPATH=. python benchmarks/kernels.py [--sizes 256 512 1024 2048] [--threads 1]
 """
@@ -19,6 +20,7 @@ import torch
 
 from qshampoo.linalg import cholesky_lower, lower_gram
 from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
+from qshampoo.roots import inverse_root
 
 
 def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
@@ -42,9 +44,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
     print(
         "| n | nearest codes: LUT | bucketize | speed-up | Cholesky: recursive | LAPACK "
-        "| speed-up | C C^T: lower_gram | C @ C^T | speed-up |"
+        "| speed-up | C C^T: lower_gram | C @ C^T | speed-up | root: eigh | Newton | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
     mids = codebook_midpoints("linear2", 4)
     for n in args.sizes:
@@ -60,11 +62,14 @@ def main() -> None:
             (torch.linalg.cholesky_ex, A),
             (lower_gram, C),
             (lambda x: x @ x.mT, C),
+            (lambda x: inverse_root(x, 4, 1e-6, "eigh"), A),
+            (lambda x: inverse_root(x, 4, 1e-6, "newton"), A),
         ]
         t = [median_ms(fn, x, args.repeats) for fn, x in calls]
         print(
             f"| {n} | {t[0]:.2f} | {t[1]:.2f} | {t[1] / t[0]:.1f}× | {t[2]:.2f} | {t[3]:.2f} "
-            f"| {t[3] / t[2]:.1f}× | {t[4]:.2f} | {t[5]:.2f} | {t[5] / t[4]:.1f}× |"
+            f"| {t[3] / t[2]:.1f}× | {t[4]:.2f} | {t[5]:.2f} | {t[5] / t[4]:.1f}× "
+            f"| {t[6]:.2f} | {t[7]:.2f} | {t[7] / t[6]:.1f}× |"
         )
 
 
