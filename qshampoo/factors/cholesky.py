@@ -84,8 +84,9 @@ class CholeskyFactor(QuantizedFactor):
         N = n * (n - 1) // 2
         return unpack(self.state["codes"], self.state["bits"], k * N).view(N, k)
 
-    def _decode(self, codes: Tensor, scales: Tensor) -> Tensor:
-        """The strictly lower ``(n, n)`` fp32 matrix that ``codes`` and ``scales`` store."""
+    def _decode(self, codes: Tensor, scales: Tensor, bits: int | None = None) -> Tensor:
+        """The strictly lower ``(n, n)`` fp32 matrix that ``codes`` and ``scales`` store
+        (at ``bits``; default: this factor's width)."""
         n = self.order
         return decode(
             codes,
@@ -94,16 +95,16 @@ class CholeskyFactor(QuantizedFactor):
             layout="tril",
             block_size=self.config.block_size,
             codebook=self.config.codebook,
-            bits=self.state["bits"],
+            bits=self.state["bits"] if bits is None else bits,
         )
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, x: Tensor, bits: int | None = None) -> tuple[Tensor, Tensor]:
         return encode(
             x,
             layout="tril",
             block_size=self.config.block_size,
             codebook=self.config.codebook,
-            bits=self.state["bits"],
+            bits=self.state["bits"] if bits is None else bits,
         )
 
     def _stored(self, codes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -181,25 +182,9 @@ class CholeskyFactor(QuantizedFactor):
         ``L^(-1/4)``). Returns ``||diag(C)^-1 dC||_F / sqrt(n)`` as a 0-d tensor (no sync);
         ``benchmarks/precision_signals.py`` compares it with the true root error.
         """
-        n = self.order
-        codes, scales = encode(
-            strict,
-            layout="tril",
-            block_size=self.config.block_size,
-            codebook=self.config.codebook,
-            bits=4,
-        )
-        dC = strict - decode(
-            codes,
-            scales,
-            (n, n),
-            layout="tril",
-            block_size=self.config.block_size,
-            codebook=self.config.codebook,
-            bits=4,
-        )
+        dC = strict - self._decode(*self._encode(strict, bits=4), bits=4)
         rel = dC / diag.clamp_min(_TINY)[:, None]
-        return torch.linalg.vector_norm(rel) / n**0.5
+        return torch.linalg.vector_norm(rel) / self.order**0.5
 
     def dense_statistics(self) -> dict[str, Tensor]:
         C, E = self._stored()
