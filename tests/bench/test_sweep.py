@@ -12,15 +12,12 @@ from qshampoo.cli import COMMANDS, main
 STEPS = 12
 
 
-def _sweep_args(out, *extra):
+def _sweep_args(out, *extra, grids=("ef_decay=0,0.9", "bits=4,8")):
     return [
         "sweep",
         "--task",
         "digits",
-        "--grid",
-        "ef_decay=0,0.9",
-        "--grid",
-        "bits=4,8",
+        *[arg for grid in grids for arg in ("--grid", grid)],
         "--references",
         "adamw",
         "--seeds",
@@ -87,25 +84,7 @@ def test_resume_reuses_finished_runs_and_runs_only_new_points(swept, capsys):
 
 def test_reuse_takes_identical_runs_from_another_folder(swept, tmp_path, capsys):
     out = tmp_path / "other"
-    args = [
-        "sweep",
-        "--task",
-        "digits",
-        "--grid",
-        "block_size=64,128",
-        "--references",
-        "adamw",
-        "--seeds",
-        "2",
-        "--steps",
-        str(STEPS),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--no-isolate",
-        "--reuse",
-        str(swept),
-    ]
+    args = _sweep_args(out, "--reuse", str(swept), grids=("block_size=64,128",))
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
