@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .linalg import all_finite
+
 ROOT_METHODS = ("eigh", "newton")
 
 
@@ -95,7 +97,7 @@ def retry_failed(root: Tensor, ok: Tensor, eps: float, attempt) -> list[float]:
         try_eps = eps * DAMPING_GROWTH**k
         r64, ok64 = attempt(bad, try_eps, k == 0)
         r32 = r64.float()
-        ok64 = ok64 & torch.isfinite(r32).flatten(-2).all(-1)
+        ok64 = ok64 & all_finite(r32)
         root[bad] = torch.where(ok64[:, None, None], r32, root[bad])
         ok[bad] = ok64
         for i in bad.tolist():
@@ -108,7 +110,7 @@ def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:
     batch = A.shape[:-2]
     try:
         root = fn(A, p, eps)
-        ok = torch.isfinite(root).flatten(-2).all(-1)
+        ok = all_finite(root)
         return root, ok
     except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
         if A.dim() == 2:

@@ -39,3 +39,15 @@ def test_cholesky_lower_reports_the_failing_minor(base, bad):
 def test_lower_gram_equals_dense_product(base, n):
     C = torch.linalg.cholesky(spd(n, batch=(3,)))
     torch.testing.assert_close(linalg.lower_gram(C), C @ C.mT, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
+def test_all_finite_equals_isfinite_all(bad):
+    x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0))
+    if bad is not None:
+        x[1, 3, 2] = bad
+        x[4, 0, 5] = bad
+    expected = torch.isfinite(x).flatten(1).all(1)
+    assert torch.equal(linalg.all_finite(x), expected)
+    assert expected.any() and (bad is None or not expected.all())
+    assert torch.equal(linalg.all_finite(x[2]), torch.tensor(True))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..linalg import cholesky_lower
+from ..linalg import all_finite, cholesky_lower
 from ..roots import DAMPING_GROWTH, DAMPING_RETRIES, inverse_root_ex
 
 
@@ -263,12 +263,10 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
     last one tried).
     """
     A = A.float()
-    b, n = A.shape[0], A.shape[-1]
+    b = A.shape[0]
     d = torch.as_tensor(damping, dtype=torch.float64, device=A.device).expand(b).clone()
-    eye = torch.eye(n, dtype=A.dtype, device=A.device)
-    C, ok = _cholesky(A + d.float()[:, None, None] * eye)
+    C, ok = _cholesky(_add_to_diagonal(A, d.float()))
     if not bool(ok.all()):
-        eye64 = eye.double()
         # escalation starts from at least float32's resolution of the diagonal, so that a zero
         # damping grows too
         diag = A.diagonal(dim1=-2, dim2=-1).abs().amax(-1).double().nan_to_num(0.0, 0.0, 0.0)
@@ -279,9 +277,9 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
                 break
             if k > 0:
                 d[bad] = torch.maximum(d[bad], floor[bad]) * DAMPING_GROWTH
-            C64, ok64 = _cholesky(A[bad].double() + d[bad][:, None, None] * eye64)
+            C64, ok64 = _cholesky(_add_to_diagonal(A[bad].double(), d[bad]))
             C32 = C64.float()
-            ok64 = ok64 & torch.isfinite(C32).flatten(1).all(1)
+            ok64 = ok64 & all_finite(C32)
             C[bad] = torch.where(ok64[:, None, None], C32, C[bad])
             ok[bad] = ok64
     return C, ok, d.tolist()
@@ -289,7 +287,15 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
 
 def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:
     C, info = cholesky_lower(A)  # row-major, which the quantizer reads row by row
-    return C, (info == 0) & torch.isfinite(C).flatten(1).all(1)
+    return C, (info == 0) & all_finite(C)
+
+
+def _add_to_diagonal(A: Tensor, d: Tensor) -> Tensor:
+    """``A + d I`` for a batch ``(b, n, n)`` and shifts ``(b,)``, as a new tensor (a copy and
+    ``n`` additions, where ``d * eye`` would be three passes over ``n^2`` entries)."""
+    out = A.clone()
+    out.diagonal(dim1=-2, dim2=-1).add_(d[:, None])
+    return out
 
 
 def _as_float(x) -> float | None:

@@ -111,11 +111,11 @@ class CholeskyFactor(QuantizedFactor):
         """``(D(C_bar), E)``: the lower-triangular factor (diagonal included) and, with error
         feedback, the strictly lower error state (else None), from one unpacking of the codes."""
         codes = self._codes() if codes is None else codes
-        C = self._decode(codes[:, 0].contiguous(), self.state["c_scales"])
+        C = self._decode(codes[:, 0], self.state["c_scales"])
         C.diagonal().copy_(self.state["chol_diag"])
         E = None
         if "e_scales" in self.state:
-            E = self._decode(codes[:, 1].contiguous(), self.state["e_scales"])
+            E = self._decode(codes[:, 1], self.state["e_scales"])
         return C, E
 
     def factor(self) -> Tensor:

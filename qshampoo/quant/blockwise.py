@@ -113,6 +113,27 @@ def _tril_indices(n: int, block_size: int, device: torch.device):
     return elem, chunk
 
 
+@lru_cache(maxsize=16)
+def _symmetric_indices(n: int, block_size: int, device: torch.device):
+    """Gather indices that rebuild a symmetric ``n x n`` matrix from its "tril" storage.
+
+    Returns (int32 ``(n(n-1)/2,)``: the chunk, in scale order, of each stored element;
+             int32 ``(n*n,)``: for each entry ``(i, j)`` row-major, the stored position of
+             ``(max(i, j), min(i, j))``, 0 on the diagonal, which is written separately).
+    Gathering writes every entry once, where scattering the triangle and adding its
+    transpose takes a zero fill, a scatter and a transposed copy (``quant_speed.py``).
+    """
+    rows, cols = torch.tril_indices(n, n, -1, device=device)
+    per_row = (torch.arange(n, device=device) + block_size - 1) // block_size
+    first = torch.cumsum(per_row, 0) - per_row  # the first chunk of each row
+    elem_chunk = (first[rows] + cols // block_size).to(torch.int32)
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
+    hi, lo = torch.maximum(i, j), torch.minimum(i, j)
+    src = torch.where(i == j, 0, hi * (hi - 1) // 2 + lo)
+    return elem_chunk, src.reshape(-1).to(torch.int32)
+
+
 # --------------------------------------------------------------------------- core
 
 
@@ -221,7 +242,7 @@ def _tril_values(values, scales, elem, chunk, n: int, bs: int) -> torch.Tensor:
     grid.index_copy_(-1, elem, values)
     scale_grid = torch.zeros(*batch, n * k, dtype=torch.float32, device=values.device)
     scale_grid.index_copy_(-1, chunk, scales)
-    out = (grid.view(*batch, n, k, bs) * scale_grid.view(*batch, n, k, 1)).view(*batch, n, k * bs)
+    out = grid.view(*batch, n, k, bs).mul_(scale_grid.view(*batch, n, k, 1)).view(*batch, n, k * bs)
     return out if k * bs == n else out[..., :n].contiguous()
 
 
@@ -372,47 +393,44 @@ def dequantize_symmetric(
     n, bs = first.shape[0], first.block_size
     N = n * (n - 1) // 2
     device = first.codes.device
-    elem, chunk = _tril_indices(n, bs, device)
     scales = torch.stack([x.scales for x in qs])
     diag = torch.stack([x.diag for x in qs])
-    if first.bits != 4:
+    if n == 1:  # no strict lower triangle: the matrix is its diagonal
+        out = diag.view(-1, 1, 1).clone()
+    elif first.bits != 4:
         cb = _codebook(first.codebook, first.bits, device)
         values = torch.stack(
             [cb.index_select(0, unpack(x.codes, x.bits, N).to(torch.int32)) for x in qs]
         )
-        out = _symmetric(_tril_values(values, scales, elem, chunk, n, bs), diag)
+        out = _symmetric(values, scales, diag, *_symmetric_indices(n, bs, device))
     else:
         # one gather for both nibbles: byte -> (value of low code, value of high code)
         table = codebook_byte_table(first.codebook, device)
         codes = torch.stack([x.codes for x in qs])
         # below COMPILE_MIN_ORDER a compiled call's own overhead eats the gain
         kernel = _compiled_symmetric_4bit() if compiled and n >= COMPILE_MIN_ORDER else None
-        out = (kernel or _symmetric_4bit)(codes, scales, diag, table, elem, chunk, n, bs)
+        index = _symmetric_indices(n, bs, device)
+        out = (kernel or _symmetric_4bit)(codes, scales, diag, table, *index)
     return out[0] if single else out
 
 
-def _symmetric_4bit(codes, scales, diag, table, elem, chunk, n: int, bs: int) -> torch.Tensor:
+def _symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> torch.Tensor:
     """``(B, n, n)`` symmetric matrices from packed 4-bit strict-lower codes ``(B, bytes)``.
 
     A pure function of tensors (the index tensors come in as arguments), so that
     ``torch.compile`` can fuse it into one kernel.
     """
-    N = n * (n - 1) // 2
     values = table.index_select(0, codes.reshape(-1).to(torch.int32)).view(codes.shape[0], -1)
-    return _symmetric(_tril_values(values[:, :N], scales, elem, chunk, n, bs), diag)
+    return _symmetric(values[:, : elem_chunk.numel()], scales, diag, elem_chunk, src)
 
 
-def _symmetric(lower: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
-    """``T + T^T`` with ``diag`` on the diagonal, in place of the strictly lower ``T``."""
-    if torch.compiler.is_compiling():
-        out = lower + lower.mT
-    else:
-        # Per matrix: torch's optimized transpose copy handles 2-D tensors only (a batched
-        # one is ~7x slower). Order 1 has no strict lower triangle (``.contiguous()`` would
-        # alias).
-        for m in lower if lower.shape[-1] > 1 else ():
-            m.add_(m.mT.contiguous())
-        out = lower
+def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
+    """``(B, n, n)`` symmetric matrices from unscaled strict-lower ``values`` ``(B, N)`` (tril
+    order), chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``; the index
+    tensors come from ``_symmetric_indices``."""
+    n = diag.shape[-1]
+    scaled = values * scales.index_select(-1, elem_chunk)
+    out = scaled.index_select(-1, src).view(-1, n, n)
     out.diagonal(dim1=-2, dim2=-1).copy_(diag)
     return out
 

@@ -409,12 +409,14 @@ def test_non_contiguous_input():
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
 @pytest.mark.parametrize("n", [1, 2, 64, 100])
-def test_dequantize_symmetric_batched_equals_one_by_one(bits, n):
+@pytest.mark.parametrize("block_size", [64, 7])
+def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size):
     from qshampoo.quant import dequantize_symmetric
 
     g = torch.Generator().manual_seed(n)
     mats = [torch.randn(n, n, generator=g) for _ in range(3)]
-    qs = [quantize(a + a.T, layout="tril", exact_diagonal=True, bits=bits) for a in mats]
+    kw = dict(layout="tril", exact_diagonal=True, bits=bits, block_size=block_size)
+    qs = [quantize(a + a.T, **kw) for a in mats]
     batch = dequantize_symmetric(qs)
     for q, b in zip(qs, batch, strict=True):
         lower = dequantize(q)
