@@ -375,11 +375,10 @@ def dequantize_symmetric(
     tensors (same shape and format) is dequantized in one batched pass into ``(B, n, n)``.
 
     ``compiled=True`` runs the 4-bit decoding of orders >= ``COMPILE_MIN_ORDER`` as one
-    ``torch.compile``d kernel (compiled once per shape). On the development CPU it was not
-    faster for one matrix (``benchmarks/quant_speed.py``) and changed the optimizer's step by
-    -6% to +8% (``benchmarks/RESULTS.md``); it is there for devices where fusion pays. If
-    compiling fails (no C++ compiler, say) it warns once and stays eager. Both give identical
-    results.
+    ``torch.compile``d gather kernel (compiled once per shape). On the development CPU it is
+    no faster than the eager gathers (``benchmarks/quant_speed.py``, recorded in
+    ``benchmarks/RESULTS.md``); it is there for devices where fusion pays. If compiling fails
+    (no C++ compiler, say) it warns once and stays eager. Both give identical results.
     """
     single = isinstance(q, QuantizedTensor)
     qs = [q] if single else list(q)
@@ -428,9 +427,13 @@ def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
     """``(B, n, n)`` symmetric matrices from unscaled strict-lower ``values`` ``(B, N)`` (tril
     order), chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``; the index
     tensors come from ``_symmetric_indices``."""
-    n = diag.shape[-1]
-    scaled = values * scales.index_select(-1, elem_chunk)
-    out = scaled.index_select(-1, src).view(-1, n, n)
+    B, n = diag.shape
+    out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)
+    # one matrix at a time: index_select along the last dim of a batch is 1.5-3x slower
+    for b in range(B):
+        scaled = values[b] * scales[b].index_select(0, elem_chunk)
+        torch.index_select(scaled, 0, src, out=out[b])
+    out = out.view(B, n, n)
     out.diagonal(dim1=-2, dim2=-1).copy_(diag)
     return out
 
@@ -438,11 +441,26 @@ def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
 _COMPILED: dict[str, object] = {}
 
 
+def _gathered_symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> torch.Tensor:
+    """``_symmetric_4bit`` written as one gather per output entry, for ``torch.compile``.
+
+    Every entry reads its byte, its nibble's value and its chunk's scale through ``src``, so
+    the compiler emits one loop over the ``n*n`` outputs (run eagerly, the ``n*n``-long index
+    intermediates would make it several times slower than ``_symmetric_4bit``).
+    """
+    B, n = diag.shape
+    pos = src.long()
+    value = table.view(-1)[codes[:, pos >> 1].long() * 2 + (pos & 1)]
+    scale = torch.gather(scales, 1, elem_chunk.long()[pos].expand(B, -1))
+    on_diagonal = torch.eye(n, dtype=torch.bool, device=diag.device)
+    return torch.where(on_diagonal, torch.diag_embed(diag), (value * scale).view(B, n, n))
+
+
 def _compiled_symmetric_4bit():
     """The compiled 4-bit kernel, or None once compiling has failed."""
     if "kernel" not in _COMPILED:
         try:
-            _COMPILED["kernel"] = _checked(torch.compile(_symmetric_4bit, dynamic=False))
+            _COMPILED["kernel"] = _checked(torch.compile(_gathered_symmetric_4bit, dynamic=False))
         except Exception as e:  # torch.compile itself unavailable
             _compile_failed(e)
     return _COMPILED.get("kernel")
