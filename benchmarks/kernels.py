@@ -5,7 +5,9 @@
 - Cholesky: ``qshampoo.linalg.cholesky_lower`` (recursive, LAPACK below ``BASE_ORDER``)
   against ``torch.linalg.cholesky_ex``;
 - ``C C^T`` of a lower-triangular ``C``: ``qshampoo.linalg.lower_gram`` against ``C @ C.mT``;
-- inverse 4th root: ``root_method="eigh"`` (the default) against ``"newton"`` (coupled Newton).
+- inverse 4th root: ``root_method="eigh"`` (the default) against ``"newton"`` (coupled Newton);
+- the finiteness check of every factorisation: ``qshampoo.linalg.all_finite`` (two
+  reductions) against ``torch.isfinite(x).all()``.
 
     PYTHONPATH=. python benchmarks/kernels.py [--sizes 256 512 1024 2048] [--threads 1]
 """
@@ -18,7 +20,7 @@ import time
 
 import torch
 
-from qshampoo.linalg import cholesky_lower, lower_gram
+from qshampoo.linalg import all_finite, cholesky_lower, lower_gram
 from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
 from qshampoo.roots import inverse_root
 
@@ -42,13 +44,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms per call")
-    print(
-        "| n | nearest codes: LUT | bucketize | speed-up | Cholesky: recursive | LAPACK "
-        "| speed-up | C C^T: lower_gram | C @ C^T | speed-up | root: eigh | Newton | speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
     mids = codebook_midpoints("linear2", 4)
+    # column names (what, ours, theirs); `calls` below holds the two functions of each, in order
+    pairs = [
+        ("nearest codes", "LUT", "bucketize"),
+        ("Cholesky", "recursive", "LAPACK"),
+        ("C C^T", "lower_gram", "C @ C^T"),
+        ("root", "eigh", "Newton"),
+        ("finite check", "all_finite", "isfinite.all"),
+    ]
+    head = " | ".join(f"{what}: {ours} | {theirs} | speed-up" for what, ours, theirs in pairs)
+    print(f"| n | {head} |")
+    print("|---|" + "---|" * 3 * len(pairs))
     for n in args.sizes:
         y = torch.rand(n, n, generator=gen) * 2 - 1
         assert torch.equal(nearest_codes(y, "linear2", 4), torch.bucketize(y, mids).to(torch.uint8))
@@ -64,13 +72,15 @@ def main() -> None:
             (lambda x: x @ x.mT, C),
             (lambda x: inverse_root(x, 4, 1e-6, "eigh"), A),
             (lambda x: inverse_root(x, 4, 1e-6, "newton"), A),
+            (lambda x: all_finite(x[None]), C),
+            (lambda x: torch.isfinite(x[None]).flatten(1).all(1), C),
         ]
         t = [median_ms(fn, x, args.repeats) for fn, x in calls]
-        print(
-            f"| {n} | {t[0]:.2f} | {t[1]:.2f} | {t[1] / t[0]:.1f}× | {t[2]:.2f} | {t[3]:.2f} "
-            f"| {t[3] / t[2]:.1f}× | {t[4]:.2f} | {t[5]:.2f} | {t[5] / t[4]:.1f}× "
-            f"| {t[6]:.2f} | {t[7]:.2f} | {t[7] / t[6]:.1f}× |"
-        )
+        cells = [
+            f"{ours:.2f} | {theirs:.2f} | {theirs / ours:.1f}×"
+            for ours, theirs in zip(t[::2], t[1::2], strict=True)
+        ]
+        print(f"| {n} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -159,16 +159,18 @@ class CholeskyFactor(QuantizedFactor):
         self.record_cholesky_result(good, delta[0] if good else None)
         if not good:  # keep the previous factor
             return
-        C = C[0]
-        self.state["chol_diag"] = C.diagonal().clone()
-        strict = C.tril(-1)
+        C = C[0]  # lower triangular: its strict part is C with the diagonal zeroed, in place
+        diag = self.state["chol_diag"] = C.diagonal().clone()
+        c_norm = torch.linalg.vector_norm(C)
+        strict = C
+        strict.diagonal().zero_()
         X = strict if E is None else strict + E
         stored = self.requantize(X, E, hp.ef_decay)
         if self.adaptive:
-            self.record_precision_signal(self.root_error_estimate(strict, C.diagonal()))
+            self.record_precision_signal(self.root_error_estimate(strict, diag))
         # the diagonal is exact, so the error lives in the strict lower part
         err = torch.linalg.vector_norm(strict.sub_(stored))
-        self.state["quant_error"] = err / torch.linalg.vector_norm(C).clamp_min(_TINY)
+        self.state["quant_error"] = err / c_norm.clamp_min(_TINY)
 
     # -- precision ---------------------------------------------------------------------------
     def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:

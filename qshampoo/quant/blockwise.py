@@ -137,11 +137,15 @@ def _symmetric_indices(n: int, block_size: int, device: torch.device):
 # --------------------------------------------------------------------------- core
 
 
-def _normalize_grid(grid: torch.Tensor):
-    """fp32 grid (rows, k, block_size) -> (grid / chunk absmax, fp32 absmax scales (rows, k))."""
-    scales = grid.abs().amax(dim=-1)
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    return grid / safe.unsqueeze(-1), scales
+def _normalize_grid(grid: torch.Tensor, *, in_place: bool = False):
+    """fp32 grid (rows, k, block_size) -> (grid / chunk absmax, fp32 absmax scales (rows, k)).
+
+    ``in_place`` divides ``grid`` itself (the caller owns it): one fewer full-size temporary.
+    """
+    # max |x| as max(max x, -min x): two reductions, no |grid| temporary
+    scales = torch.maximum(grid.amax(dim=-1), grid.amin(dim=-1).neg_())
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(-1)
+    return (grid.div_(safe) if in_place else grid / safe), scales
 
 
 def encode(
@@ -169,7 +173,7 @@ def encode(
         lower = x.to(torch.float32).tril(-1)
         if k * bs != n:
             lower = F.pad(lower, (0, k * bs - n))
-        normed, scales = _normalize_grid(lower.view(n, k, bs))
+        normed, scales = _normalize_grid(lower.view(n, k, bs), in_place=True)  # a fresh copy
         elem, chunk = _tril_indices(n, bs, x.device)
         codes = nearest_codes(normed.view(-1).index_select(0, elem), codebook, bits)
         return codes, scales.view(-1).index_select(0, chunk)
