@@ -433,7 +433,7 @@ def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
     tensors come from ``_symmetric_indices``."""
     B, n = diag.shape
     out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)
-    # one matrix at a time: index_select along the last dim of a batch is 1.5-3x slower
+    # one matrix at a time: index_select along the last dim of a batch takes a slower path
     for b in range(B):
         scaled = values[b] * scales[b].index_select(0, elem_chunk)
         torch.index_select(scaled, 0, src, out=out[b])
