@@ -7,7 +7,9 @@
 - ``C C^T`` of a lower-triangular ``C``: ``qshampoo.linalg.lower_gram`` against ``C @ C.mT``;
 - inverse 4th root: ``root_method="eigh"`` (the default) against ``"newton"`` (coupled Newton);
 - the finiteness check of every factorisation: ``qshampoo.linalg.all_finite`` (two
-  reductions) against ``torch.isfinite(x).all()``.
+  reductions) against ``torch.isfinite(x).all()``;
+- decoding the packed 4-bit codes of an n x n strict lower triangle (two values per byte):
+  gathering each byte's value pair as one int64 against gathering rows of the (256, 2) table.
 
     PYTHONPATH=. python benchmarks/kernels.py [--sizes 256 512 1024 2048] [--threads 1]
 """
@@ -21,7 +23,8 @@ import time
 import torch
 
 from qshampoo.linalg import all_finite, cholesky_lower, lower_gram
-from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
+from qshampoo.quant.blockwise import _byte_values
+from qshampoo.quant.codebooks import codebook_byte_table, codebook_midpoints, nearest_codes
 from qshampoo.roots import inverse_root
 
 
@@ -53,7 +56,13 @@ def main() -> None:
         ("C C^T", "lower_gram", "C @ C^T"),
         ("root", "eigh", "Newton"),
         ("finite check", "all_finite", "isfinite.all"),
+        ("4-bit decode", "int64 gather", "row gather"),
     ]
+    table = codebook_byte_table("linear2")
+
+    def rows(packed: torch.Tensor) -> torch.Tensor:  # the (256, 2) table's rows, then flattened
+        return table.index_select(0, packed.to(torch.int32)).view(-1)
+
     head = " | ".join(f"{what}: {ours} | {theirs} | speed-up" for what, ours, theirs in pairs)
     print(f"| n | {head} |")
     print("|---|" + "---|" * 3 * len(pairs))
@@ -63,6 +72,8 @@ def main() -> None:
         g = torch.randn(n, n, generator=gen)
         A = g @ g.T / n + torch.eye(n)
         C = torch.linalg.cholesky(A)
+        packed = torch.randint(0, 256, (n * (n - 1) // 4,), dtype=torch.uint8, generator=gen)
+        assert torch.equal(_byte_values(packed, table), rows(packed))
         calls = [
             (lambda x: nearest_codes(x, "linear2", 4), y),
             (lambda x: torch.bucketize(x, mids, out_int32=True), y),
@@ -74,6 +85,8 @@ def main() -> None:
             (lambda x: inverse_root(x, 4, 1e-6, "newton"), A),
             (lambda x: all_finite(x[None]), C),
             (lambda x: torch.isfinite(x[None]).flatten(1).all(1), C),
+            (lambda x: _byte_values(x, table), packed),
+            (rows, packed),
         ]
         t = [median_ms(fn, x, args.repeats) for fn, x in calls]
         cells = [
