@@ -1,8 +1,8 @@
 """Triangular linear algebra that skips the zero half: Cholesky factors and their products.
 
-``torch.linalg.cholesky_ex`` is fast up to order ~512 on a CPU, then slows sharply (the
-zeroing of the unused triangle it does on a column-major result dominates: 18 ms at order
-1024, of which LAPACK's factorisation is ~4 ms). Splitting the matrix in halves recursively
+``torch.linalg.cholesky_ex`` is fast up to order ~512 on a CPU, then slows sharply (in a
+profile most of its time goes to zeroing the unused triangle of its column-major result;
+``benchmarks/kernels.py`` times it against this module). Splitting the matrix in halves recursively
 keeps every LAPACK call small and moves the rest of the work into matmuls; the same split
 computes ``C C^T`` of a lower-triangular ``C`` without multiplying its zero upper half
 (half the flops of a dense product). Results agree with the dense routines to fp32 rounding.

@@ -427,7 +427,7 @@ def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """The fp32 values ``(2 * codes.numel(),)`` of packed 4-bit ``codes`` (uint8, any shape),
     low nibble first, from ``codebook_byte_table``'s ``(256, 2)`` ``table``.
 
-    A byte's two values are 8 contiguous bytes of the table, gathered as one int64: 2.5-3x
+    A byte's two values are 8 contiguous bytes of the table, gathered as one int64: about 2x
     faster than gathering rows of the 2-column table (``benchmarks/kernels.py``).
     """
     wide = table.view(torch.int64).view(-1)
@@ -456,8 +456,8 @@ def _gathered_symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> tor
     """``_symmetric_4bit`` written as one gather per output entry, for ``torch.compile``.
 
     Every entry reads its byte, its nibble's value and its chunk's scale through ``src``, so
-    the compiler emits one loop over the ``n*n`` outputs (run eagerly, the ``n*n``-long index
-    intermediates would make it several times slower than ``_symmetric_4bit``).
+    the compiler emits one loop over the ``n*n`` outputs (run eagerly, its ``n*n``-long index
+    intermediates would make it slower than ``_symmetric_4bit``).
     """
     B, n = diag.shape
     pos = src.long()

@@ -96,7 +96,7 @@ def nearest_codes(y: torch.Tensor, name: str, bits: int) -> torch.Tensor:
 
     Rather than a binary search per element, [-1, 1] is cut into ``R`` equal bins, fine enough
     that each holds at most one midpoint; a table gives the code at each bin's left edge and the
-    midpoint inside the bin, so a code is one multiply, two gathers and a compare (4-8x faster
+    midpoint inside the bin, so a code is one multiply, two gathers and a compare (4-6x faster
     than ``bucketize`` on a CPU, ``benchmarks/kernels.py``). Codebooks whose midpoints are too
     close for ``LUT_MAX_BINS`` bins (8-bit dynamic tree) use ``bucketize``.
     """
