@@ -58,6 +58,39 @@ def _budget_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _training_arguments(p: argparse.ArgumentParser, *, hp_help: str) -> None:
+    """The flags ``bench`` and ``sweep`` share for data, evaluation, overrides and processes
+    (read back by :func:`_run_options`); ``hp_help`` says what ``--hp`` does in that command."""
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the task's data (Fashion-MNIST IDX files, or .md/.txt plays) "
+        "instead of the installed packages'",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="steps between periodic evaluations"
+    )
+    p.add_argument("--hp", action="append", metavar="OPT.KEY=VALUE", help=hp_help)
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="evaluate on a split held out of the training data instead of the test set "
+        "(for tuning)",
+    )
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run everything in this process (faster start; peak RSS less precise)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads per run (default: torch's, usually one per core)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The fields of :class:`~qshampoo.bench.suite.SuiteConfig` and
     :class:`~qshampoo.bench.sweep.SweepConfig` that say how the runs go, from the flags that
@@ -129,40 +162,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="reuse finished runs in --out and continue unfinished ones from their checkpoints",
     )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding the task's data (Fashion-MNIST IDX files, or .md/.txt plays) "
-        "instead of the installed packages'",
-    )
-    p.add_argument(
-        "--eval-every", type=int, default=None, help="steps between periodic evaluations"
-    )
-    p.add_argument(
-        "--hp",
-        action="append",
-        metavar="OPT.KEY=VALUE",
-        help="override a hyperparameter, e.g. shampoo4bit.ef_decay=0 or '*.stat_interval=5' "
+    _training_arguments(
+        p,
+        hp_help="override a hyperparameter, e.g. shampoo4bit.ef_decay=0 or '*.stat_interval=5' "
         "(repeatable)",
     )
-    p.add_argument(
-        "--validation",
-        action="store_true",
-        help="evaluate on a split held out of the training data instead of the test set "
-        "(for tuning)",
-    )
-    p.add_argument(
-        "--no-isolate",
-        action="store_true",
-        help="run everything in this process (faster start; peak RSS less precise)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads per run (default: torch's, usually one per core)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--list", action="store_true", help="list tasks and optimizers (with availability) and exit"
     )
@@ -326,24 +330,9 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="take finished runs with exactly the same settings (fingerprint) from an earlier "
         "sweep or bench folder instead of training them again (repeatable)",
     )
-    p.add_argument("--data-dir", default=None, help="folder holding the task's data")
-    p.add_argument(
-        "--eval-every", type=int, default=None, help="steps between periodic evaluations"
+    _training_arguments(
+        p, hp_help="fix a hyperparameter for all points, e.g. shampoo4bit.bits=8 (repeatable)"
     )
-    p.add_argument(
-        "--hp",
-        action="append",
-        metavar="OPT.KEY=VALUE",
-        help="fix a hyperparameter for all points, e.g. shampoo4bit.bits=8 (repeatable)",
-    )
-    p.add_argument(
-        "--validation",
-        action="store_true",
-        help="evaluate on a split held out of the training data instead of the test set",
-    )
-    p.add_argument("--no-isolate", action="store_true", help="run everything in this process")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
