@@ -28,7 +28,7 @@ from .distributed import (
     make_sharding,
     shard_key,
 )
-from .factors import StepHyper, check_failures, update_roots
+from .factors import StepHyper, check_failures, update_roots, update_statistics
 from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking, state_nbytes
 from .loading import check_state_dict, copy_to, held_blocks
 from .precision import AUTO_BITS, PrecisionConfig
@@ -227,7 +227,7 @@ class Shampoo(Optimizer):
             group["root_method"],
             group["cholesky_damping"],
         )
-        due_roots, pres, touched = [], [], []
+        due_stats, due_roots, pres, touched = [], [], [], []
         stats_updated = False
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
@@ -238,13 +238,15 @@ class Shampoo(Optimizer):
             stats_due = st["step"] % group["stat_interval"] == 0
             roots_due = st["step"] % group["root_interval"] == 0
             if stats_due:
-                pre.update_statistics(g, hp)
+                due_stats.extend(pre.statistics_jobs(g))
                 stats_updated = True
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
         if stats_updated:
+            # every parameter's blocks at once: same-shaped factors share batched calls
+            update_statistics(due_stats, hp)
             # before the roots, so that a switched factor stores its root at its new width
             self._precision.after_statistics(self, group)
         if due_roots:

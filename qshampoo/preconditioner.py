@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .blocking import Blocking
-from .factors import Factor, FactorConfig, StepHyper, factor_view, make_factor
+from .factors import Factor, FactorConfig, factor_view, make_factor
 
 
 class ParamPreconditioner:
@@ -70,13 +70,15 @@ class ParamPreconditioner:
     def factors(self) -> list[Factor]:
         return [f for pair in self.blocks if pair is not None for f in pair]
 
-    def update_statistics(self, grad: Tensor, hp: StepHyper) -> None:
-        """Fold ``G_b G_b^T`` into each held L and ``G_b^T G_b`` into each R (grad in fp32)."""
-        for pair, g in zip(self.blocks, self.blocking.blocks(grad), strict=True):
-            if pair is not None:
-                left, right = pair
-                left.update_statistics(g @ g.T, hp)
-                right.update_statistics(g.T @ g, hp)
+    def statistics_jobs(self, grad: Tensor) -> list[tuple[Factor, Tensor]]:
+        """``(L, G_b)`` and ``(R, G_b^T)`` for each held block (views of the fp32 ``grad``):
+        ``factors.update_statistics`` folds ``G G^T`` of each into its factor."""
+        return [
+            job
+            for pair, g in zip(self.blocks, self.blocking.blocks(grad), strict=True)
+            if pair is not None
+            for job in ((pair[0], g), (pair[1], g.T))
+        ]
 
     def jobs(self, grad: Tensor) -> list[tuple[Factor, Tensor, Factor]]:
         """``(left, G_b, right)`` for every held block (``G_b`` a 2-D view of ``grad``)."""

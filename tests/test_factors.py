@@ -177,6 +177,43 @@ def test_cholesky_failure_keeps_previous_factor():
     assert torch.equal(f.statistics(), before)
 
 
+@pytest.mark.parametrize("quant", ["none", *QUANTIZED])
+@pytest.mark.parametrize("cap", [None, 2 * 72 * 72])
+def test_batched_statistics_update_equals_one_factor_at_a_time(quant, cap, monkeypatch):
+    # factors of one order are updated in batched calls (in batches of at most
+    # STATISTICS_BATCH_NUMEL entries); each ends exactly where updating it alone leads, a
+    # factor whose Cholesky fails (NaN gradient) keeps its previous state, and no factor's
+    # state holds a view into another's
+    from qshampoo.factors import base, update_statistics
+
+    if cap is not None:
+        monkeypatch.setattr(base, "STATISTICS_BATCH_NUMEL", cap)
+    hp = StepHyper(cholesky_damping="subtract")
+    g = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(72, 40, generator=g) for _ in range(5)] for _ in range(3)]
+    cholesky = quant.startswith("cholesky")
+    if cholesky:  # the others take a NaN in (the optimizer skips such gradients)
+        grads[2][3] = torch.full((72, 40), float("nan"))
+    batched = [FACTORS[quant].new(72, FactorConfig(), CPU, 1e-6) for _ in range(5)]
+    alone = [FACTORS[quant].new(72, FactorConfig(), CPU, 1e-6) for _ in range(5)]
+    for step in grads:
+        update_statistics(list(zip(batched, [x.T.T for x in step], strict=True)), hp)
+        for f, x in zip(alone, step, strict=True):
+            f.update_statistics(x @ x.T, hp)
+    for a, b in zip(alone, batched, strict=True):
+        assert torch.equal(a.statistics(), b.statistics())
+        assert a.diagnostics() == b.diagnostics()
+    if cholesky:
+        assert [f.state["cholesky_failures"] for f in batched] == [0, 0, 0, 1, 0]
+        storages = [
+            t.untyped_storage().data_ptr()
+            for f in batched
+            for t in f.state.values()
+            if isinstance(t, torch.Tensor) and t.numel() > 1
+        ]
+        assert len(storages) == len(set(storages))
+
+
 def test_cholesky_retries_with_more_damping():
     from qshampoo.factors.cholesky import damped_cholesky
 

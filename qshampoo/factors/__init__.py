@@ -12,6 +12,7 @@ from .base import (
     check_failures,
     cholesky_with_retry,
     update_roots,
+    update_statistics,
 )
 from .cholesky import CholeskyEFFactor, CholeskyFactor
 from .eigen import EigenFactor
@@ -53,4 +54,5 @@ __all__ = [
     "factor_view",
     "make_factor",
     "update_roots",
+    "update_statistics",
 ]

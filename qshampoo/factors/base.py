@@ -6,10 +6,14 @@ and ``load_state_dict()`` restores it; the factor object itself is a thin view o
 
 The optimizer only ever calls this interface, so it never branches on the variant:
 
-    factor.update_statistics(gram, hp)     # L <- beta L + (1 - beta) G G^T, in the variant's form
-    update_roots([factors...], hp)         # L_hat <- (L + eps lambda_max I)^(-1/4), batched
-    factor.root()                          # dense fp32 L_hat, to multiply the gradient with
-    factor.nbytes()                        # bytes the stored state really holds
+    update_statistics([(factor, G)...], hp)  # L <- beta L + (1 - beta) G G^T, batched
+    update_roots([factors...], hp)           # L_hat <- (L + eps lambda_max I)^(-1/4), batched
+    factor.root()                            # dense fp32 L_hat, to multiply the gradient with
+    factor.nbytes()                          # bytes the stored state really holds
+
+Both updates group factors by ``batch_key()`` and hand each group to a classmethod of its class
+(``update_statistics_batch``, ``compute_roots``), so a variant can do a whole group in batched
+calls; ``factor.update_statistics(gram, hp)`` updates one factor.
 
 Failure policy, shared by every variant (docs/robustness.md): a root computation or Cholesky
 factorisation that fails is retried in float64 and with more damping (``inverse_root_ex``,
@@ -108,9 +112,21 @@ class Factor:
         """EMA update with ``gram`` (``G G^T`` or ``G^T G``, fp32 ``(order, order)``)."""
         raise NotImplementedError
 
+    @classmethod
+    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
+        """``update_statistics`` of factors with one ``batch_key()``, ``grams`` ``(B, n, n)``
+        fp32. Variants override it with batched calls; this default loops."""
+        for f, gram in zip(factors, grams, strict=True):
+            f.update_statistics(gram, hp)
+
     def statistics(self) -> Tensor:
         """The fp32 ``(order, order)`` statistics matrix this factor represents."""
         raise NotImplementedError
+
+    @classmethod
+    def stacked_statistics(cls, factors: list[Factor]) -> Tensor:
+        """``statistics()`` of factors with one ``batch_key()``, as ``(B, n, n)``."""
+        return torch.stack([f.statistics() for f in factors])
 
     def root(self) -> Tensor:
         """The fp32 ``(order, order)`` inverse root to precondition with."""
@@ -145,7 +161,7 @@ class Factor:
         with is kept as ``state["root_damping"]`` (for ``diagnostics()``), nothing else is
         stored.
         """
-        A = torch.stack([f.statistics() for f in factors])
+        A = cls.stacked_statistics(factors)
         roots, ok, damping = inverse_root_ex(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
         for f, d in zip(factors, damping, strict=True):
             f.state["root_damping"] = d
@@ -304,10 +320,39 @@ def _as_float(x) -> float | None:
     return float(x.item() if isinstance(x, Tensor) else x)
 
 
+#: the most entries ``B * n * n`` of one batch of statistics updates: a batch's fp32
+#: temporaries (its grams, factors, error states) are a few times this many floats (16 MiB
+#: each), so batching bounds the step's extra memory instead of growing with the model
+STATISTICS_BATCH_NUMEL = 1 << 18
+
+
+def update_statistics(jobs: list[tuple[Factor, Tensor]], hp: StepHyper) -> None:
+    """Fold ``G G^T`` into the statistics of each ``(factor, G)`` job.
+
+    ``G`` is fp32 ``(order, m)``, any strides (a block of a gradient, or its transpose for a
+    right factor). Factors with one ``batch_key()`` are updated together by their class's
+    ``update_statistics_batch``, in batches of at most ``STATISTICS_BATCH_NUMEL`` entries;
+    their grams are computed into one ``(B, n, n)`` tensor.
+    """
+    groups: dict[tuple, list[tuple[Factor, Tensor]]] = defaultdict(list)
+    for f, g in jobs:
+        groups[f.batch_key()].append((f, g))
+    for items in groups.values():
+        n = items[0][0].order
+        size = max(1, STATISTICS_BATCH_NUMEL // (n * n))
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
+            grams = torch.empty(len(batch), n, n, device=batch[0][1].device)
+            for (_, g), gram in zip(batch, grams, strict=True):
+                torch.mm(g, g.T, out=gram)
+            type(batch[0][0]).update_statistics_batch([f for f, _ in batch], grams, hp)
+
+
 def update_roots(factors: list[Factor], hp: StepHyper) -> None:
-    """Recompute the inverse roots of ``factors``, batching those of one class and order."""
-    groups: dict[tuple[type, int], list[Factor]] = defaultdict(list)
+    """Recompute the inverse roots of ``factors``, batching those with one ``batch_key()``
+    (class, order and storage format: their statistics are read in one batched pass)."""
+    groups: dict[tuple, list[Factor]] = defaultdict(list)
     for f in factors:
-        groups[type(f), f.order].append(f)
-    for (cls, _), fs in groups.items():
-        cls.compute_roots(fs, hp)
+        groups[f.batch_key()].append(f)
+    for fs in groups.values():
+        type(fs[0]).compute_roots(fs, hp)

@@ -78,15 +78,9 @@ class CholeskyFactor(QuantizedFactor):
         return self.error_feedback and not (self.adaptive and self.bits >= 8)
 
     # -- the stored factor ----------------------------------------------------------------
-    def _codes(self) -> Tensor:
-        """Unpacked codes, ``(N, 2)`` for C and E with error feedback, else ``(N, 1)``."""
-        n, k = self.order, 2 if "e_scales" in self.state else 1
-        N = n * (n - 1) // 2
-        return unpack(self.state["codes"], self.state["bits"], k * N).view(N, k)
-
     def _decode(self, codes: Tensor, scales: Tensor, bits: int | None = None) -> Tensor:
-        """The strictly lower ``(n, n)`` fp32 matrix that ``codes`` and ``scales`` store
-        (at ``bits``; default: this factor's width)."""
+        """The strictly lower fp32 matrices ``(..., n, n)`` that ``codes`` ``(..., N)`` and
+        ``scales`` store (at ``bits``; default: this factor's width)."""
         n = self.order
         return decode(
             codes,
@@ -99,6 +93,8 @@ class CholeskyFactor(QuantizedFactor):
         )
 
     def _encode(self, x: Tensor, bits: int | None = None) -> tuple[Tensor, Tensor]:
+        """Codes ``(..., N)`` and chunk scales of the strict lower triangles of ``x``
+        ``(..., n, n)``."""
         return encode(
             x,
             layout="tril",
@@ -107,86 +103,135 @@ class CholeskyFactor(QuantizedFactor):
             bits=self.state["bits"] if bits is None else bits,
         )
 
-    def _stored(self, codes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``(D(C_bar), E)``: the lower-triangular factor (diagonal included) and, with error
-        feedback, the strictly lower error state (else None), from one unpacking of the codes."""
-        codes = self._codes() if codes is None else codes
-        C = self._decode(codes[:, 0], self.state["c_scales"])
-        C.diagonal().copy_(self.state["chol_diag"])
+    @classmethod
+    def stored_batch(cls, factors: list[CholeskyFactor]) -> tuple[Tensor, Tensor | None]:
+        """``(D(C_bar), E)`` of factors of one order and format, as ``(B, n, n)`` fp32: the
+        lower-triangular factors (diagonal included) and, with error feedback, the strictly
+        lower error states (else None), from one unpacking of their stacked codes."""
+        first = factors[0]
+        n, k = first.order, 2 if "e_scales" in first.state else 1
+        N = n * (n - 1) // 2
+        packed = torch.stack([f.state["codes"] for f in factors])
+        codes = unpack(packed, first.state["bits"], k * N).view(len(factors), N, k)
+        C = first._decode(codes[..., 0], _stack(factors, "c_scales"))
+        C.diagonal(dim1=-2, dim2=-1).copy_(_stack(factors, "chol_diag"))
         E = None
-        if "e_scales" in self.state:
-            E = self._decode(codes[:, 1], self.state["e_scales"])
+        if k == 2:
+            E = first._decode(codes[..., 1], _stack(factors, "e_scales"))
         return C, E
+
+    def _stored(self) -> tuple[Tensor, Tensor | None]:
+        """``stored_batch`` of this factor alone: ``(n, n)`` matrices."""
+        C, E = self.stored_batch([self])
+        return C[0], None if E is None else E[0]
 
     def factor(self) -> Tensor:
         """``D(C_bar)``: the dense lower-triangular fp32 factor."""
         return self._stored()[0]
 
-    def error_state(self) -> Tensor:
-        """``E``: the strictly lower fp32 error-feedback state."""
+    def error_state(self) -> Tensor | None:
+        """``E``: the strictly lower fp32 error-feedback state (None without one)."""
         return self._stored()[1]
 
-    def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
-        """Store the strictly lower ``X`` as ``C_bar``; with EF, fold the residual into ``E``.
+    @classmethod
+    def requantize_batch(
+        cls, factors: list[CholeskyFactor], X: Tensor, E: Tensor | None, ef_decay: float
+    ) -> Tensor:
+        """Store the strictly lower ``X`` ``(B, n, n)`` as the factors' ``C_bar``; with EF, fold
+        the residual into ``E`` ``(B, n, n)``, in place.
 
-        ``X`` is the factor's strict lower part, already compensated by ``E`` when EF is on.
-        Returns ``D(C_bar)``'s strict lower part.
+        ``X`` is the factors' strict lower part, already compensated by ``E`` when EF is on.
+        Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``. Each factor gets tensors of
+        its own (no views into the batch), so its ``nbytes`` is what it holds.
         """
-        c_codes, c_scales = self._encode(X)
-        stored = self._decode(c_codes, c_scales)
-        codes = c_codes[:, None]
+        first = factors[0]
+        c_codes, c_scales = first._encode(X)
+        stored = first._decode(c_codes, c_scales)
+        codes = c_codes[..., None]
+        e_scales = None
         if E is not None:
             E = E.mul_(ef_decay).add_(X - stored, alpha=1.0 - ef_decay)
-            e_codes, self.state["e_scales"] = self._encode(E)
-            codes = torch.stack([c_codes, e_codes], 1)  # one (C, E) pair of codes per byte
-        self.state["c_scales"] = c_scales
-        self.state["codes"] = pack(codes.reshape(-1), self.state["bits"])
+            e_codes, e_scales = first._encode(E)
+            codes = torch.stack([c_codes, e_codes], -1)  # one (C, E) pair of codes per byte
+        packed = pack(codes.flatten(-2), first.state["bits"])
+        for f, c, p in zip(factors, _rows(c_scales), _rows(packed), strict=True):
+            f.state["c_scales"], f.state["codes"] = c, p
+        if e_scales is not None:
+            for f, e in zip(factors, _rows(e_scales), strict=True):
+                f.state["e_scales"] = e
         return stored
+
+    def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
+        """``requantize_batch`` for this factor alone: ``X``, ``E`` and the result ``(n, n)``."""
+        E = None if E is None else E[None]
+        return self.requantize_batch([self], X[None], E, ef_decay)[0]
 
     # -- the interface ----------------------------------------------------------------------
     def statistics(self) -> Tensor:
         return lower_gram(self.factor())
 
+    @classmethod
+    def stacked_statistics(cls, factors: list[CholeskyFactor]) -> Tensor:
+        return lower_gram(cls.stored_batch(factors)[0])
+
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
-        C_bar, E = self._stored()
+        self.update_statistics_batch([self], gram[None], hp)
+
+    @classmethod
+    def update_statistics_batch(
+        cls, factors: list[CholeskyFactor], grams: Tensor, hp: StepHyper
+    ) -> None:
+        C_bar, E = cls.stored_batch(factors)
         L = lower_gram(C_bar)
-        if hp.cholesky_damping == "subtract":  # the damping the stored factor carries
-            L.diagonal().sub_(self.state["cholesky_damping"])
-        L.lerp_(gram, 1.0 - hp.stat_decay)
-        C, ok, delta = damped_cholesky(L[None], hp.matrix_eps)
-        good = bool(ok[0])
+        if hp.cholesky_damping == "subtract":  # the damping the stored factors carry
+            L.diagonal(dim1=-2, dim2=-1).sub_(_stack(factors, "cholesky_damping")[:, None])
+        L.lerp_(grams, 1.0 - hp.stat_decay)
+        C, ok, delta = damped_cholesky(L, hp.matrix_eps)
+        good = ok.tolist()
         # on failure the previous factor stays, and with it the damping it carries
-        self.record_cholesky_result(good, delta[0] if good else None)
-        if not good:  # keep the previous factor
-            return
-        C = C[0]  # lower triangular: its strict part is C with the diagonal zeroed, in place
-        diag = self.state["chol_diag"] = C.diagonal().clone()
-        c_norm = torch.linalg.vector_norm(C)
+        for f, g, d in zip(factors, good, delta, strict=True):
+            f.record_cholesky_result(g, d if g else None)
+        if not all(good):
+            keep = [i for i, g in enumerate(good) if g]
+            if not keep:
+                return
+            factors = [factors[i] for i in keep]
+            rows = torch.tensor(keep, device=C.device)
+            C, E = C[rows], None if E is None else E[rows]
+        # lower triangular: the strict parts are C with the diagonals zeroed, in place
+        diag = C.diagonal(dim1=-2, dim2=-1).clone()
+        for f, d in zip(factors, _rows(diag), strict=True):
+            f.state["chol_diag"] = d
+        c_norm = torch.linalg.vector_norm(C, dim=(-2, -1))
         strict = C
-        strict.diagonal().zero_()
+        strict.diagonal(dim1=-2, dim2=-1).zero_()
         X = strict if E is None else strict + E
-        stored = self.requantize(X, E, hp.ef_decay)
-        if self.adaptive:
-            self.record_precision_signal(self.root_error_estimate(strict, diag))
+        stored = cls.requantize_batch(factors, X, E, hp.ef_decay)
+        if factors[0].adaptive:
+            signal = factors[0].root_error_estimate(strict, diag)
+            for f, sig in zip(factors, signal, strict=True):
+                f.record_precision_signal(sig)
         # the diagonal is exact, so the error lives in the strict lower part
-        err = torch.linalg.vector_norm(strict.sub_(stored))
-        self.state["quant_error"] = err / c_norm.clamp_min(_TINY)
+        err = torch.linalg.vector_norm(strict.sub_(stored), dim=(-2, -1))
+        for f, e in zip(factors, err / c_norm.clamp_min(_TINY), strict=True):
+            f.state["quant_error"] = e
 
     # -- precision ---------------------------------------------------------------------------
     def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:
         """The precision signal: how much 4-bit storage of this factor perturbs its root.
 
-        ``strict``/``diag``: the exact factor ``C`` just computed. With ``dC`` the error of
+        ``strict`` ``(..., n, n)``/``diag`` ``(..., n)``: the exact factor ``C`` just computed
+        (a batch of factors of this one's order and format, or one). With ``dC`` the error of
         ``C``'s strict lower part stored at 4 bits (no error feedback, whatever ``bits`` is
         now), ``L`` is perturbed by about ``C (M + M^T) C^T`` with ``M = C^-1 dC``; its
         diagonal-pivot part ``diag(C)^-1 dC`` measures each row's error against the size of
         the direction it belongs to (small pivots: the small eigenvalues that dominate
-        ``L^(-1/4)``). Returns ``||diag(C)^-1 dC||_F / sqrt(n)`` as a 0-d tensor (no sync);
+        ``L^(-1/4)``). Returns ``||diag(C)^-1 dC||_F / sqrt(n)``, shape ``(...)`` (no sync);
         ``benchmarks/precision_signals.py`` compares it with the true root error.
         """
         dC = strict - self._decode(*self._encode(strict, bits=4), bits=4)
-        rel = dC / diag.clamp_min(_TINY)[:, None]
-        return torch.linalg.vector_norm(rel) / self.order**0.5
+        rel = dC / diag.clamp_min(_TINY)[..., :, None]
+        return torch.linalg.vector_norm(rel, dim=(-2, -1)) / self.order**0.5
 
     def dense_statistics(self) -> dict[str, Tensor]:
         C, E = self._stored()
@@ -218,6 +263,16 @@ class CholeskyFactor(QuantizedFactor):
     def statistics_bytes(self) -> int:
         keys = ("codes", "c_scales", "e_scales", "chol_diag")
         return sum(self.state[k].nbytes for k in keys if k in self.state)
+
+
+def _stack(factors: list[CholeskyFactor], key: str) -> Tensor:
+    return torch.stack([f.state[key] for f in factors])
+
+
+def _rows(batch: Tensor) -> list[Tensor]:
+    """The rows of ``batch`` as tensors of their own (a factor's state holds no view into a
+    batch: its ``nbytes`` is what it keeps alive)."""
+    return list(batch) if len(batch) == 1 else [row.clone() for row in batch]
 
 
 class CholeskyEFFactor(CholeskyFactor):

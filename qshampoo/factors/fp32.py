@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import Factor, StepHyper
@@ -16,6 +17,11 @@ class Fp32Factor(Factor):
 
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
         self.state["stat"].lerp_(gram, 1.0 - hp.stat_decay)
+
+    @classmethod
+    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
+        stats = [f.state["stat"] for f in factors]
+        torch._foreach_lerp_(stats, list(grams), 1.0 - hp.stat_decay)
 
     def statistics(self) -> Tensor:
         return self.state["stat"]

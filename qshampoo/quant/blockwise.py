@@ -160,7 +160,8 @@ def encode(
 
     Returns ``(codes, scales)``: ``codes`` a 1-D uint8 tensor with one code per stored element
     (``x.numel()`` for "full", ``n(n-1)/2`` for "tril"), ``scales`` a 1-D fp32 tensor with one
-    absmax per chunk, in row order. Both live on ``x``'s device.
+    absmax per chunk, in row order. Both live on ``x``'s device. With "tril", ``x`` may be a
+    batch ``(..., n, n)`` of matrices; codes and scales then have its leading dimensions.
     """
     _check_input(x)
     _check_layout(layout)
@@ -168,15 +169,17 @@ def encode(
     _codebook(codebook, bits)  # validates name and bits
     bs = block_size
     if layout == "tril":
-        n = _check_square(tuple(x.shape), 'layout="tril"')
+        n = _check_square(tuple(x.shape[-2:]), 'layout="tril"')
+        batch = x.shape[:-2]
         k = _ceil_div(n, bs)
         lower = x.to(torch.float32).tril(-1)
         if k * bs != n:
             lower = F.pad(lower, (0, k * bs - n))
-        normed, scales = _normalize_grid(lower.view(n, k, bs), in_place=True)  # a fresh copy
+        grid = lower.view(*batch, n, k, bs)
+        normed, scales = _normalize_grid(grid, in_place=True)  # a fresh copy
         elem, chunk = _tril_indices(n, bs, x.device)
-        codes = nearest_codes(normed.view(-1).index_select(0, elem), codebook, bits)
-        return codes, scales.view(-1).index_select(0, chunk)
+        codes = nearest_codes(normed.view(*batch, -1).index_select(-1, elem), codebook, bits)
+        return codes, scales.view(*batch, -1).index_select(-1, chunk)
 
     rows, cols = _full_rows_cols(tuple(x.shape))
     k = _ceil_div(cols, bs)
@@ -194,8 +197,8 @@ def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[
     _check_layout(layout)
     _check_block_size(block_size)
     shape = tuple(int(s) for s in shape)
-    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.dim() != 1:
-        raise TypeError("scales must be a 1-D torch.float32 tensor")
+    if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.dim() < 1:
+        raise TypeError("scales must be a torch.float32 tensor with at least 1 dimension")
     if layout == "tril":
         _check_square(shape, 'layout="tril"')
     n_elem = _num_elements(shape, layout)
@@ -204,9 +207,9 @@ def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[
             f"codes has {codes_numel} entries, shape {shape} ({layout}) needs {n_elem}"
         )
     n_chunks = num_chunks(shape, layout=layout, block_size=block_size)
-    if scales.numel() != n_chunks:
+    if scales.shape[-1] != n_chunks:
         raise ValueError(
-            f"scales has {scales.numel()} entries, shape {shape} ({layout}, "
+            f"scales has {scales.shape[-1]} entries, shape {shape} ({layout}, "
             f"block_size={block_size}) needs {n_chunks}"
         )
     return shape
@@ -263,12 +266,19 @@ def decode(
     """Inverse of ``encode``: an fp32 tensor of ``shape`` on ``codes``' device.
 
     For "tril" the result is the ``n x n`` matrix with zeros on and above the diagonal.
+    ``codes`` ``(..., N)`` and ``scales`` ``(..., chunks)`` may share leading batch dimensions
+    (what ``encode`` returns for a batch); the result is then ``(..., *shape)``.
     """
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 1:
-        raise TypeError("codes must be a 1-D torch.uint8 tensor of unpacked codes")
-    shape = _check_decode_args(codes.numel(), scales, shape, layout, block_size)
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() < 1:
+        raise TypeError("codes must be a torch.uint8 tensor of unpacked codes, (..., N)")
+    shape = _check_decode_args(codes.shape[-1], scales, shape, layout, block_size)
+    if codes.shape[:-1] != scales.shape[:-1]:
+        raise ValueError(
+            f"codes {tuple(codes.shape)} and scales {tuple(scales.shape)} must have the same "
+            "batch dimensions"
+        )
     cb = _codebook(codebook, bits, codes.device)
-    values = cb.index_select(0, codes.to(torch.int32))
+    values = cb.index_select(0, codes.reshape(-1).to(torch.int32)).view(codes.shape)
     return _scale_values(values, scales, shape, layout, block_size)
 
 

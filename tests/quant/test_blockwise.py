@@ -291,8 +291,26 @@ def test_encode_decode_matches_quantize(layout, shape, name, bits):
     assert torch.equal(y, dequantize(q))  # dequantize's fused 4-bit path agrees with decode
 
 
+@pytest.mark.parametrize("n,bs", [(70, 32), (9, 4)])
+def test_tril_batches_equal_one_matrix_at_a_time(n, bs):
+    # a (..., n, n) batch of triangles encodes and decodes as each matrix would alone
+    x = rand(2, 3, n, n, seed=5)
+    kw = dict(layout="tril", block_size=bs)
+    codes, scales = encode(x, **kw)
+    assert codes.shape == (2, 3, n * (n - 1) // 2)
+    y = decode(codes, scales, (n, n), **kw)
+    assert y.shape == (2, 3, n, n)
+    for i in range(2):
+        for j in range(3):
+            c, s = encode(x[i, j], **kw)
+            assert torch.equal(codes[i, j], c) and torch.equal(scales[i, j], s)
+            assert torch.equal(y[i, j], decode(c, s, (n, n), **kw))
+
+
 def test_decode_validates_sizes():
     codes, scales = encode(rand(10, 10), layout="tril")
+    with pytest.raises(ValueError, match="batch"):
+        decode(codes[None].expand(2, -1), scales, (10, 10), layout="tril")
     with pytest.raises(ValueError, match="codes"):
         decode(codes[:-1], scales, (10, 10), layout="tril")
     with pytest.raises(ValueError, match="scales"):

@@ -68,12 +68,26 @@ def test_two_4bit_matrices_share_bytes():
     assert torch.equal(both[:, 0], c) and torch.equal(both[:, 1], e)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("n", [1, 6, 37])
+def test_rows_are_packed_one_by_one(bits, n):
+    # a batch (..., N) packs each row as the 1-D call would, and unpacks back
+    g = torch.Generator().manual_seed(bits * 100 + n)
+    codes = torch.randint(0, 2**bits, (2, 3, n), dtype=torch.uint8, generator=g)
+    packed = pack(codes, bits)
+    assert packed.shape == (2, 3, (n * bits + 7) // 8)
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(packed[i, j], pack(codes[i, j], bits))
+    assert torch.equal(unpack(packed, bits, n), codes)
+
+
 def test_errors():
     codes = torch.zeros(4, dtype=torch.uint8)
     with pytest.raises(TypeError, match="codes"):
         pack(codes.to(torch.int64), 4)
     with pytest.raises(ValueError, match="codes"):
-        pack(codes.view(2, 2), 4)
+        pack(codes[0], 4)  # 0-d
     with pytest.raises(ValueError, match="bits"):
         pack(codes, 9)
     with pytest.raises(ValueError, match="bits"):
