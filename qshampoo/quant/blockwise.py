@@ -444,16 +444,25 @@ def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return wide.index_select(0, codes.reshape(-1).to(torch.int32)).view(torch.float32)
 
 
+#: up to this many output entries, ``_symmetric`` gathers a whole batch in one call: on the
+#: development CPU that is faster for a batch of small roots (per-call overhead dominates),
+#: and one matrix at a time is faster for large ones
+BATCHED_GATHER_NUMEL = 1 << 18
+
+
 def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
     """``(B, n, n)`` symmetric matrices from unscaled strict-lower ``values`` ``(B, N)`` (tril
     order), chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``; the index
     tensors come from ``_symmetric_indices``."""
     B, n = diag.shape
-    out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)
-    # one matrix at a time: index_select along the last dim of a batch takes a slower path
-    for b in range(B):
-        scaled = values[b] * scales[b].index_select(0, elem_chunk)
-        torch.index_select(scaled, 0, src, out=out[b])
+    if B * n * n <= BATCHED_GATHER_NUMEL:  # small matrices: the calls' overhead dominates
+        out = (values * scales.index_select(-1, elem_chunk)).index_select(-1, src)
+    else:
+        out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)
+        # one matrix at a time: index_select along the last dim of a batch is slower per entry
+        for b in range(B):
+            scaled = values[b] * scales[b].index_select(0, elem_chunk)
+            torch.index_select(scaled, 0, src, out=out[b])
     out = out.view(B, n, n)
     out.diagonal(dim1=-2, dim2=-1).copy_(diag)
     return out
