@@ -181,6 +181,9 @@ class CholeskyFactor(QuantizedFactor):
     def update_statistics_batch(
         cls, factors: list[CholeskyFactor], grams: Tensor, hp: StepHyper
     ) -> None:
+        """The statistics step of the module docstring for a batch of factors of one order
+        and format: every stage is one batched call, and a factor whose factorisation fails
+        keeps its previous state while the others move on."""
         C_bar, E = cls.stored_batch(factors)
         L = lower_gram(C_bar)
         if hp.cholesky_damping == "subtract":  # the damping the stored factors carry

@@ -444,10 +444,10 @@ def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return wide.index_select(0, codes.reshape(-1).to(torch.int32)).view(torch.float32)
 
 
-#: up to this many output entries, ``_symmetric`` gathers a whole batch in one call: on the
-#: development CPU that is faster for a batch of small roots (per-call overhead dominates),
-#: and one matrix at a time is faster for large ones
-BATCHED_GATHER_NUMEL = 1 << 18
+#: ``_symmetric`` gathers a batch of roots up to this order in one call: on the development
+#: CPU that is faster for several small roots (per-call overhead dominates), and one matrix
+#: at a time is faster for a single root or larger ones
+BATCHED_GATHER_MAX_ORDER = 256
 
 
 def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
@@ -455,7 +455,7 @@ def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
     order), chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``; the index
     tensors come from ``_symmetric_indices``."""
     B, n = diag.shape
-    if B * n * n <= BATCHED_GATHER_NUMEL:  # small matrices: the calls' overhead dominates
+    if B > 1 and n <= BATCHED_GATHER_MAX_ORDER:
         out = (values * scales.index_select(-1, elem_chunk)).index_select(-1, src)
     else:
         out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)

@@ -435,7 +435,7 @@ def test_dequantize_symmetric_batched_equals_one_by_one(
     from qshampoo.quant import blockwise, dequantize_symmetric
 
     if one_matrix_at_a_time:  # the path of large roots
-        monkeypatch.setattr(blockwise, "BATCHED_GATHER_NUMEL", 0)
+        monkeypatch.setattr(blockwise, "BATCHED_GATHER_MAX_ORDER", 0)
 
     g = torch.Generator().manual_seed(n)
     mats = [torch.randn(n, n, generator=g) for _ in range(3)]
