@@ -113,9 +113,11 @@ class Factor:
         raise NotImplementedError
 
     @classmethod
-    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
-        """``update_statistics`` of factors with one ``batch_key()``, ``grams`` ``(B, n, n)``
-        fp32. Variants override it with batched calls; this default loops."""
+    def update_statistics_batch(
+        cls, factors: list[Factor], grams: list[Tensor], hp: StepHyper
+    ) -> None:
+        """``update_statistics`` of factors with one ``batch_key()``, one fp32 ``(n, n)`` gram
+        each. Variants override it with batched calls; this default loops."""
         for f, gram in zip(factors, grams, strict=True):
             f.update_statistics(gram, hp)
 
@@ -333,8 +335,7 @@ def update_statistics(jobs: list[tuple[Factor, Tensor]], hp: StepHyper) -> None:
 
     ``G`` is fp32 ``(order, m)``, any strides (a block of a gradient, or its transpose for a
     right factor). Factors with one ``batch_key()`` are updated together by their class's
-    ``update_statistics_batch``, in batches of at most ``STATISTICS_BATCH_NUMEL`` entries;
-    their grams are computed into one ``(B, n, n)`` tensor.
+    ``update_statistics_batch``, in batches of at most ``STATISTICS_BATCH_NUMEL`` entries.
     """
     groups: dict[tuple, list[tuple[Factor, Tensor]]] = defaultdict(list)
     for f, g in jobs:
@@ -344,9 +345,7 @@ def update_statistics(jobs: list[tuple[Factor, Tensor]], hp: StepHyper) -> None:
         size = max(1, STATISTICS_BATCH_NUMEL // (n * n))
         for start in range(0, len(items), size):
             batch = items[start : start + size]
-            grams = torch.empty(len(batch), n, n, device=batch[0][1].device)
-            for (_, g), gram in zip(batch, grams, strict=True):
-                torch.mm(g, g.T, out=gram)
+            grams = [g @ g.T for _, g in batch]
             type(batch[0][0]).update_statistics_batch([f for f, _ in batch], grams, hp)
 
 

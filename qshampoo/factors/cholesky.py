@@ -175,11 +175,11 @@ class CholeskyFactor(QuantizedFactor):
         return lower_gram(cls.stored_batch(factors)[0])
 
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
-        self.update_statistics_batch([self], gram[None], hp)
+        self.update_statistics_batch([self], [gram], hp)
 
     @classmethod
     def update_statistics_batch(
-        cls, factors: list[CholeskyFactor], grams: Tensor, hp: StepHyper
+        cls, factors: list[CholeskyFactor], grams: list[Tensor], hp: StepHyper
     ) -> None:
         """The statistics step of the module docstring for a batch of factors of one order
         and format: every stage is one batched call, and a factor whose factorisation fails
@@ -188,7 +188,7 @@ class CholeskyFactor(QuantizedFactor):
         L = lower_gram(C_bar)
         if hp.cholesky_damping == "subtract":  # the damping the stored factors carry
             L.diagonal(dim1=-2, dim2=-1).sub_(_stack(factors, "cholesky_damping")[:, None])
-        L.lerp_(grams, 1.0 - hp.stat_decay)
+        L.lerp_(grams[0] if len(grams) == 1 else torch.stack(grams), 1.0 - hp.stat_decay)
         C, ok, delta = damped_cholesky(L, hp.matrix_eps)
         good = ok.tolist()
         # on failure the previous factor stays, and with it the damping it carries

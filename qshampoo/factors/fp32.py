@@ -19,9 +19,10 @@ class Fp32Factor(Factor):
         self.state["stat"].lerp_(gram, 1.0 - hp.stat_decay)
 
     @classmethod
-    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
-        stats = [f.state["stat"] for f in factors]
-        torch._foreach_lerp_(stats, list(grams), 1.0 - hp.stat_decay)
+    def update_statistics_batch(
+        cls, factors: list[Factor], grams: list[Tensor], hp: StepHyper
+    ) -> None:
+        torch._foreach_lerp_([f.state["stat"] for f in factors], grams, 1.0 - hp.stat_decay)
 
     def statistics(self) -> Tensor:
         return self.state["stat"]
