@@ -92,10 +92,10 @@ class Shampoo(Optimizer):
             (``qshampoo.precision.PrecisionConfig``; default: its defaults).
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
             ``torch.compile`` (one kernel per root shape; on the development CPU the step
-            ranged from 8% slower to 6% faster: ``benchmarks/RESULTS.md``,
-            ``docs/speed.md``). Compiling takes a few
-            seconds per shape at the first steps and needs a working C++ compiler; if it fails,
-            the optimizer warns once and stays eager. Same results either way.
+            ranged from 5% faster to 16% slower than eager: ``benchmarks/RESULTS.md``,
+            ``docs/speed.md``). Compiling takes a few seconds per shape at the first steps and
+            needs a working C++ compiler; if it fails, the optimizer warns once and stays
+            eager. Same results either way.
     """
 
     def __init__(
