@@ -178,8 +178,11 @@ def test_cholesky_failure_keeps_previous_factor():
 
 
 @pytest.mark.parametrize("quant", ["none", *QUANTIZED])
-@pytest.mark.parametrize("cap", [None, 2 * 72 * 72])
-def test_batched_statistics_update_equals_one_factor_at_a_time(quant, cap, monkeypatch):
+@pytest.mark.parametrize(
+    "n,bits,cap",
+    [(72, 4, None), (72, 4, 2 * 72 * 72), (14, 3, None)],  # 14: an odd number of codes
+)
+def test_batched_statistics_update_equals_one_factor_at_a_time(quant, n, bits, cap, monkeypatch):
     # factors of one order are updated in batched calls (in batches of at most
     # STATISTICS_BATCH_NUMEL entries); each ends exactly where updating it alone leads, a
     # factor whose Cholesky fails (NaN gradient) keeps its previous state, and no factor's
@@ -189,13 +192,14 @@ def test_batched_statistics_update_equals_one_factor_at_a_time(quant, cap, monke
     if cap is not None:
         monkeypatch.setattr(base, "STATISTICS_BATCH_NUMEL", cap)
     hp = StepHyper(cholesky_damping="subtract")
+    config = FactorConfig(bits=bits)
     g = torch.Generator().manual_seed(1)
-    grads = [[torch.randn(72, 40, generator=g) for _ in range(5)] for _ in range(3)]
+    grads = [[torch.randn(n, 40, generator=g) for _ in range(5)] for _ in range(3)]
     cholesky = quant.startswith("cholesky")
     if cholesky:  # the others take a NaN in (the optimizer skips such gradients)
-        grads[2][3] = torch.full((72, 40), float("nan"))
-    batched = [FACTORS[quant].new(72, FactorConfig(), CPU, 1e-6) for _ in range(5)]
-    alone = [FACTORS[quant].new(72, FactorConfig(), CPU, 1e-6) for _ in range(5)]
+        grads[2][3] = torch.full((n, 40), float("nan"))
+    batched = [FACTORS[quant].new(n, config, CPU, 1e-6) for _ in range(5)]
+    alone = [FACTORS[quant].new(n, config, CPU, 1e-6) for _ in range(5)]
     for step in grads:
         update_statistics(list(zip(batched, [x.T.T for x in step], strict=True)), hp)
         for f, x in zip(alone, step, strict=True):
