@@ -325,7 +325,7 @@ def _as_float(x) -> float | None:
 #: the most entries ``B * n * n`` of one batch of statistics updates (1 MiB of fp32 per
 #: stacked matrix). Batching saves per-call overhead, which dominates small factors; a batch
 #: much larger than the CPU's cache made the update slower than one factor at a time (each
-#: of its ~20 passes streams the whole batch through memory; ``benchmarks/statistics_batch.py``).
+#: of its ~20 passes streams the whole batch through memory; ``benchmarks/batching.py``).
 #: It also keeps a batch's fp32 temporaries (grams, factors, error states) small whatever the
 #: model's size.
 STATISTICS_BATCH_NUMEL = 1 << 18

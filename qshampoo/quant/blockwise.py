@@ -446,7 +446,7 @@ def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 #: ``_symmetric`` gathers a batch of roots up to this order in one call: on the development
 #: CPU that is faster for several small roots (per-call overhead dominates), and one matrix
-#: at a time is faster for a single root or larger ones
+#: at a time is faster for a single root or larger ones (``benchmarks/batching.py``)
 BATCHED_GATHER_MAX_ORDER = 256
 
 
