@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -27,31 +28,52 @@ from qshampoo.quant import blockwise, dequantize_symmetric, quantize
 #: (B, order): the GPT's 13 factors of order 128, the CNN's 3 of order 288, and larger ones
 CASES = [(13, 128), (4, 256), (3, 288), (2, 384), (4, 512), (4, 1024)]
 
-#: the three ways, as values of the module constant that selects them
-MODES = {
-    "one at a time": 0,  # a cap of 0 entries: batches of one factor
-    "one batch": 1 << 40,
-    "default": base.STATISTICS_BATCH_NUMEL,
-}
-GATHER_MODES = {
-    "one at a time": 0,  # no order is small enough for the batched gather
-    "one batch": 1 << 40,
-    "default": blockwise.BATCHED_GATHER_MAX_ORDER,
-}
+
+def compare(module, constant: str, make_calls: Callable, repeats: int) -> None:
+    """Print a table: for each case, the median ms of ``make_calls(B, n, modes)[mode]()`` with
+    ``module.constant`` set for each mode (0: one factor at a time, huge: one batch, its value:
+    the default); repetitions interleaved, the first round a warm-up."""
+    modes = {"one at a time": 0, "one batch": 1 << 40, "default": getattr(module, constant)}
+    print(f"\n{constant} = {modes['default']}:\n")
+    print("| B | order | " + " | ".join(modes) + " |")
+    print("|---|---|" + "---|" * len(modes))
+    for B, n in CASES:
+        calls = make_calls(B, n, list(modes))
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for rep in range(repeats + 1):
+            for mode, value in modes.items():
+                setattr(module, constant, value)
+                start = time.perf_counter()
+                calls[mode]()
+                if rep:
+                    times[mode].append((time.perf_counter() - start) * 1e3)
+        setattr(module, constant, modes["default"])
+        cells = [f"{statistics.median(times[mode]):.2f}" for mode in modes]
+        print(f"| {B} | {n} | " + " | ".join(cells) + " |")
 
 
-def interleaved_medians(calls: dict, setters: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each ``calls[mode]()`` after ``setters[mode]()``, repetitions
-    interleaved; the first round warms up and is not counted."""
-    times: dict[str, list[float]] = {mode: [] for mode in calls}
-    for rep in range(repeats + 1):
-        for mode, call in calls.items():
-            setters[mode]()
-            start = time.perf_counter()
-            call()
-            if rep:
-                times[mode].append((time.perf_counter() - start) * 1e3)
-    return {mode: statistics.median(t) for mode, t in times.items()}
+def statistics_updates(B: int, n: int, modes: list[str]) -> dict[str, Callable]:
+    """Per mode, one statistics update of its own B ``cholesky_ef`` factors (each factor with
+    its own 256-column gradient block, the same blocks in every mode)."""
+    gen = torch.Generator().manual_seed(n)
+    blocks = [torch.randn(n, 256, generator=gen) for _ in range(B)]
+    hp, cpu = StepHyper(), torch.device("cpu")
+
+    def update(factors: list) -> Callable:
+        return lambda: update_statistics(list(zip(factors, blocks, strict=True)), hp)
+
+    new = FACTORS["cholesky_ef"].new
+    return {mode: update([new(n, FactorConfig(), cpu, 1e-6) for _ in range(B)]) for mode in modes}
+
+
+def root_rebuilds(B: int, n: int, modes: list[str]) -> dict[str, Callable]:
+    """Rebuilding the same B 4-bit roots as dense symmetric matrices, in every mode."""
+    gen = torch.Generator().manual_seed(n)
+    roots = []
+    for _ in range(B):
+        a = torch.randn(n, n, generator=gen)
+        roots.append(quantize(a + a.T, layout="tril", exact_diagonal=True))
+    return dict.fromkeys(modes, lambda: dequantize_symmetric(roots))
 
 
 def main() -> None:
@@ -61,48 +83,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    hp = StepHyper()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median ms for all B")
-    print(f"\nStatistics updates (STATISTICS_BATCH_NUMEL = {base.STATISTICS_BATCH_NUMEL}):\n")
-    print("| B | order | " + " | ".join(MODES) + " |")
-    print("|---|---|" + "---|" * len(MODES))
-    for B, n in CASES:
-        gen = torch.Generator().manual_seed(n)
-        blocks = [torch.randn(n, 256, generator=gen) for _ in range(B)]
-        cpu, config = torch.device("cpu"), FactorConfig()
-        factors = {
-            mode: [FACTORS["cholesky_ef"].new(n, config, cpu, 1e-6) for _ in range(B)]
-            for mode in MODES
-        }
-        calls = {
-            mode: (lambda fs=fs, bl=blocks: update_statistics(list(zip(fs, bl, strict=True)), hp))
-            for mode, fs in factors.items()
-        }
-        setters = {
-            mode: (lambda c=c: setattr(base, "STATISTICS_BATCH_NUMEL", c))
-            for mode, c in MODES.items()
-        }
-        ms = interleaved_medians(calls, setters, args.repeats)
-        base.STATISTICS_BATCH_NUMEL = MODES["default"]
-        print(f"| {B} | {n} | " + " | ".join(f"{ms[m]:.2f}" for m in MODES) + " |")
-
-    print(f"\nRoot rebuilds (BATCHED_GATHER_MAX_ORDER = {blockwise.BATCHED_GATHER_MAX_ORDER}):\n")
-    print("| B | order | " + " | ".join(GATHER_MODES) + " |")
-    print("|---|---|" + "---|" * len(GATHER_MODES))
-    for B, n in CASES:
-        gen = torch.Generator().manual_seed(n)
-        roots = []
-        for _ in range(B):
-            a = torch.randn(n, n, generator=gen)
-            roots.append(quantize(a + a.T, layout="tril", exact_diagonal=True))
-        calls = {mode: (lambda r=roots: dequantize_symmetric(r)) for mode in GATHER_MODES}
-        setters = {
-            mode: (lambda c=c: setattr(blockwise, "BATCHED_GATHER_MAX_ORDER", c))
-            for mode, c in GATHER_MODES.items()
-        }
-        ms = interleaved_medians(calls, setters, args.repeats)
-        blockwise.BATCHED_GATHER_MAX_ORDER = GATHER_MODES["default"]
-        print(f"| {B} | {n} | " + " | ".join(f"{ms[m]:.2f}" for m in GATHER_MODES) + " |")
+    print("\nStatistics updates of B cholesky_ef factors of one order:")
+    compare(base, "STATISTICS_BATCH_NUMEL", statistics_updates, args.repeats)
+    print("\nRoot rebuilds (dequantize_symmetric) of B 4-bit roots of one order:")
+    compare(blockwise, "BATCHED_GATHER_MAX_ORDER", root_rebuilds, args.repeats)
 
 
 if __name__ == "__main__":
