@@ -111,8 +111,8 @@ class CholeskyFactor(QuantizedFactor):
         first = factors[0]
         n, k = first.order, 2 if "e_scales" in first.state else 1
         N = n * (n - 1) // 2
-        packed = torch.stack([f.state["codes"] for f in factors])
-        codes = unpack(packed, first.state["bits"], k * N).view(len(factors), N, k)
+        codes = unpack(_stack(factors, "codes"), first.state["bits"], k * N)
+        codes = codes.view(len(factors), N, k)
         C = first._decode(codes[..., 0], _stack(factors, "c_scales"))
         C.diagonal(dim1=-2, dim2=-1).copy_(_stack(factors, "chol_diag"))
         E = None
