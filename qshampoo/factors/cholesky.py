@@ -147,19 +147,30 @@ class CholeskyFactor(QuantizedFactor):
         first = factors[0]
         c_codes, c_scales = first._encode(X)
         stored = first._decode(c_codes, c_scales)
-        codes = c_codes[..., None]
-        e_scales = None
+        error = (None, None)
         if E is not None:
             E = E.mul_(ef_decay).add_(X - stored, alpha=1.0 - ef_decay)
-            e_codes, e_scales = first._encode(E)
-            codes = torch.stack([c_codes, e_codes], -1)  # one (C, E) pair of codes per byte
-        packed = pack(codes.flatten(-2), first.state["bits"])
+            error = first._encode(E)
+        cls.keep_codes(factors, c_codes, c_scales, *error)
+        return stored
+
+    @staticmethod
+    def keep_codes(
+        factors: list[CholeskyFactor],
+        c_codes: Tensor,
+        c_scales: Tensor,
+        e_codes: Tensor | None = None,
+        e_scales: Tensor | None = None,
+    ) -> None:
+        """Keep each factor's codes ``(B, N)`` packed, with error feedback one (C, E) pair per
+        byte, and its chunk scales ``(B, chunks)``, as tensors of its own."""
+        codes = c_codes[..., None] if e_codes is None else torch.stack([c_codes, e_codes], -1)
+        packed = pack(codes.flatten(-2), factors[0].state["bits"])
         for f, c, p in zip(factors, _rows(c_scales), _rows(packed), strict=True):
             f.state["c_scales"], f.state["codes"] = c, p
         if e_scales is not None:
             for f, e in zip(factors, _rows(e_scales), strict=True):
                 f.state["e_scales"] = e
-        return stored
 
     def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
         """``requantize_batch`` for this factor alone: ``X``, ``E`` and the result ``(n, n)``."""
@@ -252,16 +263,14 @@ class CholeskyFactor(QuantizedFactor):
         keep = self.keeps_error_state()
         if E is not None and not keep:
             strict, E = strict + E, None
-        c_codes, c_scales = self._encode(strict)
-        codes = c_codes[:, None]
+        c_codes, c_scales = self._encode(strict[None])
         self.state.pop("e_scales", None)
+        error = (None, None)
         if keep:
-            lost = strict - self._decode(c_codes, c_scales)
+            lost = strict - self._decode(c_codes, c_scales)[0]
             E = lost if E is None else E + lost
-            e_codes, self.state["e_scales"] = self._encode(E)
-            codes = torch.stack([c_codes, e_codes], 1)
-        self.state["c_scales"] = c_scales
-        self.state["codes"] = pack(codes.reshape(-1), self.state["bits"])
+            error = self._encode(E[None])
+        self.keep_codes([self], c_codes, c_scales, *error)
 
     def statistics_bytes(self) -> int:
         keys = ("codes", "c_scales", "e_scales", "chol_diag")

@@ -277,9 +277,13 @@ def decode(
             f"codes {tuple(codes.shape)} and scales {tuple(scales.shape)} must have the same "
             "batch dimensions"
         )
-    cb = _codebook(codebook, bits, codes.device)
-    values = cb.index_select(0, codes.reshape(-1).to(torch.int32)).view(codes.shape)
+    values = _code_values(codes, _codebook(codebook, bits, codes.device))
     return _scale_values(values, scales, shape, layout, block_size)
+
+
+def _code_values(codes: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """The codebook ``cb``'s values of unpacked ``codes`` (uint8, any shape), fp32."""
+    return cb.index_select(0, codes.reshape(-1).to(torch.int32)).view(codes.shape)
 
 
 # --------------------------------------------------------------------------- high level
@@ -370,8 +374,9 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
         _check_packed(q.codes, n, 4)
         values = _byte_values(q.codes, codebook_byte_table(q.codebook, q.codes.device))[:n]
     else:
-        codes = unpack(q.codes, q.bits, n)
-        values = _codebook(q.codebook, q.bits, codes.device).index_select(0, codes.to(torch.int32))
+        values = _code_values(
+            unpack(q.codes, q.bits, n), _codebook(q.codebook, q.bits, q.codes.device)
+        )
     out = _scale_values(values, q.scales, shape, q.layout, q.block_size)
     if q.diag is not None:
         out.diagonal().copy_(q.diag)
@@ -407,18 +412,16 @@ def dequantize_symmetric(
     device = first.codes.device
     scales = torch.stack([x.scales for x in qs])
     diag = torch.stack([x.diag for x in qs])
+    codes = torch.stack([x.codes for x in qs])
     if n == 1:  # no strict lower triangle: the matrix is its diagonal
         out = diag.view(-1, 1, 1).clone()
     elif first.bits != 4:
         cb = _codebook(first.codebook, first.bits, device)
-        values = torch.stack(
-            [cb.index_select(0, unpack(x.codes, x.bits, N).to(torch.int32)) for x in qs]
-        )
+        values = _code_values(unpack(codes, first.bits, N), cb)
         out = _symmetric(values, scales, diag, *_symmetric_indices(n, bs, device))
     else:
         # one gather for both nibbles: byte -> (value of low code, value of high code)
         table = codebook_byte_table(first.codebook, device)
-        codes = torch.stack([x.codes for x in qs])
         # below COMPILE_MIN_ORDER a compiled call's own overhead eats the gain
         kernel = _compiled_symmetric_4bit() if compiled and n >= COMPILE_MIN_ORDER else None
         index = _symmetric_indices(n, bs, device)
