@@ -36,13 +36,18 @@ from .precision_state import AdaptivePrecision, is_adaptive
 from .preconditioner import ParamPreconditioner, precondition_blocks
 from .validation import validate_group, validate_params
 
+#: runs a function outside any ``torch.compile`` graph; torch.optim's own helper, which
+#: imports Dynamo at the first call instead of at import (``torch.compiler.disable`` would add
+#: about a second to ``import qshampoo``)
+_eager = getattr(torch, "_disable_dynamo", torch.compiler.disable)
+
 
 class Shampoo(Optimizer):
     """Shampoo with per-block Kronecker preconditioners, optionally stored in 4 bits.
 
     Args:
         params: parameters or param groups (any keyword below can be set per group).
-        lr: learning rate of the base optimizer.
+        lr: learning rate of the base optimizer (a float, or a 0-d tensor).
         base: ``"adamw"`` (decoupled weight decay) or ``"sgd"`` (momentum, coupled L2).
         betas, eps: AdamW's moment decays and denominator epsilon.
         weight_decay: decoupled (adamw) or L2 added to the grafted direction (sgd).
@@ -96,6 +101,12 @@ class Shampoo(Optimizer):
             ``docs/speed.md``). Compiling takes a few seconds per shape at the first steps and
             needs a working C++ compiler; if it fails, the optimizer warns once and stays
             eager. Same results either way.
+
+    The whole step can be compiled too, ``torch.compile(opt.step)``: the statistics and root
+    updates run eagerly and the rest of the step (dequantizing the roots, preconditioning,
+    grafting, the base update) is one compiled graph. With an LR schedule, give ``lr`` as a
+    tensor (``lr=torch.tensor(1e-3)``, as for torch.optim), or each new value recompiles. On the
+    development CPU the compiled step is slower than the eager one (``docs/speed.md``).
     """
 
     def __init__(
@@ -206,6 +217,39 @@ class Shampoo(Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        """One step of one param group: ``_prepare`` (eager), then what every step does:
+        precondition, graft, base update. Under ``torch.compile(opt.step)`` the latter part
+        is the compiled graph (docs/speed.md)."""
+        prepared = self._prepare(group)
+        if prepared is None:
+            return
+        params, grads, states, norms, pres = prepared
+        directions = self._precondition(params, grads, pres, group["compile"])
+        _, update = BASES[group["base"]]
+        kwargs = _base_kwargs(group)
+        for p, g, st, d, n in zip(params, grads, states, directions, norms, strict=True):
+            direction = g if d is None else graft(d, g, n)
+            if is_dtensor(p):  # FSDP2: update the local shard and its local state
+                base = st["base"]
+                view = {k: local(v) for k, v in base.items()}
+                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
+                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
+            else:
+                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+
+    @_eager
+    def _prepare(self, group: dict[str, Any]) -> tuple | None:
+        """Everything of a step before preconditioning: collect the gradients, create state,
+        leave out non-finite gradients, count the step, and update the statistics and roots
+        that are due. Returns ``(params, grads, states, grad_norms, preconditioners)``, or
+        None when no parameter of the group has a gradient.
+
+        It always runs eagerly, also inside ``torch.compile``: it decides on the host (which
+        factors are due, whether a gradient or a factorisation is finite, which damping a
+        factor ended with), so a compiler would break its graph at every decision and
+        specialize on every outcome (dozens of recompilations); outside it, the rest of the
+        step compiles as one graph that is reused.
+        """
         params, grads = [], []
         for p in group["params"]:
             if p.grad is None:
@@ -216,7 +260,7 @@ class Shampoo(Optimizer):
             g = local(p.grad).float()
             grads.append(g if not group["maximize"] else -g)
         if not params:
-            return
+            return None
         states = [self._state(p, group) for p in params]
         params, grads, states, norms = self._drop_nonfinite(params, grads, states, group)
 
@@ -253,19 +297,7 @@ class Shampoo(Optimizer):
             update_roots(due_roots, hp)
         if touched:
             self._check_failures(touched, group)
-
-        directions = self._precondition(params, grads, pres, group["compile"])
-        _, update = BASES[group["base"]]
-        kwargs = _base_kwargs(group)
-        for p, g, st, d, n in zip(params, grads, states, directions, norms, strict=True):
-            direction = g if d is None else graft(d, g, n)
-            if is_dtensor(p):  # FSDP2: update the local shard and its local state
-                base = st["base"]
-                view = {k: local(v) for k, v in base.items()}
-                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
-                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
-            else:
-                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+        return params, grads, states, norms, pres
 
     def _precondition(self, params, grads, pres, compiled: bool) -> list[Tensor | None]:
         """``L_hat G R_hat`` per parameter (None where not preconditioned).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +63,22 @@ def _check_square(shape: tuple[int, ...], what: str) -> int:
 # --------------------------------------------------------------------------- geometry
 
 
+def _index_cache(build):
+    """Keep ``build(n, block_size, device)``'s index tensors per argument triple (a model has a
+    handful of orders). A plain dict, not ``functools.lru_cache``: ``torch.compile`` reads a
+    dict's entries as graph inputs, where it would trace through an lru_cache and rebuild the
+    indices inside the compiled step."""
+    cache: dict = {}
+
+    def cached(n: int, block_size: int, device: torch.device):
+        key = (n, block_size, device)
+        if key not in cache:
+            cache[key] = build(n, block_size, device)
+        return cache[key]
+
+    return cached
+
+
 def _full_rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) <= 1:
         return 1, math.prod(shape)
@@ -95,7 +110,7 @@ def _num_elements(shape: tuple[int, ...], layout: str) -> int:
     return math.prod(shape)
 
 
-@lru_cache(maxsize=16)
+@_index_cache
 def _tril_indices(n: int, block_size: int, device: torch.device):
     """Indices into the padded ``(n, k*block_size)`` grid, ``k = ceil(n/block_size)``.
 
@@ -113,7 +128,7 @@ def _tril_indices(n: int, block_size: int, device: torch.device):
     return elem, chunk
 
 
-@lru_cache(maxsize=16)
+@_index_cache
 def _symmetric_indices(n: int, block_size: int, device: torch.device):
     """Gather indices that rebuild a symmetric ``n x n`` matrix from its "tril" storage.
 
@@ -413,20 +428,32 @@ def dequantize_symmetric(
     scales = torch.stack([x.scales for x in qs])
     diag = torch.stack([x.diag for x in qs])
     codes = torch.stack([x.codes for x in qs])
+    index = _symmetric_indices(n, bs, device)
+    # inside a compiled optimizer step, the forms a compiler turns into one loop (its code for
+    # the eager index_select forms was ~5x slower on the development CPU)
+    traced = _is_compiling()
     if n == 1:  # no strict lower triangle: the matrix is its diagonal
         out = diag.view(-1, 1, 1).clone()
     elif first.bits != 4:
         cb = _codebook(first.codebook, first.bits, device)
         values = _code_values(unpack(codes, first.bits, N), cb)
-        out = _symmetric(values, scales, diag, *_symmetric_indices(n, bs, device))
+        out = (_gathered_symmetric if traced else _symmetric)(values, scales, diag, *index)
     else:
         # one gather for both nibbles: byte -> (value of low code, value of high code)
         table = codebook_byte_table(first.codebook, device)
-        # below COMPILE_MIN_ORDER a compiled call's own overhead eats the gain
-        kernel = _compiled_symmetric_4bit() if compiled and n >= COMPILE_MIN_ORDER else None
-        index = _symmetric_indices(n, bs, device)
-        out = (kernel or _symmetric_4bit)(codes, scales, diag, table, *index)
+        if traced:
+            kernel = _gathered_symmetric_4bit
+        elif compiled and n >= COMPILE_MIN_ORDER:
+            # below COMPILE_MIN_ORDER a compiled call's own overhead eats the gain
+            kernel = _compiled_symmetric_4bit() or _symmetric_4bit
+        else:
+            kernel = _symmetric_4bit
+        out = kernel(codes, scales, diag, table, *index)
     return out[0] if single else out
+
+
+#: whether the code runs inside a ``torch.compile`` trace (a name of its own for the tests)
+_is_compiling = torch.compiler.is_compiling
 
 
 def _symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> torch.Tensor:
@@ -481,9 +508,21 @@ def _gathered_symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> tor
     the compiler emits one loop over the ``n*n`` outputs (run eagerly, its ``n*n``-long index
     intermediates would make it slower than ``_symmetric_4bit``).
     """
-    B, n = diag.shape
     pos = src.long()
     value = table.view(-1)[codes[:, pos >> 1].long() * 2 + (pos & 1)]
+    return _gathered_scaled(value, scales, diag, elem_chunk, pos)
+
+
+def _gathered_symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
+    """``_symmetric`` written as one gather per output entry, for ``torch.compile``."""
+    pos = src.long()
+    return _gathered_scaled(values[:, pos], scales, diag, elem_chunk, pos)
+
+
+def _gathered_scaled(value, scales, diag, elem_chunk, pos) -> torch.Tensor:
+    """``(B, n, n)`` from ``value`` ``(B, n*n)``, each entry's unscaled value (read at its
+    stored position ``pos``): times its chunk's scale, with ``diag`` on the diagonal."""
+    B, n = diag.shape
     scale = torch.gather(scales, 1, elem_chunk.long()[pos].expand(B, -1))
     on_diagonal = torch.eye(n, dtype=torch.bool, device=diag.device)
     return torch.where(on_diagonal, torch.diag_embed(diag), (value * scale).view(B, n, n))

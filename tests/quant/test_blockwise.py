@@ -428,14 +428,14 @@ def test_non_contiguous_input():
 @pytest.mark.parametrize("bits", [3, 4, 8])
 @pytest.mark.parametrize("n", [1, 2, 64, 100])
 @pytest.mark.parametrize("block_size", [64, 7])
-@pytest.mark.parametrize("one_matrix_at_a_time", [False, True])
-def test_dequantize_symmetric_batched_equals_one_by_one(
-    bits, n, block_size, one_matrix_at_a_time, monkeypatch
-):
+@pytest.mark.parametrize("path", ["batched", "one matrix at a time", "traced"])
+def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size, path, monkeypatch):
     from qshampoo.quant import blockwise, dequantize_symmetric
 
-    if one_matrix_at_a_time:  # the path of large roots
+    if path == "one matrix at a time":  # the path of large roots
         monkeypatch.setattr(blockwise, "BATCHED_GATHER_MAX_ORDER", 0)
+    if path == "traced":  # the gather forms a compiled optimizer step uses, run eagerly
+        monkeypatch.setattr(blockwise, "_is_compiling", lambda: True)
 
     g = torch.Generator().manual_seed(n)
     mats = [torch.randn(n, n, generator=g) for _ in range(3)]
