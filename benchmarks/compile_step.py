@@ -1,39 +1,56 @@
-"""Can a user ``torch.compile`` the whole optimizer step? Time it and compare with eager.
+"""Compiling the whole optimizer step, ``torch.compile(opt.step)``, against eager.
 
-Trains a 2-layer MLP (64-64-10) for 12 steps with ``Shampoo4bit`` (``quant="cholesky_ef"``,
-or the variant ``--quant`` names; statistics every 2 steps, roots every 4, every factor
-quantized), once calling ``opt.step`` and once
-``torch.compile(opt.step)``, from the same initialization, and prints the wall time of each
-(compilation included) and the largest difference between the final parameters. ``--backend``
-picks the ``torch.compile`` backend: ``inductor`` (the default, generated kernels), or ``eager``
-/ ``aot_eager`` (Dynamo's tracing alone, running the same ATen ops), which separates what tracing
-changes from what inductor's generated arithmetic changes.
+Two measurements:
 
-    PYTHONPATH=. python benchmarks/compile_step.py [--backend inductor|eager|aot_eager] [--quant Q]
+1. **Training** (always): a 2-layer MLP (64-64-10) trained for 12 steps with ``Shampoo``
+   (``--quant``, default ``cholesky_ef``; statistics every 2 steps, roots every 4, every factor
+   quantized), once calling ``opt.step`` and once ``torch.compile(opt.step)``, from the same
+   initialization. Prints the wall time of each (compilation included), how many graphs Dynamo
+   compiled (``TORCH_LOGS=recompiles`` says why each recompilation happened), and the largest
+   difference between the final parameters. ``--lr-schedule`` decays the lr at every step
+   (``LambdaLR``; ``lr`` given as a tensor, as torch.optim asks for a compiled step with a
+   schedule).
+2. **Steady state** (``--models``, e.g. ``cnn,gpt,mlp512``, the models of ``step_time.py``):
+   ms per step, eager and compiled, median of ``--reps`` interleaved repetitions after the
+   compilation, in two states: *plain* (neither statistics nor roots due, so the compiled graph
+   is all of the step) and *stats* (statistics due: they run eagerly in both).
+
+``--backend`` picks the ``torch.compile`` backend: ``inductor`` (the default, generated
+kernels), or ``eager`` / ``aot_eager`` (Dynamo's tracing alone, running the same ATen ops), which
+separates what tracing changes from what inductor's generated arithmetic changes.
+
+    PYTHONPATH=. python benchmarks/compile_step.py [--backend B] [--quant Q] [--lr-schedule]
+    PYTHONPATH=. python benchmarks/compile_step.py --threads 1 --models cnn,gpt,mlp512
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
+from step_time import machine, model
+from torch._dynamo.utils import counters
 
 import qshampoo
 
 
-def run(backend: str | None, quant: str) -> tuple[list[torch.Tensor], float]:
+def train(backend: str | None, quant: str, schedule: bool) -> tuple[list[torch.Tensor], float]:
     """12 steps, eagerly (``backend=None``) or with ``torch.compile(opt.step)``."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10))
     opt = qshampoo.Shampoo(
         net.parameters(),
-        lr=1e-2,
+        lr=torch.tensor(1e-2) if schedule else 1e-2,
         quant=quant,
         stat_interval=2,
         root_interval=4,
         min_quant_numel=0,
     )
+    sched = None
+    if schedule:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + 0.1 * k))
     step = opt.step if backend is None else torch.compile(opt.step, backend=backend)
     x = torch.randn(32, 64)
     start = time.time()
@@ -41,18 +58,73 @@ def run(backend: str | None, quant: str) -> tuple[list[torch.Tensor], float]:
         opt.zero_grad()
         net(x).square().mean().backward()
         step()
+        if sched is not None:
+            sched.step()
     return [p.detach().clone() for p in net.parameters()], time.time() - start
+
+
+def steady_state(name: str, backend: str, quant: str, reps: int) -> dict[str, float]:
+    """Median ms of one step, eager and compiled, in the plain and stats states (T1=10, T2=50)."""
+    torch.manual_seed(0)
+    net, loss_fn = model(name)
+    loss_fn().backward()
+    grads = [p.grad.detach().clone() for p in net.parameters()]
+
+    def make(compiled: bool):
+        params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt = qshampoo.Shampoo(params, lr=1e-3, quant=quant, stat_interval=10, root_interval=50)
+        return opt, torch.compile(opt.step, backend=backend) if compiled else opt.step
+
+    runs = {"eager": make(False), "compiled": make(True)}
+    for _, step in runs.values():  # state, compilation (and the recompile for the counter)
+        for _ in range(3):
+            step()
+
+    def at(k: int, opt, step) -> float:
+        for st in opt.state.values():
+            st["step"] = k - 1
+        t = time.perf_counter()
+        step()
+        return (time.perf_counter() - t) * 1e3
+
+    samples: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for label, (opt, step) in runs.items():
+            for state, k in (("plain", 51), ("stats", 60)):
+                samples.setdefault(f"{label} {state}", []).append(at(k, opt, step))
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--quant", default="cholesky_ef")
+    ap.add_argument("--lr-schedule", action="store_true")
+    ap.add_argument("--models", default="", help="also time steady-state steps of these models")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    eager, t_eager = run(None, args.quant)
-    compiled, t_compiled = run(args.backend, args.quant)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"Machine: {machine()}")
+    eager, t_eager = train(None, args.quant, args.lr_schedule)
+    counters.clear()
+    compiled, t_compiled = train(args.backend, args.quant, args.lr_schedule)
     diff = max((a - b).abs().max().item() for a, b in zip(eager, compiled, strict=True))
-    print(f"eager: {t_eager:.3f} s, compiled: {t_compiled:.1f} s, max |difference|: {diff:.2e}")
+    print(
+        f"training: eager {t_eager:.3f} s, compiled {t_compiled:.1f} s, "
+        f"{counters['stats']['unique_graphs']} graphs compiled, max |difference| {diff:.2e}"
+    )
+    if args.models:
+        print("\n| model | state | eager ms | compiled ms | compiled / eager |")
+        print("|---|---|---|---|---|")
+    for name in filter(None, args.models.split(",")):
+        ms = steady_state(name, args.backend, args.quant, args.reps)
+        for state in ("plain", "stats"):
+            e, c = ms[f"eager {state}"], ms[f"compiled {state}"]
+            print(f"| {name} | {state} | {e:.2f} | {c:.2f} | {c / e:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
