@@ -15,12 +15,15 @@ Two measurements:
    compilation, in two states: *plain* (neither statistics nor roots due, so the compiled graph
    is all of the step) and *stats* (statistics due: they run eagerly in both).
 
-``--backend`` picks the ``torch.compile`` backend: ``inductor`` (the default, generated
-kernels), or ``eager`` / ``aot_eager`` (Dynamo's tracing alone, running the same ATen ops), which
-separates what tracing changes from what inductor's generated arithmetic changes.
+Both compile with ``dynamic=False`` (static shapes, as docs/speed.md advises; ``--dynamic auto``
+gives ``torch.compile``'s default, which makes shapes symbolic once a second shape is seen, as
+with a second param group or, here, the second model). ``--backend`` picks the
+``torch.compile`` backend: ``inductor`` (the default, generated kernels), or ``eager`` /
+``aot_eager`` (Dynamo's tracing alone, running the same ATen ops), which separates what tracing
+changes from what inductor's generated arithmetic changes.
 
     PYTHONPATH=. python benchmarks/compile_step.py [--backend B] [--quant Q] [--lr-schedule]
-    PYTHONPATH=. python benchmarks/compile_step.py --threads 1 --models cnn,gpt,mlp512
+    PYTHONPATH=. python benchmarks/compile_step.py --threads 1 --models cnn,gpt [--dynamic auto]
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from torch._dynamo.utils import counters
 import qshampoo
 
 
-def train(backend: str | None, quant: str, schedule: bool) -> tuple[list[torch.Tensor], float]:
+def compiled(step, backend: str, dynamic: str):
+    return torch.compile(step, backend=backend, dynamic=None if dynamic == "auto" else False)
+
+
+def train(
+    backend: str | None, quant: str, schedule: bool, dynamic: str
+) -> tuple[list[torch.Tensor], float]:
     """12 steps, eagerly (``backend=None``) or with ``torch.compile(opt.step)``."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10))
@@ -51,7 +60,7 @@ def train(backend: str | None, quant: str, schedule: bool) -> tuple[list[torch.T
     sched = None
     if schedule:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + 0.1 * k))
-    step = opt.step if backend is None else torch.compile(opt.step, backend=backend)
+    step = opt.step if backend is None else compiled(opt.step, backend, dynamic)
     x = torch.randn(32, 64)
     start = time.time()
     for _ in range(12):
@@ -63,22 +72,22 @@ def train(backend: str | None, quant: str, schedule: bool) -> tuple[list[torch.T
     return [p.detach().clone() for p in net.parameters()], time.time() - start
 
 
-def steady_state(name: str, backend: str, quant: str, reps: int) -> dict[str, float]:
+def steady_state(name: str, backend: str, quant: str, reps: int, dynamic: str) -> dict[str, float]:
     """Median ms of one step, eager and compiled, in the plain and stats states (T1=10, T2=50)."""
     torch.manual_seed(0)
     net, loss_fn = model(name)
     loss_fn().backward()
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
-    def make(compiled: bool):
+    def make(compile_it: bool):
         params = [p.detach().clone().requires_grad_() for p in net.parameters()]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt = qshampoo.Shampoo(params, lr=1e-3, quant=quant, stat_interval=10, root_interval=50)
-        return opt, torch.compile(opt.step, backend=backend) if compiled else opt.step
+        return opt, compiled(opt.step, backend, dynamic) if compile_it else opt.step
 
     runs = {"eager": make(False), "compiled": make(True)}
-    for _, step in runs.values():  # state, compilation (and the recompile for the counter)
+    for _, step in runs.values():  # state, compilation
         for _ in range(3):
             step()
 
@@ -102,6 +111,7 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--quant", default="cholesky_ef")
     ap.add_argument("--lr-schedule", action="store_true")
+    ap.add_argument("--dynamic", choices=["false", "auto"], default="false")
     ap.add_argument("--models", default="", help="also time steady-state steps of these models")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
@@ -109,10 +119,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}")
-    eager, t_eager = train(None, args.quant, args.lr_schedule)
+    eager, t_eager = train(None, args.quant, args.lr_schedule, args.dynamic)
     counters.clear()
-    compiled, t_compiled = train(args.backend, args.quant, args.lr_schedule)
-    diff = max((a - b).abs().max().item() for a, b in zip(eager, compiled, strict=True))
+    result, t_compiled = train(args.backend, args.quant, args.lr_schedule, args.dynamic)
+    diff = max((a - b).abs().max().item() for a, b in zip(eager, result, strict=True))
     print(
         f"training: eager {t_eager:.3f} s, compiled {t_compiled:.1f} s, "
         f"{counters['stats']['unique_graphs']} graphs compiled, max |difference| {diff:.2e}"
@@ -121,7 +131,7 @@ def main() -> None:
         print("\n| model | state | eager ms | compiled ms | compiled / eager |")
         print("|---|---|---|---|---|")
     for name in filter(None, args.models.split(",")):
-        ms = steady_state(name, args.backend, args.quant, args.reps)
+        ms = steady_state(name, args.backend, args.quant, args.reps, args.dynamic)
         for state in ("plain", "stats"):
             e, c = ms[f"eager {state}"], ms[f"compiled {state}"]
             print(f"| {name} | {state} | {e:.2f} | {c:.2f} | {c / e:.2f} |", flush=True)

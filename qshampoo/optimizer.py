@@ -220,29 +220,32 @@ class Shampoo(Optimizer):
         """One step of one param group: ``_prepare`` (eager), then what every step does:
         precondition, graft, base update. Under ``torch.compile(opt.step)`` the latter part
         is the compiled graph (docs/speed.md)."""
-        prepared = self._prepare(group)
+        prepared = self._prepare(group, torch.compiler.is_compiling())
         if prepared is None:
             return
-        params, grads, states, norms, pres = prepared
+        params, grads, states, norms, pres, steps = prepared
         directions = self._precondition(params, grads, pres, group["compile"])
         _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
-        for p, g, st, d, n in zip(params, grads, states, directions, norms, strict=True):
+        for p, g, st, d, n, k in zip(params, grads, states, directions, norms, steps, strict=True):
             direction = g if d is None else graft(d, g, n)
             if is_dtensor(p):  # FSDP2: update the local shard and its local state
                 base = st["base"]
                 view = {k: local(v) for k, v in base.items()}
-                update(local(p), direction, view, st["step"], lr=group["lr"], **kwargs)
+                update(local(p), direction, view, k, lr=group["lr"], **kwargs)
                 base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
             else:
-                update(p, direction, st["base"], st["step"], lr=group["lr"], **kwargs)
+                update(p, direction, st["base"], k, lr=group["lr"], **kwargs)
 
     @_eager
-    def _prepare(self, group: dict[str, Any]) -> tuple | None:
+    def _prepare(self, group: dict[str, Any], compiling: bool = False) -> tuple | None:
         """Everything of a step before preconditioning: collect the gradients, create state,
         leave out non-finite gradients, count the step, and update the statistics and roots
-        that are due. Returns ``(params, grads, states, grad_norms, preconditioners)``, or
-        None when no parameter of the group has a gradient.
+        that are due. Returns ``(params, grads, states, grad_norms, preconditioners, steps)``,
+        or None when no parameter of the group has a gradient. ``steps`` are the parameters'
+        step counters: ints, or, for a compiled step (``compiling``), one tensor on the
+        parameters' device (a compiled graph reads a tensor's value; an int it would be
+        specialized on, and recompiled for at every step).
 
         It always runs eagerly, also inside ``torch.compile``: it decides on the host (which
         factors are due, whether a gradient or a factorisation is finite, which damping a
@@ -297,7 +300,14 @@ class Shampoo(Optimizer):
             update_roots(due_roots, hp)
         if touched:
             self._check_failures(touched, group)
-        return params, grads, states, norms, pres
+        steps = [st["step"] for st in states]
+        if compiling and params:
+            # float64, as the eager step's Python floats: 1 - beta2**k in fp32 loses digits
+            # (MPS has no float64)
+            device = params[0].device
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            steps = torch.tensor(steps, dtype=dtype, device=device)
+        return params, grads, states, norms, pres, steps
 
     def _precondition(self, params, grads, pres, compiled: bool) -> list[Tensor | None]:
         """``L_hat G R_hat`` per parameter (None where not preconditioned).
