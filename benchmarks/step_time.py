@@ -22,6 +22,9 @@ step by design) and reported as the window's mean.
     python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
     python benchmarks/step_time.py --models mlp512,cnn --out /tmp/step_time.md
     python benchmarks/step_time.py --models mlp512x1,mlp512x2,mlp512x4,mlp512x8 --no-peers
+
+``--compile-step`` adds ``none`` and ``cholesky_ef`` stepped through
+``torch.compile(opt.step, dynamic=False)`` (compiled before the timing starts).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -90,6 +94,10 @@ class Timed:
     params: list[torch.Tensor]
     shampoo: bool  # qshampoo: timed by the three-state method; else by windows
     grads: list[torch.Tensor]  # the fixed gradients (qshampoo never changes p.grad)
+    step: Callable[[], object] | None = None  # what to call instead of opt.step
+
+    def __post_init__(self) -> None:
+        self.step = self.step or self.opt.step
 
     def step_at(self, k: int) -> float:
         """Wall seconds of one ``step()`` whose step counter becomes ``k``."""
@@ -98,7 +106,7 @@ class Timed:
             if st:
                 st["step"] = k - 1
         t = time.perf_counter()
-        self.opt.step()
+        self.step()
         return time.perf_counter() - t
 
     def window(self, steps: int) -> float:
@@ -133,17 +141,21 @@ def peers(T2: int) -> dict[str, Callable]:
     return out
 
 
-def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
+def build(
+    model_name: str, T1: int, T2: int, with_peers: bool, compile_step: bool = False
+) -> list[Timed]:
     torch.manual_seed(0)
     net, loss_fn = model(model_name)
     loss_fn().backward()
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
-    def row(name: str, make: Callable, shampoo: bool) -> Timed:
+    def row(name: str, make: Callable, shampoo: bool, compiled: bool = False) -> Timed:
         params = [p.detach().clone().requires_grad_() for p in net.parameters()]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
-        return Timed(name, make(params), params, shampoo, grads)
+        opt = make(params)
+        step = torch.compile(opt.step, dynamic=False) if compiled else None
+        return Timed(name, opt, params, shampoo, grads, step)
 
     kw = dict(lr=1e-3, stat_interval=T1, root_interval=T2)
     rows = [
@@ -159,18 +171,24 @@ def build(model_name: str, T1: int, T2: int, with_peers: bool) -> list[Timed]:
             True,
         )
     )
+    if compile_step:  # the whole step compiled (docs/speed.md)
+        for v in ("none", "cholesky_ef"):
+            make = partial(qshampoo.Shampoo, quant=v, **kw)
+            rows.append(row(f"{v}, compiled step", make, True, compiled=True))
     if with_peers:
         for name, make in peers(T2).items():
             rows.append(row(name, make, False))
-    for r in rows:  # state exists, first-call costs paid
-        r.opt.step()
+    for r in rows:  # state exists, first-call costs (and compilation) paid
+        r.step()
         for p, g in zip(r.params, grads, strict=True):
             p.grad = g.clone()
     return rows
 
 
-def measure(model_name: str, T1: int, T2: int, reps: int, with_peers: bool) -> dict[str, dict]:
-    rows = build(model_name, T1, T2, with_peers)
+def measure(
+    model_name: str, T1: int, T2: int, reps: int, with_peers: bool, compile_step: bool = False
+) -> dict[str, dict]:
+    rows = build(model_name, T1, T2, with_peers, compile_step)
     samples: dict[str, dict[str, list[float]]] = {r.name: {} for r in rows}
     # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1)
     plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 and k % T2)
@@ -255,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         default=1024,
         help="time the peers' windows only on MLPs up to this width (slow)",
     )
+    ap.add_argument(
+        "--compile-step",
+        action="store_true",
+        help="add `none` and `cholesky_ef` with torch.compile(opt.step, dynamic=False)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
@@ -267,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         width = int(m[3:].split("x")[0]) if m.startswith("mlp") else 0
         with_peers = not args.no_peers and width <= args.peers_up_to
         t = time.perf_counter()
-        results[m] = measure(m, args.T1, args.T2, args.reps, with_peers)
+        results[m] = measure(m, args.T1, args.T2, args.reps, with_peers, args.compile_step)
         print(f"{m}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     text = f"{header}\n\n{table(results, args.T1, args.T2)}\n"
     print(text)
