@@ -16,8 +16,8 @@ Two measurements:
    is all of the step) and *stats* (statistics due: they run eagerly in both).
 
 Both compile with ``dynamic=False`` (static shapes, as docs/speed.md advises; ``--dynamic auto``
-gives ``torch.compile``'s default, which makes shapes symbolic once a second shape is seen, as
-with a second param group or, here, the second model). ``--backend`` picks the
+gives ``torch.compile``'s default, which makes shapes symbolic once the step's code has seen a
+second shape, as with a second optimizer or, here, the second model). ``--backend`` picks the
 ``torch.compile`` backend: ``inductor`` (the default, generated kernels), or ``eager`` /
 ``aot_eager`` (Dynamo's tracing alone, running the same ATen ops), which separates what tracing
 changes from what inductor's generated arithmetic changes.
@@ -86,6 +86,11 @@ def steady_state(name: str, backend: str, quant: str, reps: int, dynamic: str) -
         opt = qshampoo.Shampoo(params, lr=1e-3, quant=quant, stat_interval=10, root_interval=50)
         return opt, compiled(opt.step, backend, dynamic) if compile_it else opt.step
 
+    if dynamic == "false":
+        # a fresh cache for every model. With --dynamic auto Dynamo keeps what it saw of the
+        # earlier models, and that is what makes it compile the later ones with symbolic
+        # shapes, as it would a second optimizer of other shapes in a training script
+        torch._dynamo.reset()
     runs = {"eager": make(False), "compiled": make(True)}
     for _, step in runs.values():  # state, compilation
         for _ in range(3):

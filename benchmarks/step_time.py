@@ -172,6 +172,9 @@ def build(
         )
     )
     if compile_step:  # the whole step compiled (docs/speed.md)
+        # each optimizer is a cache entry of the step's compiled frame and Dynamo keeps at
+        # most 8 (then runs the frame eagerly): start every model afresh
+        torch._dynamo.reset()
         for v in ("none", "cholesky_ef"):
             make = partial(qshampoo.Shampoo, quant=v, **kw)
             rows.append(row(f"{v}, compiled step", make, True, compiled=True))

@@ -102,11 +102,12 @@ class Shampoo(Optimizer):
             needs a working C++ compiler; if it fails, the optimizer warns once and stays
             eager. Same results either way.
 
-    The whole step can be compiled too, ``torch.compile(opt.step)``: the statistics and root
-    updates run eagerly and the rest of the step (dequantizing the roots, preconditioning,
-    grafting, the base update) is one compiled graph. With an LR schedule, give ``lr`` as a
-    tensor (``lr=torch.tensor(1e-3)``, as for torch.optim), or each new value recompiles. On the
-    development CPU the compiled step is slower than the eager one (``docs/speed.md``).
+    The whole step can be compiled too, ``torch.compile(opt.step, dynamic=False)``: the
+    statistics and root updates run eagerly and the rest of the step (dequantizing the roots,
+    preconditioning, grafting, the base update) is one graph per param group, compiled once.
+    With an LR schedule, give ``lr`` as a tensor (``lr=torch.tensor(1e-3)``, as for
+    torch.optim), or each new value recompiles. On the development CPU it takes 5-28 % off a
+    step where nothing is due (``docs/speed.md``).
     """
 
     def __init__(
@@ -206,24 +207,21 @@ class Shampoo(Optimizer):
     # -- the step -------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One optimizer step: ``_prepare`` (eager), then, per param group, what every step
+        does: precondition, graft, base update. Under ``torch.compile(opt.step)`` the latter
+        is one compiled graph for all groups (docs/speed.md)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._sharding is not None:
-            self._sharding.update_plan(self.param_groups)
-        for group in self.param_groups:
-            self._step_group(group)
+        prepared = self._prepare(torch.compiler.is_compiling())
+        for group, prep in zip(self.param_groups, prepared, strict=True):
+            if prep is not None:
+                self._update(group, *prep)
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        """One step of one param group: ``_prepare`` (eager), then what every step does:
-        precondition, graft, base update. Under ``torch.compile(opt.step)`` the latter part
-        is the compiled graph (docs/speed.md)."""
-        prepared = self._prepare(group, torch.compiler.is_compiling())
-        if prepared is None:
-            return
-        params, grads, states, norms, pres, steps = prepared
+    def _update(self, group, params, grads, states, norms, pres, steps) -> None:
+        """Precondition, graft and apply the base update to a group's prepared parameters."""
         directions = self._precondition(params, grads, pres, group["compile"])
         _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
@@ -231,27 +229,34 @@ class Shampoo(Optimizer):
             direction = g if d is None else graft(d, g, n)
             if is_dtensor(p):  # FSDP2: update the local shard and its local state
                 base = st["base"]
-                view = {k: local(v) for k, v in base.items()}
+                view = {key: local(v) for key, v in base.items()}
                 update(local(p), direction, view, k, lr=group["lr"], **kwargs)
-                base.update({k: like_param(p, v) for k, v in view.items() if k not in base})
+                base.update({key: like_param(p, v) for key, v in view.items() if key not in base})
             else:
                 update(p, direction, st["base"], k, lr=group["lr"], **kwargs)
 
     @_eager
-    def _prepare(self, group: dict[str, Any], compiling: bool = False) -> tuple | None:
-        """Everything of a step before preconditioning: collect the gradients, create state,
-        leave out non-finite gradients, count the step, and update the statistics and roots
-        that are due. Returns ``(params, grads, states, grad_norms, preconditioners, steps)``,
-        or None when no parameter of the group has a gradient. ``steps`` are the parameters'
-        step counters: ints, or, for a compiled step (``compiling``), one tensor on the
-        parameters' device (a compiled graph reads a tensor's value; an int it would be
-        specialized on, and recompiled for at every step).
+    def _prepare(self, compiling: bool = False) -> list[tuple | None]:
+        """Everything of a step before preconditioning, for every param group
+        (``_prepare_group``), after the split of the blocks across ranks is brought up to date.
 
         It always runs eagerly, also inside ``torch.compile``: it decides on the host (which
         factors are due, whether a gradient or a factorisation is finite, which damping a
         factor ended with), so a compiler would break its graph at every decision and
         specialize on every outcome (dozens of recompilations); outside it, the rest of the
         step compiles as one graph that is reused.
+        """
+        if self._sharding is not None:
+            self._sharding.update_plan(self.param_groups)
+        return [self._prepare_group(group, compiling) for group in self.param_groups]
+
+    def _prepare_group(self, group: dict[str, Any], compiling: bool) -> tuple | None:
+        """Collect the group's gradients, create state, leave out non-finite gradients, count
+        the step, and update the statistics and roots that are due. Returns ``(params, grads,
+        states, grad_norms, preconditioners, steps)``, or None when no parameter of the group
+        has a gradient. ``steps`` are the parameters' step counters: ints, or, for a compiled
+        step (``compiling``), one tensor on the parameters' device (a compiled graph reads a
+        tensor's value; an int it would be specialized on, and recompiled for at every step).
         """
         params, grads = [], []
         for p in group["params"]:

@@ -319,7 +319,7 @@ def test_compiled_step_trains_like_eager_without_recompiling(quant):
     """``torch.compile(opt.step, dynamic=False)`` with two param groups and an LR schedule on
     a tensor lr (as torch.optim asks for a compiled step): the statistics and root updates run
     eagerly, outside the graph; the rest (dequantization, preconditioning, grafting, AdamW)
-    compiles once per group at the first step and never again, whether statistics or roots
+    of both groups compiles at the first step and never again, whether statistics or roots
     are due (the step counters reach the graph as a tensor)."""
     torch._dynamo.reset()
     nets = small_net(), small_net()
