@@ -97,16 +97,16 @@ class Shampoo(Optimizer):
             (``qshampoo.precision.PrecisionConfig``; default: its defaults).
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
             ``torch.compile`` (one kernel per root shape; on the development CPU the step
-            ranged from 5% faster to 16% slower than eager: ``benchmarks/RESULTS.md``,
+            ranged from 5% faster to 18% slower than eager: ``benchmarks/RESULTS.md``,
             ``docs/speed.md``). Compiling takes a few seconds per shape at the first steps and
             needs a working C++ compiler; if it fails, the optimizer warns once and stays
             eager. Same results either way.
 
     The whole step can be compiled too, ``torch.compile(opt.step, dynamic=False)``: the
     statistics and root updates run eagerly and the rest of the step (dequantizing the roots,
-    preconditioning, grafting, the base update) is one graph per param group, compiled once.
+    preconditioning, grafting, the base update) is one graph, compiled once.
     With an LR schedule, give ``lr`` as a tensor (``lr=torch.tensor(1e-3)``, as for
-    torch.optim), or each new value recompiles. On the development CPU it takes 5-28 % off a
+    torch.optim), or each new value recompiles. On the development CPU it takes 10-26 % off a
     step where nothing is due (``docs/speed.md``).
     """
 
