@@ -7,7 +7,9 @@ Two measurements:
    quantized), once calling ``opt.step`` and once ``torch.compile(opt.step)``, from the same
    initialization. Prints the wall time of each (compilation included), how many graphs Dynamo
    compiled (``TORCH_LOGS=recompiles`` says why each recompilation happened), and the largest
-   difference between the final parameters. ``--lr-schedule`` decays the lr at every step
+   difference between the final parameters; then the largest difference between one compiled
+   step and the eager one taken from the same state (over the 12 states of the eager run),
+   which rounding cannot accumulate into. ``--lr-schedule`` decays the lr at every step
    (``LambdaLR``; ``lr`` given as a tensor, as torch.optim asks for a compiled step with a
    schedule).
 2. **Steady state** (``--models``, e.g. ``cnn,gpt,mlp512``, the models of ``step_time.py``):
@@ -29,6 +31,7 @@ changes from what inductor's generated arithmetic changes.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -43,10 +46,8 @@ def compiled(step, backend: str, dynamic: str):
     return torch.compile(step, backend=backend, dynamic=None if dynamic == "auto" else False)
 
 
-def train(
-    backend: str | None, quant: str, schedule: bool, dynamic: str
-) -> tuple[list[torch.Tensor], float]:
-    """12 steps, eagerly (``backend=None``) or with ``torch.compile(opt.step)``."""
+def setup(quant: str, schedule: bool):
+    """The MLP, its optimizer, the schedule (or None) and the batch, from seed 0."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10))
     opt = qshampoo.Shampoo(
@@ -60,8 +61,15 @@ def train(
     sched = None
     if schedule:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + 0.1 * k))
+    return net, opt, sched, torch.randn(32, 64)
+
+
+def train(
+    backend: str | None, quant: str, schedule: bool, dynamic: str
+) -> tuple[list[torch.Tensor], float]:
+    """12 steps, eagerly (``backend=None``) or with ``torch.compile(opt.step)``."""
+    net, opt, sched, x = setup(quant, schedule)
     step = opt.step if backend is None else compiled(opt.step, backend, dynamic)
-    x = torch.randn(32, 64)
     start = time.time()
     for _ in range(12):
         opt.zero_grad()
@@ -70,6 +78,29 @@ def train(
         if sched is not None:
             sched.step()
     return [p.detach().clone() for p in net.parameters()], time.time() - start
+
+
+def one_step_gap(backend: str, quant: str, schedule: bool, dynamic: str) -> float:
+    """The largest difference between one compiled step and the eager step taken from the
+    same state, over the 12 states of the eager training run (a copy of the model and the
+    optimizer takes the compiled step, so rounding differences cannot accumulate)."""
+    net, opt, sched, x = setup(quant, schedule)
+    worst = 0.0
+    for _ in range(12):
+        twin, twin_opt = copy.deepcopy((net, opt))
+        torch._dynamo.reset()  # every copy is a new optimizer: compile afresh
+        for n, o, step in (
+            (net, opt, opt.step),
+            (twin, twin_opt, compiled(twin_opt.step, backend, dynamic)),
+        ):
+            o.zero_grad()
+            n(x).square().mean().backward()
+            step()
+        pairs = zip(net.parameters(), twin.parameters(), strict=True)
+        worst = max(worst, *((a - b).abs().max().item() for a, b in pairs))
+        if sched is not None:
+            sched.step()
+    return worst
 
 
 def steady_state(name: str, backend: str, quant: str, reps: int, dynamic: str) -> dict[str, float]:
@@ -132,6 +163,8 @@ def main() -> None:
         f"training: eager {t_eager:.3f} s, compiled {t_compiled:.1f} s, "
         f"{counters['stats']['unique_graphs']} graphs compiled, max |difference| {diff:.2e}"
     )
+    gap = one_step_gap(args.backend, args.quant, args.lr_schedule, args.dynamic)
+    print(f"one compiled step from the eager run's state: max |difference| {gap:.2e}")
     if args.models:
         print("\n| model | state | eager ms | compiled ms | compiled / eager |")
         print("|---|---|---|---|---|")

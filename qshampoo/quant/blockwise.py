@@ -63,19 +63,26 @@ def _check_square(shape: tuple[int, ...], what: str) -> int:
 # --------------------------------------------------------------------------- geometry
 
 
+#: index sets kept per cached function (the oldest goes first)
+INDEX_CACHE_SIZE = 16
+
+
 def _index_cache(build):
-    """Keep ``build(n, block_size, device)``'s index tensors per argument triple (a model has a
-    handful of orders). A plain dict, not ``functools.lru_cache``: ``torch.compile`` reads a
-    dict's entries as graph inputs, where it would trace through an lru_cache and rebuild the
-    indices inside the compiled step."""
+    """Keep ``build(n, block_size, device)``'s index tensors for the last ``INDEX_CACHE_SIZE``
+    argument triples (a model has a handful of orders). A plain dict, not
+    ``functools.lru_cache``: ``torch.compile`` reads a dict's entries as graph inputs, where it
+    would trace through an lru_cache and rebuild the indices inside the compiled step."""
     cache: dict = {}
 
     def cached(n: int, block_size: int, device: torch.device):
         key = (n, block_size, device)
         if key not in cache:
+            if len(cache) >= INDEX_CACHE_SIZE:
+                del cache[next(iter(cache))]
             cache[key] = build(n, block_size, device)
         return cache[key]
 
+    cached.cache = cache  # for tests
     return cached
 
 

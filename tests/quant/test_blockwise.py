@@ -462,3 +462,16 @@ def test_compiled_symmetric_dequantization_is_identical(n):
         a = torch.randn(n, n, generator=g)
         qs.append(quantize(a + a.T, layout="tril", exact_diagonal=True))
     assert torch.equal(dequantize_symmetric(qs, compiled=True), dequantize_symmetric(qs))
+
+
+def test_index_caches_keep_at_most_their_size_and_stay_correct():
+    from qshampoo.quant import blockwise
+
+    for f in (blockwise._tril_indices, blockwise._symmetric_indices):
+        first = [t.clone() for t in f(5, 4, torch.device("cpu"))]
+        for n in range(6, 6 + 2 * blockwise.INDEX_CACHE_SIZE):
+            f(n, 4, torch.device("cpu"))
+        assert len(f.cache) == blockwise.INDEX_CACHE_SIZE
+        assert (5, 4, torch.device("cpu")) not in f.cache  # the oldest went first
+        again = f(5, 4, torch.device("cpu"))  # rebuilt, the same
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
