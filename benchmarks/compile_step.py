@@ -1,6 +1,6 @@
 """Compiling the whole optimizer step, ``torch.compile(opt.step)``, against eager.
 
-Two measurements:
+Three measurements:
 
 1. **Training** (always): a 2-layer MLP (64-64-10) trained for 12 steps with ``Shampoo``
    (``--quant``, default ``cholesky_ef``; statistics every 2 steps, roots every 4, every factor
@@ -12,7 +12,10 @@ Two measurements:
    which rounding cannot accumulate into. ``--lr-schedule`` decays the lr at every step
    (``LambdaLR``; ``lr`` given as a tensor, as torch.optim asks for a compiled step with a
    schedule).
-2. **Steady state** (``--models``, e.g. ``cnn,gpt,mlp512``, the models of ``step_time.py``):
+2. **Real models** (``--train``, e.g. ``cnn,gpt``, the models of ``step_time.py``): 40 training
+   steps on a fixed batch, eager and compiled, set up as a user would (two param groups, a
+   tensor lr under a cosine schedule); prints the losses and how many graphs were compiled.
+3. **Steady state** (``--models``, e.g. ``cnn,gpt,mlp512``, the models of ``step_time.py``):
    ms per step, eager and compiled, median of ``--reps`` interleaved repetitions after the
    compilation, in two states: *plain* (neither statistics nor roots due, so the compiled graph
    is all of the step) and *stats* (statistics due: they run eagerly in both).
@@ -26,6 +29,7 @@ changes from what inductor's generated arithmetic changes.
 
     PYTHONPATH=. python benchmarks/compile_step.py [--backend B] [--quant Q] [--lr-schedule]
     PYTHONPATH=. python benchmarks/compile_step.py --threads 1 --models cnn,gpt [--dynamic auto]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/compile_step.py --train cnn,gpt
 """
 
 from __future__ import annotations
@@ -103,6 +107,29 @@ def one_step_gap(backend: str, quant: str, schedule: bool, dynamic: str) -> floa
     return worst
 
 
+def train_model(name: str, backend: str | None, dynamic: str) -> list[float]:
+    """40 training steps of a ``step_time.py`` model on its fixed batch, as a user would set it
+    up: weight decay on the matrices only (two param groups), ``lr`` a tensor under a cosine
+    schedule, statistics every 5 steps, roots every 10. Returns the losses."""
+    torch.manual_seed(0)
+    net, loss_fn = model(name)
+    matrices = [p for p in net.parameters() if p.dim() >= 2]
+    others = [p for p in net.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": 0.05}, {"params": others, "weight_decay": 0.0}]
+    opt = qshampoo.Shampoo4bit(groups, lr=torch.tensor(1e-3), stat_interval=5, root_interval=10)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 40)
+    step = opt.step if backend is None else compiled(opt.step, backend, dynamic)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
 def steady_state(name: str, backend: str, quant: str, reps: int, dynamic: str) -> dict[str, float]:
     """Median ms of one step, eager and compiled, in the plain and stats states (T1=10, T2=50)."""
     torch.manual_seed(0)
@@ -149,6 +176,7 @@ def main() -> None:
     ap.add_argument("--lr-schedule", action="store_true")
     ap.add_argument("--dynamic", choices=["false", "auto"], default="false")
     ap.add_argument("--models", default="", help="also time steady-state steps of these models")
+    ap.add_argument("--train", default="", help="also train these models, eager and compiled")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -165,6 +193,17 @@ def main() -> None:
     )
     gap = one_step_gap(args.backend, args.quant, args.lr_schedule, args.dynamic)
     print(f"one compiled step from the eager run's state: max |difference| {gap:.2e}")
+    for name in filter(None, args.train.split(",")):
+        torch._dynamo.reset()
+        counters.clear()
+        eager_losses = train_model(name, None, args.dynamic)
+        losses = train_model(name, args.backend, args.dynamic)
+        gap = max(abs(a - b) for a, b in zip(eager_losses, losses, strict=True))
+        print(
+            f"{name}, 40 steps: loss {eager_losses[0]:.4f} -> {eager_losses[-1]:.4f} eager, "
+            f"-> {losses[-1]:.4f} compiled; max |loss difference| {gap:.1e}; "
+            f"{counters['stats']['unique_graphs']} graphs compiled"
+        )
     if args.models:
         print("\n| model | state | eager ms | compiled ms | compiled / eager |")
         print("|---|---|---|---|---|")
