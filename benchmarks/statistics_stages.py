@@ -69,7 +69,9 @@ def stages(n: int, quant: str, reps: int) -> dict[str, float]:
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(n, n))
     w.grad = torch.randn(n, n) * 1e-2
-    opt = qshampoo.Shampoo([w], quant=quant, stat_interval=1, root_interval=10**9)
+    opt = qshampoo.Shampoo(
+        [w], quant=quant, stat_interval=1, root_interval=10**9, max_preconditioner_dim=n
+    )
     for _ in range(3):  # state, and a factor away from its initial eps I
         opt.step()
     factor = opt._preconditioner(w, opt.state[w], opt.param_groups[0]).factors()[0]
