@@ -330,8 +330,8 @@ def test_compiled_step_trains_like_eager_without_recompiling(quant, base):
             {"params": [net[0].bias, net[2].bias]},
         ]
 
-    kw = variant_kwargs(quant, lr=torch.tensor(1e-2), stat_interval=2, root_interval=4, base=base)
-    opts = [qshampoo.Shampoo(groups(net), **kw) for net in nets]
+    kw = variant_kwargs(quant, stat_interval=2, root_interval=4, base=base)
+    opts = [qshampoo.Shampoo(groups(net), lr=torch.tensor(1e-2), **kw) for net in nets]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 1 / (1 + 0.2 * k)) for o in opts]
     step = torch.compile(opts[1].step, backend="aot_eager", dynamic=False)
     # fp32 rounding of the traced ops; with 4-bit factors it can move a code by a level
