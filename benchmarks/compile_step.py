@@ -40,7 +40,7 @@ import statistics
 import time
 
 import torch
-from step_time import machine, model
+from step_time import Timed, machine, model
 from torch._dynamo.utils import counters
 
 import qshampoo
@@ -137,35 +137,28 @@ def steady_state(name: str, backend: str, quant: str, reps: int, dynamic: str) -
     loss_fn().backward()
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
-    def make(compile_it: bool):
+    def make(label: str) -> Timed:
         params = [p.detach().clone().requires_grad_() for p in net.parameters()]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt = qshampoo.Shampoo(params, lr=1e-3, quant=quant, stat_interval=10, root_interval=50)
-        return opt, compiled(opt.step, backend, dynamic) if compile_it else opt.step
+        step = compiled(opt.step, backend, dynamic) if label == "compiled" else None
+        return Timed(label, opt, params, True, grads, step)
 
     if dynamic == "false":
         # a fresh cache for every model. With --dynamic auto Dynamo keeps what it saw of the
         # earlier models, and that is what makes it compile the later ones with symbolic
         # shapes, as it would a second optimizer of other shapes in a training script
         torch._dynamo.reset()
-    runs = {"eager": make(False), "compiled": make(True)}
-    for _, step in runs.values():  # state, compilation
+    runs = [make("eager"), make("compiled")]
+    for r in runs:  # state, compilation
         for _ in range(3):
-            step()
-
-    def at(k: int, opt, step) -> float:
-        for st in opt.state.values():
-            st["step"] = k - 1
-        t = time.perf_counter()
-        step()
-        return (time.perf_counter() - t) * 1e3
-
+            r.step()
     samples: dict[str, list[float]] = {}
     for _ in range(reps):
-        for label, (opt, step) in runs.items():
+        for r in runs:
             for state, k in (("plain", 51), ("stats", 60)):
-                samples.setdefault(f"{label} {state}", []).append(at(k, opt, step))
+                samples.setdefault(f"{r.name} {state}", []).append(r.step_at(k) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
