@@ -90,13 +90,13 @@ def synthetic_pd(n: int, cond: float, seed: int = 0, kind: str = "logspace") -> 
     g = torch.Generator().manual_seed(seed)
     if kind == "lowrank":
         m = max(n // 4, 1)
-        G = torch.randn(n, m, generator=g, dtype=torch.float64)
+        G = torch.randn(n, m, generator=g, dtype=torch.float64, device=g.device)
         A = G @ G.T / m
         lam_max = torch.linalg.eigvalsh(A)[-1]
-        return (A + lam_max / cond * torch.eye(n, dtype=torch.float64)).float()
+        return (A + lam_max / cond * torch.eye(n, dtype=torch.float64, device=g.device)).float()
     if kind != "logspace":
         raise ValueError(f"kind must be 'logspace' or 'lowrank', got {kind!r}")
-    Q, R = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    Q, R = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64, device=g.device))
     Q = Q * torch.sign(torch.diagonal(R))  # Haar measure
-    lam = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
+    lam = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64, device=g.device)
     return ((Q * lam) @ Q.T).float()

@@ -114,7 +114,9 @@ def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:
         return root, ok
     except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
         if A.dim() == 2:
-            return torch.full_like(A, float("nan")), torch.zeros((), dtype=torch.bool)
+            return torch.full_like(A, float("nan")), torch.zeros(
+                (), dtype=torch.bool, device=A.device
+            )
     flat = A.reshape(-1, *A.shape[-2:])
     results = [_attempt(fn, a, p, eps) for a in flat]
     root = torch.stack([r for r, _ in results]).reshape(A.shape)

@@ -45,7 +45,7 @@ def shapes(draw):
 
 
 def train(params, opt, steps=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, generator=g).to(p.dtype)

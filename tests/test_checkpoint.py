@@ -30,12 +30,12 @@ K, TOTAL = 5, 9
 
 
 def make_params(shapes=SHAPES, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
 
 
 def set_grads(params, step):
-    g = torch.Generator().manual_seed(100 + step)
+    g = torch.Generator(torch.get_default_device()).manual_seed(100 + step)
     for p in params:
         p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
 
@@ -65,9 +65,10 @@ def load(data: bytes):
 # -- resume in a new process ------------------------------------------------------------------
 CHILD = textwrap.dedent(
     """
-    import sys, torch, qshampoo
+    import os, sys, torch, qshampoo
     from tests.test_checkpoint import make_params, opt_kwargs, train, K, TOTAL
     torch.set_num_threads(int(sys.argv[2]))
+    torch.set_default_device(os.environ.get("QSHAMPOO_TEST_DEVICE") or "cpu")  # as conftest
     out = {}
     for quant, base, dtype in torch.load(sys.argv[1] + "/cases.pt"):
         ckpt = torch.load(f"{sys.argv[1]}/{quant}-{base}-{dtype}.pt", weights_only=True)

@@ -22,6 +22,11 @@ from qshampoo.distributed import assign_blocks, consolidated_state_dict, drop_pr
 from qshampoo.factors import FACTORS
 from qshampoo.memory import state_bytes
 
+pytestmark = pytest.mark.skipif(
+    torch.get_default_device().type != "cpu",
+    reason="gloo processes on the CPU: QSHAMPOO_TEST_DEVICE does not apply",
+)
+
 WORLD = 2
 VARIANTS = sorted(FACTORS)
 STEPS, SAVE_AT = 6, 3
@@ -59,7 +64,7 @@ def make_model(seed: int = 0) -> torch.nn.Module:
 
 def batch(x, y, step: int, rank: int | None = None):
     """Batch ``step`` of the full data; ``rank`` takes its half of it."""
-    g = torch.Generator().manual_seed(1000 + step)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1000 + step)
     idx = torch.randint(0, len(y), (BATCH,), generator=g)
     if rank is not None:
         idx = idx.chunk(WORLD)[rank]
@@ -193,7 +198,7 @@ def _add_group_part():
     """A param group added after some steps: its blocks are assigned on top of the others."""
     finals = []
     for mode in (None, False):
-        g = torch.Generator().manual_seed(5)
+        g = torch.Generator(torch.get_default_device()).manual_seed(5)
         a = torch.randn(40, 24, generator=g, requires_grad=True)
         b = torch.randn(30, 20, generator=g, requires_grad=True)
         opt = qshampoo.Shampoo(

@@ -37,6 +37,8 @@ def healthy(report):
 # -- Hugging Face transformers.Trainer --------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf():
+    if torch.get_default_device().type != "cpu":
+        pytest.skip("the example pins use_cpu=True: QSHAMPOO_TEST_DEVICE does not apply")
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     return load_example("hf_trainer")
@@ -66,6 +68,8 @@ def test_hf_trainer_resumes_from_its_checkpoint_identically(hf, tmp_path):
 # -- PyTorch Lightning ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lightning():
+    if torch.get_default_device().type != "cpu":
+        pytest.skip("the example pins accelerator='cpu': QSHAMPOO_TEST_DEVICE does not apply")
     if importlib.util.find_spec("lightning") is None:
         pytest.importorskip("pytorch_lightning")
     return load_example("lightning_module")

@@ -12,7 +12,7 @@ def base(request, monkeypatch):
 
 
 def spd(n, batch=(), seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     X = torch.randn(*batch, n, 2 * n, generator=g)
     return X @ X.mT / n + 1e-3 * torch.eye(n)
 
@@ -43,7 +43,7 @@ def test_lower_gram_equals_dense_product(base, n):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
 def test_all_finite_equals_isfinite_all(bad):
-    x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 7, 6, generator=torch.Generator(torch.get_default_device()).manual_seed(0))
     if bad is not None:
         x[1, 3, 2] = bad
         x[4, 0, 5] = bad

@@ -16,7 +16,7 @@ from qshampoo.memory import factor_bytes, state_bytes
 from qshampoo.precision import Candidate, PrecisionConfig, plan
 
 QUANTIZED = ["naive", "eigen", "cholesky", "cholesky_ef"]
-CPU = torch.device("cpu")
+DEVICE = torch.get_default_device()  # QSHAMPOO_TEST_DEVICE, else the CPU
 SHAPES = [(96, 64), (130, 70), (70, 130), (64, 3, 3, 3), (96,), (10, 96)]
 
 
@@ -25,8 +25,8 @@ def _rel(a, b):
 
 
 def _factor(quant, bits, n=96, codebook="linear2", updates=6, seed=0, adaptive=True):
-    f = make_factor(quant, n, FactorConfig(bits, 32, codebook, adaptive), CPU, 1e-6, 0)
-    g = torch.Generator().manual_seed(seed)
+    f = make_factor(quant, n, FactorConfig(bits, 32, codebook, adaptive), DEVICE, 1e-6, 0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     hp = StepHyper()
     for _ in range(updates):  # rows of very different scales, as real statistics have
         x = torch.randn(n, 40, generator=g) * torch.logspace(-2, 0, n)[:, None]
@@ -103,7 +103,7 @@ def test_demotion_moves_the_lost_part_into_the_error_state(adaptive):
 
 
 def test_an_fp32_factor_has_no_other_width():
-    f = make_factor("cholesky_ef", 8, FactorConfig(4), CPU, 1e-6, 4096)  # 8 x 8 stays fp32
+    f = make_factor("cholesky_ef", 8, FactorConfig(4), DEVICE, 1e-6, 4096)  # 8 x 8 stays fp32
     assert f.bits == 32 and not f.set_bits(32)
     with pytest.raises(ValueError, match="fp32"):
         f.set_bits(8)
@@ -167,12 +167,12 @@ def test_precision_config_is_validated(kw):
 
 # -- the optimizer -------------------------------------------------------------------------------
 def _params(seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
 
 
 def _grads(params, step):
-    g = torch.Generator().manual_seed(1000 + step)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1000 + step)
     for p in params:
         rows = p.shape[0]
         scale = torch.logspace(-2 + (step % 5) / 4, 0, rows).view(-1, *[1] * (p.dim() - 1))

@@ -5,7 +5,7 @@ from qshampoo.roots import inverse_root, max_eigenvalue
 
 
 def spd(n, cond, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     lam = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), n, dtype=torch.float64)
     return ((Q * lam) @ Q.T).to(dtype)

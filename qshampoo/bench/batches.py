@@ -13,11 +13,14 @@ from collections.abc import Iterator
 
 import torch
 
+# Indices are made on the CPU whatever the default device: the data they index lives there
+# (a CUDA tensor takes CPU indices too).
+_CPU = torch.device("cpu")
 _MIX = 1_000_003  # an odd prime to mix (seed, index) into one generator seed
 
 
 def _generator(seed: int, index: int) -> torch.Generator:
-    g = torch.Generator()
+    g = torch.Generator(_CPU)
     g.manual_seed((int(seed) * _MIX + int(index)) % (2**63 - 1))
     return g
 
@@ -52,7 +55,8 @@ class ClassificationBatches:
 
     def permutation(self, seed: int, epoch: int) -> torch.Tensor:
         if self._perm_epoch != (seed, epoch):
-            self._perm = torch.randperm(self.n, generator=_generator(seed, epoch))
+            g = _generator(seed, epoch)
+            self._perm = torch.randperm(self.n, generator=g, device=_CPU)
             self._perm_epoch = (seed, epoch)
         return self._perm
 
@@ -65,8 +69,8 @@ class ClassificationBatches:
         """All samples, or ``limit`` of them spread evenly over the set (so a set sorted by
         class is still sampled fairly)."""
         if limit is None or limit >= self.n:
-            return torch.arange(self.n)
-        return torch.linspace(0, self.n - 1, int(limit)).round().long().unique()
+            return torch.arange(self.n, device=_CPU)
+        return torch.linspace(0, self.n - 1, int(limit), device=_CPU).round().long().unique()
 
     def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator:
         """Fixed-order batches over :meth:`eval_indices`."""
@@ -92,22 +96,23 @@ class TokenWindows:
         self.n = len(tokens) - self.block - 1
         # One "epoch" = as many windows as there are tokens; only used to convert --epochs.
         self.steps_per_epoch = max(1, len(tokens) // (self.block * self.batch_size))
-        self._offsets = torch.arange(self.block + 1)
+        self._offsets = torch.arange(self.block + 1, device=_CPU)
 
     def _windows(self, starts: torch.Tensor):
         w = self.tokens[starts[:, None] + self._offsets]
         return w[:, :-1], w[:, 1:]
 
     def batch(self, seed: int, step: int):
-        starts = torch.randint(0, self.n + 1, (self.batch_size,), generator=_generator(seed, step))
+        g = _generator(seed, step)
+        starts = torch.randint(0, self.n + 1, (self.batch_size,), generator=g, device=_CPU)
         return self._windows(starts)
 
     def eval_starts(self, limit: int | None) -> torch.Tensor:
         """Non-overlapping windows from the start of the text; ``limit`` windows at most,
         evenly spread over the text when there are more."""
-        starts = torch.arange(0, self.n + 1, self.block)
+        starts = torch.arange(0, self.n + 1, self.block, device=_CPU)
         if limit is not None and len(starts) > limit:
-            pick = torch.linspace(0, len(starts) - 1, int(limit)).round().long()
+            pick = torch.linspace(0, len(starts) - 1, int(limit), device=_CPU).round().long()
             starts = starts[pick]
         return starts
 

@@ -48,7 +48,7 @@ def captured_statistics(steps: int = 300, seed: int = 0) -> dict[str, torch.Tens
     opt = Shampoo(net.parameters(), lr=3e-3, stat_interval=1, root_interval=20)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        idx = torch.randint(0, len(y), (64,), generator=g)
+        idx = torch.randint(0, len(y), (64,), generator=g, device=g.device)
         loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()

@@ -21,6 +21,9 @@ import torch
 
 CODEBOOK_NAMES: tuple[str, ...] = ("linear2", "dynamic_tree")
 SUPPORTED_BITS: tuple[int, ...] = (3, 4, 8)
+# Tables are built on the CPU, whatever the default device (torch.set_default_device), then
+# copied to the device asked for.
+_CPU = torch.device("cpu")
 
 _CACHE: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 _BYTE_TABLE_CACHE: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -39,22 +42,23 @@ def _check(name: str, bits: int) -> None:
 
 
 def _linear2(bits: int) -> torch.Tensor:
-    v = torch.linspace(-1.0, 1.0, 2**bits, dtype=torch.float64)
+    v = torch.linspace(-1.0, 1.0, 2**bits, dtype=torch.float64, device=_CPU)
     v[2 ** (bits - 1) - 1] = 0.0
     return torch.sign(v) * v * v
 
 
 def _dynamic_tree(bits: int) -> torch.Tensor:
-    levels = [torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)]
+    levels = [torch.zeros(1, dtype=torch.float64, device=_CPU)]
+    levels.append(torch.ones(1, dtype=torch.float64, device=_CPU))
     for i in range(bits - 1):
-        bounds = torch.linspace(0.1, 1.0, 2**i + 1, dtype=torch.float64)
+        bounds = torch.linspace(0.1, 1.0, 2**i + 1, dtype=torch.float64, device=_CPU)
         mids = (bounds[:-1] + bounds[1:]) / 2 * 10.0 ** (i - (bits - 2))
         levels += [mids, -mids]
     return torch.cat(levels).sort().values
 
 
 def _normalize_device(device) -> torch.device:
-    return torch.device("cpu") if device is None else torch.device(device)
+    return _CPU if device is None else torch.device(device)
 
 
 def codebook(name: str, bits: int, device=None) -> torch.Tensor:
@@ -134,7 +138,7 @@ def _build_lut(mids: torch.Tensor, dev: torch.device) -> tuple | None:
         width = 2.0 / R
         pos = (mids + 1.0) / width
         if ((pos - pos.round()).abs() * width).min().item() > 1e-6:
-            edges = -1.0 + width * torch.arange(R, dtype=torch.float64)
+            edges = -1.0 + width * torch.arange(R, dtype=torch.float64, device=_CPU)
             lo = torch.searchsorted(mids, edges)
             inside = torch.searchsorted(mids, edges + width) > lo
             mid_in = torch.where(inside, mids[lo.clamp(max=len(mids) - 1)], float("inf"))

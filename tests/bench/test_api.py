@@ -8,7 +8,7 @@ from qshampoo.bench import compare, make_task
 
 
 def regression_data(n, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     x = torch.randn(n, 5, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * torch.randn(n, generator=g)
     return x, y.unsqueeze(1)

@@ -20,7 +20,7 @@ CODEBOOKS = [(name, bits) for name in ("linear2", "dynamic_tree") for bits in (3
 
 
 def rand(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     return torch.randn(shape, generator=g).to(dtype)
 
 
@@ -61,7 +61,7 @@ def reference_absmax_tril(x, bs):
 
 def assert_nearest(y, values, name, bits):
     """values/scale must be the codebook entry nearest to y (up to fp32 rounding)."""
-    cb = codebook(name, bits)
+    cb = codebook(name, bits, y.device)
     best = (y.unsqueeze(-1) - cb).abs().min(dim=-1).values
     got = (y - values).abs()
     assert torch.all(got <= best + 1e-6)
@@ -405,7 +405,7 @@ def test_property_tril_bound(n, bs, seed):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["full", "tril"])
 def test_cuda_matches_cpu(layout):
-    x = rand(130, 130, seed=12)
+    x = rand(130, 130, seed=12).cpu()
     q = quantize(x.cuda(), layout=layout, exact_diagonal=True)
     assert q.codes.is_cuda and q.scales.is_cuda and q.diag.is_cuda
     y = dequantize(q)
@@ -437,7 +437,7 @@ def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size, pat
     if path == "traced":  # the gather forms a compiled optimizer step uses, run eagerly
         monkeypatch.setattr(blockwise, "_is_compiling", lambda: True)
 
-    g = torch.Generator().manual_seed(n)
+    g = torch.Generator(torch.get_default_device()).manual_seed(n)
     mats = [torch.randn(n, n, generator=g) for _ in range(3)]
     kw = dict(layout="tril", exact_diagonal=True, bits=bits, block_size=block_size)
     qs = [quantize(a + a.T, **kw) for a in mats]
@@ -456,7 +456,7 @@ def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size, pat
 def test_compiled_symmetric_dequantization_is_identical(n):
     from qshampoo.quant import dequantize_symmetric
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     qs = []
     for _ in range(2):
         a = torch.randn(n, n, generator=g)

@@ -12,24 +12,24 @@ DYNAMIC_TREE_4 = [-0.8875, -0.6625, -0.4375, -0.2125, -0.0775, -0.0325, -0.0055,
 def test_linear2_4bit_table():
     cb = codebook("linear2", 4)
     assert cb.dtype == torch.float32
-    torch.testing.assert_close(cb, torch.tensor(LINEAR2_4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cb, torch.tensor(LINEAR2_4, device="cpu"), atol=1e-6, rtol=0)
 
 
 def test_dynamic_tree_4bit_table():
     cb = codebook("dynamic_tree", 4)
     assert cb.dtype == torch.float32
-    torch.testing.assert_close(cb, torch.tensor(DYNAMIC_TREE_4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cb, torch.tensor(DYNAMIC_TREE_4, device="cpu"), atol=1e-6, rtol=0)
 
 
 def test_linear2_3bit_construction():
-    v = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    v = torch.linspace(-1, 1, 8, dtype=torch.float64, device="cpu")
     v[3] = 0
     expected = torch.sign(v) * v**2
     torch.testing.assert_close(codebook("linear2", 3).double(), expected, atol=1e-7, rtol=0)
 
 
 def test_dynamic_tree_3bit_table():
-    expected = torch.tensor([-0.775, -0.325, -0.055, 0, 0.055, 0.325, 0.775, 1.0])
+    expected = torch.tensor([-0.775, -0.325, -0.055, 0, 0.055, 0.325, 0.775, 1.0], device="cpu")
     torch.testing.assert_close(codebook("dynamic_tree", 3), expected, atol=1e-7, rtol=0)
 
 
@@ -65,7 +65,7 @@ def test_max_rounding_error_is_a_real_bound():
     for name in CODEBOOK_NAMES:
         for bits in (3, 4, 8):
             cb = codebook(name, bits).double()
-            y = torch.linspace(-1, 1, 100_001, dtype=torch.float64)
+            y = torch.linspace(-1, 1, 100_001, dtype=torch.float64, device=cb.device)
             worst = (y.unsqueeze(1) - cb).abs().min(dim=1).values.max().item()
             assert worst <= max_rounding_error(name, bits) + 1e-12
             assert worst >= max_rounding_error(name, bits) - 1e-4  # and it is tight
@@ -85,8 +85,8 @@ def test_errors_name_the_argument():
 def test_nearest_codes_equals_bucketize(name, bits):
     from qshampoo.quant.codebooks import codebook_midpoints, nearest_codes
 
-    mids = codebook_midpoints(name, bits)
-    g = torch.Generator().manual_seed(0)
+    mids = codebook_midpoints(name, bits, torch.get_default_device())
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     y = torch.cat(
         [
             torch.rand(20000, generator=g) * 2 - 1,

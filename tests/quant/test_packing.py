@@ -18,7 +18,7 @@ def _reference_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 @pytest.mark.parametrize("bits", [3, 4, 8])
 @pytest.mark.parametrize("n", SIZES)
 def test_round_trip_and_size(bits, n):
-    g = torch.Generator().manual_seed(n * 10 + bits)
+    g = torch.Generator(torch.get_default_device()).manual_seed(n * 10 + bits)
     codes = torch.randint(0, 2**bits, (n,), dtype=torch.uint8, generator=g)
     packed = pack(codes, bits)
     assert packed.dtype == torch.uint8
@@ -31,7 +31,7 @@ def test_round_trip_and_size(bits, n):
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_layout_matches_little_endian_bit_stream(bits):
-    g = torch.Generator().manual_seed(bits)
+    g = torch.Generator(torch.get_default_device()).manual_seed(bits)
     codes = torch.randint(0, 2**bits, (37,), dtype=torch.uint8, generator=g)
     assert torch.equal(pack(codes, bits), _reference_pack(codes, bits))
     assert torch.equal(unpack(pack(codes, bits), bits, 37), codes)
@@ -58,7 +58,7 @@ def test_8bit_is_a_copy():
 
 def test_two_4bit_matrices_share_bytes():
     # the Cholesky-EF use: one code of C and one of E per byte, C in the low nibble
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     c = torch.randint(0, 16, (101,), dtype=torch.uint8, generator=g)
     e = torch.randint(0, 16, (101,), dtype=torch.uint8, generator=g)
     packed = pack(torch.stack([c, e], dim=1).view(-1), 4)
@@ -72,7 +72,7 @@ def test_two_4bit_matrices_share_bytes():
 @pytest.mark.parametrize("n", [1, 6, 37])
 def test_rows_are_packed_one_by_one(bits, n):
     # a batch (..., N) packs each row as the 1-D call would, and unpacks back
-    g = torch.Generator().manual_seed(bits * 100 + n)
+    g = torch.Generator(torch.get_default_device()).manual_seed(bits * 100 + n)
     codes = torch.randint(0, 2**bits, (2, 3, n), dtype=torch.uint8, generator=g)
     packed = pack(codes, bits)
     assert packed.shape == (2, 3, (n * bits + 7) // 8)
