@@ -77,7 +77,7 @@ def run_variant(
     )
     kw = {**DEFAULTS, **overrides}
     opt = qshampoo.Shampoo(net.parameters(), quant=quant, **kw)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(x.device).manual_seed(seed)
     losses, injected = [], 0
     t0 = time.perf_counter()
     for k in range(1, steps + 1):

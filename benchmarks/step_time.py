@@ -25,6 +25,10 @@ step by design) and reported as the window's mean.
 
 ``--compile-step`` adds ``none`` and ``cholesky_ef`` stepped through
 ``torch.compile(opt.step, dynamic=False)`` (compiled before the timing starts).
+
+``--device cuda`` builds the models, the batches and so every optimizer's state on the GPU and
+synchronizes it around every timed region; the table then also gives each optimizer's state in
+MiB as the CUDA allocator counts it (the bytes its first step left allocated).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import qshampoo
 from qshampoo.bench.models import CharGPT, SmallResNet
 
 VARIANTS = ("none", "naive", "eigen", "cholesky", "cholesky_ef")
+CPU = torch.device("cpu")
 
 
 # -- models: (module, a batch) ---------------------------------------------------------------------
@@ -95,6 +100,8 @@ class Timed:
     shampoo: bool  # qshampoo: timed by the three-state method; else by windows
     grads: list[torch.Tensor]  # the fixed gradients (qshampoo never changes p.grad)
     step: Callable[[], object] | None = None  # what to call instead of opt.step
+    sync: Callable[[], None] = lambda: None  # waits for the device (CUDA work is asynchronous)
+    state_bytes: int | None = None  # what the first step left allocated on the GPU
 
     def __post_init__(self) -> None:
         self.step = self.step or self.opt.step
@@ -105,11 +112,14 @@ class Timed:
             st = self.opt.state.get(p)
             if st:
                 st["step"] = k - 1
+        self.sync()
         t = time.perf_counter()
         self.step()
+        self.sync()
         return time.perf_counter() - t
 
     def window(self, steps: int) -> float:
+        self.sync()
         t = time.perf_counter()
         for _ in range(steps):
             if self.name != "adamw":
@@ -118,10 +128,11 @@ class Timed:
                 for p, g in zip(self.params, self.grads, strict=True):
                     p.grad = g.clone()
             self.opt.step()
+        self.sync()
         return (time.perf_counter() - t) / steps
 
 
-def peers(T2: int) -> dict[str, Callable]:
+def peers(T2: int, heavyball_eager: bool = False) -> dict[str, Callable]:
     out = {}
     try:
         import pytorch_optimizer as po
@@ -133,6 +144,8 @@ def peers(T2: int) -> dict[str, Callable]:
     try:
         import heavyball
 
+        if heavyball_eager:  # its helpers uncompiled (by default torch.compile, max-autotune)
+            heavyball.utils.compile_mode = None
         out["heavyball-SOAP"] = lambda p: heavyball.SOAP(
             p, lr=1e-3, precondition_frequency=T2, compile_step=False
         )
@@ -142,11 +155,20 @@ def peers(T2: int) -> dict[str, Callable]:
 
 
 def build(
-    model_name: str, T1: int, T2: int, with_peers: bool, compile_step: bool = False
+    model_name: str,
+    T1: int,
+    T2: int,
+    with_peers: bool,
+    compile_step: bool = False,
+    device: torch.device = CPU,
+    heavyball_eager: bool = False,
 ) -> list[Timed]:
     torch.manual_seed(0)
-    net, loss_fn = model(model_name)
+    with device:  # the model's parameters and its batch
+        net, loss_fn = model(model_name)
     loss_fn().backward()
+    cuda = device.type == "cuda"
+    sync = partial(torch.cuda.synchronize, device) if cuda else (lambda: None)
     grads = [p.grad.detach().clone() for p in net.parameters()]
 
     def row(name: str, make: Callable, shampoo: bool, compiled: bool = False) -> Timed:
@@ -155,7 +177,7 @@ def build(
             p.grad = g.clone()
         opt = make(params)
         step = torch.compile(opt.step, dynamic=False) if compiled else None
-        return Timed(name, opt, params, shampoo, grads, step)
+        return Timed(name, opt, params, shampoo, grads, step, sync)
 
     kw = dict(lr=1e-3, stat_interval=T1, root_interval=T2)
     rows = [
@@ -179,19 +201,37 @@ def build(
             make = partial(qshampoo.Shampoo, quant=v, **kw)
             rows.append(row(f"{v}, compiled step", make, True, compiled=True))
     if with_peers:
-        for name, make in peers(T2).items():
+        for name, make in peers(T2, heavyball_eager).items():
             rows.append(row(name, make, False))
-    for r in rows:  # state exists, first-call costs (and compilation) paid
-        r.step()
+    for r in list(rows):  # state exists, first-call costs (and compilation) paid
+        before = torch.cuda.memory_allocated(device) if cuda else 0
+        try:
+            r.step()
+        except Exception as e:  # a peer that cannot run here is left out, and said so
+            if r.shampoo:
+                raise
+            print(f"{r.name} left out: {type(e).__name__}: {e}".split("\n")[0], file=sys.stderr)
+            rows.remove(r)
+            continue
+        r.sync()
+        if cuda:
+            r.state_bytes = torch.cuda.memory_allocated(device) - before
         for p, g in zip(r.params, grads, strict=True):
             p.grad = g.clone()
     return rows
 
 
 def measure(
-    model_name: str, T1: int, T2: int, reps: int, with_peers: bool, compile_step: bool = False
+    model_name: str,
+    T1: int,
+    T2: int,
+    reps: int,
+    with_peers: bool,
+    compile_step: bool = False,
+    device: torch.device = CPU,
+    heavyball_eager: bool = False,
 ) -> dict[str, dict]:
-    rows = build(model_name, T1, T2, with_peers, compile_step)
+    rows = build(model_name, T1, T2, with_peers, compile_step, device, heavyball_eager)
     samples: dict[str, dict[str, list[float]]] = {r.name: {} for r in rows}
     # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1)
     plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 and k % T2)
@@ -209,24 +249,27 @@ def measure(
         name: {k: statistics.median(v) * 1e3 for k, v in s.items()} for name, s in samples.items()
     }
     base = med["base only"]["plain"]
+    state_mib = {r.name: r.state_bytes / 2**20 for r in rows if r.state_bytes is not None}
     out = {}
     for name, m in med.items():
         if "window" in m:
             out[name] = {"amortized": m["window"]}
-            continue
-        stats = (m["stats"] - m["plain"]) / T1
-        roots = (m["roots"] - m["stats"]) / T2
-        out[name] = {
-            "amortized": m["plain"] + stats + roots,
-            "base": base,
-            "precondition": m["plain"] - base,
-            "statistics": stats,
-            "roots": roots,
-        }
+        else:
+            stats = (m["stats"] - m["plain"]) / T1
+            roots = (m["roots"] - m["stats"]) / T2
+            out[name] = {
+                "amortized": m["plain"] + stats + roots,
+                "base": base,
+                "precondition": m["plain"] - base,
+                "statistics": stats,
+                "roots": roots,
+            }
+        if name in state_mib:
+            out[name]["state MiB"] = state_mib[name]
     return out
 
 
-def machine() -> str:
+def machine(device: torch.device = CPU) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -234,28 +277,32 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = (
+        f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}) on "
+        if device.type == "cuda"
+        else ""
+    )
     return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"{gpu}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, load average {load:.1f} at the start"
     )
 
 
 def table(results: dict[str, dict[str, dict]], T1: int, T2: int) -> str:
+    cols = ["base", "precondition", "statistics", "roots"]
+    if any("state MiB" in r for res in results.values() for r in res.values()):
+        cols.append("state MiB")
     lines = [
         f"Amortized ms/step (T1={T1}, T2={T2}); qshampoo rows split into base update / "
         "preconditioning / statistics / roots; ratio = this row / `none` (32-bit Shampoo).",
         "",
-        "| model | optimizer | ms/step | ratio to none | base | precondition | statistics "
-        "| roots |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | optimizer | ms/step | ratio to none | " + " | ".join(cols) + " |",
+        "|---|---|---|---|" + "---|" * len(cols),
     ]
     for model, res in results.items():
         ref = res["none"]["amortized"]
         for name, r in res.items():
-            split = [
-                f"{r[k]:.2f}" if k in r else ""
-                for k in ("base", "precondition", "statistics", "roots")
-            ]
+            split = [f"{r[k]:.2f}" if k in r else "" for k in cols]
             lines.append(
                 f"| {model} | {name} | {r['amortized']:.2f} | "
                 f"{r['amortized'] / ref:.2f} | " + " | ".join(split) + " |"
@@ -282,18 +329,35 @@ def main(argv: list[str] | None = None) -> None:
         help="add `none` and `cholesky_ef` with torch.compile(opt.step, dynamic=False)",
     )
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument(
+        "--heavyball-eager",
+        action="store_true",
+        help="run heavyball's helpers uncompiled (its default, torch.compile with max-autotune, "
+        "failed on the H200 with torch 2.11 / triton 3.6)",
+    )
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    header = f"Machine: {machine()}\nCommand: `python {' '.join(sys.argv)}`"
+    device = torch.device(args.device)
+    header = f"Machine: {machine(device)}\nCommand: `python {' '.join(sys.argv)}`"
     print(header, flush=True)
     results = {}
     for m in args.models.split(","):
         width = int(m[3:].split("x")[0]) if m.startswith("mlp") else 0
         with_peers = not args.no_peers and width <= args.peers_up_to
         t = time.perf_counter()
-        results[m] = measure(m, args.T1, args.T2, args.reps, with_peers, args.compile_step)
+        results[m] = measure(
+            m,
+            args.T1,
+            args.T2,
+            args.reps,
+            with_peers,
+            args.compile_step,
+            device,
+            args.heavyball_eager,
+        )
         print(f"{m}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     text = f"{header}\n\n{table(results, args.T1, args.T2)}\n"
     print(text)

