@@ -40,12 +40,13 @@ stage() { # NAME LIMIT_SECONDS COMMAND...: run COMMAND under min(LIMIT, what is 
     timeout -k 5 "$limit" "$@" >"$res/$name.log" 2>&1
     local rc=$?
     local last
-    last=$(grep -E "passed|failed|error" "$res/$name.log" | tail -1)
+    last=$(grep -E "[0-9]+ (passed|failed|error)" "$res/$name.log" | tail -1)  # pytest's tally
     echo "$name: rc=$rc in $((SECONDS - t0)) s (limit $limit s) ${last}" | tee -a "$res/summary.txt"
     tar czf "$res.tar.gz" -C "$res" .
 }
 
-pytest_args=(-p no:cacheprovider -q -rfE --tb=short -n 12)
+# pyproject's addopts already has -q; a second one would drop the pass/fail tally
+pytest_args=(-p no:cacheprovider -rfE --tb=short -n 12)
 stage env 30 bash -c 'nvidia-smi; nproc; python3 -c "import torch; print(torch.__version__,
     torch.version.cuda, torch.cuda.get_device_name())"; python3 -m pip list 2>/dev/null |
     grep -i -E "^(torch|triton|numpy|pytest|pytest-xdist|heavyball|pytorch.optimizer) "'
