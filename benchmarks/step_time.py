@@ -21,6 +21,7 @@ step by design) and reported as the window's mean.
 
     python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
     python benchmarks/step_time.py --models mlp512,cnn --out /tmp/step_time.md
+    python benchmarks/step_time.py --models mlp1024 --no-peers --variants none,cholesky_ef
     python benchmarks/step_time.py --models mlp512x1,mlp512x2,mlp512x4,mlp512x8 --no-peers
 
 ``--compile-step`` adds ``none`` and ``cholesky_ef`` stepped through
@@ -50,6 +51,11 @@ import qshampoo
 from qshampoo.bench.models import CharGPT, SmallResNet
 
 VARIANTS = ("none", "naive", "eigen", "cholesky", "cholesky_ef")
+#: the qshampoo rows besides ``base only``: name -> ``qshampoo.Shampoo`` keyword arguments
+ROWS: dict[str, dict] = {
+    **{v: {"quant": v} for v in VARIANTS},
+    "cholesky_ef, compile=True": {"quant": "cholesky_ef", "compile": True},
+}
 CPU = torch.device("cpu")
 
 
@@ -162,6 +168,7 @@ def build(
     compile_step: bool = False,
     device: torch.device = CPU,
     heavyball_eager: bool = False,
+    variants: tuple[str, ...] = tuple(ROWS),
 ) -> list[Timed]:
     torch.manual_seed(0)
     with device:  # the model's parameters and its batch
@@ -184,15 +191,9 @@ def build(
         row("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3), False),
         row("base only", lambda p: qshampoo.Shampoo(p, precondition=False, **kw), True),
     ]
-    for v in VARIANTS:
-        rows.append(row(v, lambda p, v=v: qshampoo.Shampoo(p, quant=v, **kw), True))
-    rows.append(
-        row(
-            "cholesky_ef, compile=True",
-            lambda p: qshampoo.Shampoo(p, quant="cholesky_ef", compile=True, **kw),
-            True,
-        )
-    )
+    for name in variants:
+        make = partial(qshampoo.Shampoo, **ROWS[name], **kw)
+        rows.append(row(name, make, True))
     if compile_step:  # the whole step compiled (docs/speed.md)
         # each optimizer is a cache entry of the step's compiled frame and Dynamo keeps at
         # most 8 (then runs the frame eagerly): start every model afresh
@@ -230,8 +231,11 @@ def measure(
     compile_step: bool = False,
     device: torch.device = CPU,
     heavyball_eager: bool = False,
+    variants: tuple[str, ...] = tuple(ROWS),
 ) -> dict[str, dict]:
-    rows = build(model_name, T1, T2, with_peers, compile_step, device, heavyball_eager)
+    """Median ms per step of every row of ``build`` (``variants``: the qshampoo rows of
+    :data:`ROWS` to time; ``base only`` is always timed, the precondition split needs it)."""
+    rows = build(model_name, T1, T2, with_peers, compile_step, device, heavyball_eager, variants)
     samples: dict[str, dict[str, list[float]]] = {r.name: {} for r in rows}
     # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1)
     plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 and k % T2)
@@ -328,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="add `none` and `cholesky_ef` with torch.compile(opt.step, dynamic=False)",
     )
+    ap.add_argument(
+        "--variants",
+        default=",".join(ROWS),
+        help="the qshampoo rows to time, comma-separated (base only is always timed)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument(
@@ -338,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
+    variants = tuple(args.variants.split(","))
+    unknown = [v for v in variants if v not in ROWS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}: choose from {list(ROWS)}")
+    if "none" not in variants:
+        ap.error("--variants must include none: every ratio is to it")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -357,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             args.compile_step,
             device,
             args.heavyball_eager,
+            variants,
         )
         print(f"{m}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     text = f"{header}\n\n{table(results, args.T1, args.T2)}\n"
