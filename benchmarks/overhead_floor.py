@@ -40,18 +40,16 @@ quantizing in one pass, dequantizing inside the matmul) would have to win.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_time  # noqa: E402  (a sibling script)
+import step_time  # noqa: E402  (sibling scripts)
+from kernels import median_ms  # noqa: E402
 
 import qshampoo  # noqa: E402
 from qshampoo.linalg import cholesky_lower, lower_gram  # noqa: E402
@@ -82,16 +80,6 @@ def quantized_orders(model: str) -> Counter:
     return Counter(f["order"] for f in factors if f["kind"] == "cholesky_ef")
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # first-call costs
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
-
-
 def spd(batch: int, n: int) -> torch.Tensor:
     """A well-conditioned batch ``(batch, n, n)`` of SPD matrices."""
     g = torch.randn(batch, n, n) / n**0.5
@@ -110,17 +98,15 @@ def kernel_floor(orders: Counter, T1: int, T2: int, reps: int) -> dict[str, dict
     for n, count in orders.items():
         A = spd(1, n)
         C = cholesky_lower(A)[0]
-        gram = median_ms(partial(lower_gram, C), reps)
-        chol = median_ms(partial(cholesky_lower, A), reps)
+        gram = median_ms(lower_gram, C, reps)
+        chol = median_ms(cholesky_lower, A, reps)
         if count > 1 and count * n * n <= BATCH_MAX_ENTRIES:
             A_b = spd(count, n)
             C_b = cholesky_lower(A_b)[0]
-            gram = min(gram, median_ms(partial(lower_gram, C_b), reps) / count)
-            chol = min(chol, median_ms(partial(cholesky_lower, A_b), reps) / count)
-        buf = torch.empty(count, n, n)
-        write = median_ms(partial(buf.fill_, 0.5), reps)
-        M = torch.randn(n, n)
-        rate = 2 * n**3 / median_ms(partial(torch.matmul, M, M), reps)  # flops per ms
+            gram = min(gram, median_ms(lower_gram, C_b, reps) / count)
+            chol = min(chol, median_ms(cholesky_lower, A_b, reps) / count)
+        write = median_ms(lambda b: b.fill_(0.5), torch.empty(count, n, n), reps)
+        rate = 2 * n**3 / median_ms(lambda m: m @ m, torch.randn(n, n), reps)  # flops per ms
         kernels["precondition"] += write
         kernels["statistics"] += count * (gram + chol) / T1
         kernels["roots"] += count * gram / T2
