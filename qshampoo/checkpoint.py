@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 #: bumped when the layout of the optimizer state changes; checked by ``load_state_dict``
-STATE_FORMAT_VERSION = 1
+#: (2: low-bit triangles are stored tile by tile, ``qshampoo.quant.triangle``)
+STATE_FORMAT_VERSION = 2
 #: bytes summed per chunk (bounds the temporary int64 buffer to 8x this)
 _CHUNK = 1 << 22
 #: weights cycle below this prime, so every weight is in [1, 65521]

@@ -45,6 +45,13 @@ def check_state_dict(
     if version is None and _looks_like_ours(state_dict):
         # torch.distributed.checkpoint.state_dict keeps only "state" and "param_groups"
         version = STATE_FORMAT_VERSION
+    if version == 1:
+        raise ValueError(
+            "this state dict was saved by qshampoo 0.1 (format_version=1), which stored the "
+            "low-bit triangles row by row; this version stores them tile by tile (format "
+            f"{STATE_FORMAT_VERSION}). Resume with qshampoo 0.1, or start a fresh optimizer "
+            "state (the model's weights load as usual)"
+        )
     if version != STATE_FORMAT_VERSION:
         raise ValueError(
             f"this is not a qshampoo.Shampoo state dict of format {STATE_FORMAT_VERSION} "

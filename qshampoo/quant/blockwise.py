@@ -9,13 +9,13 @@ Decoding is ``codebook[index] * a``.
 Layouts
     ``"full"``: a tensor with >= 2 dims is viewed as ``(shape[0], prod(shape[1:]))``; a 0-D or
     1-D tensor is a single row.
-    ``"tril"``: the strict lower triangle of a square ``n x n`` matrix, row-major in the order of
-    ``torch.tril_indices(n, n, -1)``; row ``i`` has ``i`` elements, hence ``ceil(i/block_size)``
-    chunks (row 0 has none). Decoding gives zeros on and above the diagonal.
+    ``"tril"``: the strict lower triangle of a square ``n x n`` matrix; row ``i`` has ``i``
+    elements, hence ``ceil(i/block_size)`` chunks (row 0 has none). Entries and chunks are
+    stored tile by tile (``qshampoo.quant.triangle``), so that coding and decoding take a fixed
+    number of dense tensor operations. Decoding gives zeros on and above the diagonal.
 
-Computation is vectorized: both layouts are handled on a zero-padded grid of shape
-``(rows, chunks_per_row, block_size)``; only existing chunks' scales and existing elements' codes
-are kept.
+The "full" layout is handled on a zero-padded grid of shape ``(rows, chunks_per_row,
+block_size)``; only existing chunks' scales and existing elements' codes are kept.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .codebooks import codebook as _codebook
 from .codebooks import codebook_byte_table, nearest_codes
 from .packing import _check_packed, pack, unpack
+from .triangle import TriangleLayout, absmax_normalize_
 
 LAYOUTS: tuple[str, ...] = ("full", "tril")
 
@@ -63,29 +64,6 @@ def _check_square(shape: tuple[int, ...], what: str) -> int:
 # --------------------------------------------------------------------------- geometry
 
 
-#: index sets kept per cached function (the oldest goes first)
-INDEX_CACHE_SIZE = 16
-
-
-def _index_cache(build):
-    """Keep ``build(n, block_size, device)``'s index tensors for the last ``INDEX_CACHE_SIZE``
-    argument triples (a model has a handful of orders). A plain dict, not
-    ``functools.lru_cache``: ``torch.compile`` reads a dict's entries as graph inputs, where it
-    would trace through an lru_cache and rebuild the indices inside the compiled step."""
-    cache: dict = {}
-
-    def cached(n: int, block_size: int, device: torch.device):
-        key = (n, block_size, device)
-        if key not in cache:
-            if len(cache) >= INDEX_CACHE_SIZE:
-                del cache[next(iter(cache))]
-            cache[key] = build(n, block_size, device)
-        return cache[key]
-
-    cached.cache = cache  # for tests
-    return cached
-
-
 def _full_rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) <= 1:
         return 1, math.prod(shape)
@@ -117,57 +95,7 @@ def _num_elements(shape: tuple[int, ...], layout: str) -> int:
     return math.prod(shape)
 
 
-@_index_cache
-def _tril_indices(n: int, block_size: int, device: torch.device):
-    """Indices into the padded ``(n, k*block_size)`` grid, ``k = ceil(n/block_size)``.
-
-    Returns (element index of each strict-lower entry, in tril order;
-             chunk index into the ``(n, k)`` scale grid of each existing chunk, in order).
-    """
-    k = _ceil_div(n, block_size)
-    width = k * block_size
-    rows, cols = torch.tril_indices(n, n, -1, device=device)
-    elem = rows * width + cols
-    # chunk j of row i exists iff j * block_size < i
-    i = torch.arange(n, device=device).unsqueeze(1)
-    j = torch.arange(k, device=device).unsqueeze(0)
-    chunk = (i * k + j)[j * block_size < i]
-    return elem, chunk
-
-
-@_index_cache
-def _symmetric_indices(n: int, block_size: int, device: torch.device):
-    """Gather indices that rebuild a symmetric ``n x n`` matrix from its "tril" storage.
-
-    Returns (int32 ``(n(n-1)/2,)``: the chunk, in scale order, of each stored element;
-             int32 ``(n*n,)``: for each entry ``(i, j)`` row-major, the stored position of
-             ``(max(i, j), min(i, j))``, 0 on the diagonal, which is written separately).
-    Gathering writes every entry once, where scattering the triangle and adding its
-    transpose takes a zero fill, a scatter and a transposed copy (``quant_speed.py``).
-    """
-    rows, cols = torch.tril_indices(n, n, -1, device=device)
-    per_row = (torch.arange(n, device=device) + block_size - 1) // block_size
-    first = torch.cumsum(per_row, 0) - per_row  # the first chunk of each row
-    elem_chunk = (first[rows] + cols // block_size).to(torch.int32)
-    i = torch.arange(n, device=device)[:, None]
-    j = torch.arange(n, device=device)[None, :]
-    hi, lo = torch.maximum(i, j), torch.minimum(i, j)
-    src = torch.where(i == j, 0, hi * (hi - 1) // 2 + lo)
-    return elem_chunk, src.reshape(-1).to(torch.int32)
-
-
 # --------------------------------------------------------------------------- core
-
-
-def _normalize_grid(grid: torch.Tensor, *, in_place: bool = False):
-    """fp32 grid (rows, k, block_size) -> (grid / chunk absmax, fp32 absmax scales (rows, k)).
-
-    ``in_place`` divides ``grid`` itself (the caller owns it): one fewer full-size temporary.
-    """
-    # max |x| as max(max x, -min x): two reductions, no |grid| temporary
-    scales = torch.maximum(grid.amax(dim=-1), grid.amin(dim=-1).neg_())
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(-1)
-    return (grid.div_(safe) if in_place else grid / safe), scales
 
 
 def encode(
@@ -193,22 +121,17 @@ def encode(
     if layout == "tril":
         n = _check_square(tuple(x.shape[-2:]), 'layout="tril"')
         batch = x.shape[:-2]
-        k = _ceil_div(n, bs)
-        lower = x.to(torch.float32).tril(-1)
-        if k * bs != n:
-            lower = F.pad(lower, (0, k * bs - n))
-        grid = lower.view(*batch, n, k, bs)
-        normed, scales = _normalize_grid(grid, in_place=True)  # a fresh copy
-        elem, chunk = _tril_indices(n, bs, x.device)
-        codes = nearest_codes(normed.view(*batch, -1).index_select(-1, elem), codebook, bits)
-        return codes, scales.view(*batch, -1).index_select(-1, chunk)
+        X = x.to(torch.float32).reshape(math.prod(batch), n, n)
+        codes, scales = TriangleLayout(n, bs).encode(X, codebook, bits)
+        return codes.view(*batch, -1), scales.view(*batch, -1)
 
     rows, cols = _full_rows_cols(tuple(x.shape))
     k = _ceil_div(cols, bs)
     flat = x.to(torch.float32).reshape(rows, cols)
-    if k * bs != cols:
-        flat = F.pad(flat, (0, k * bs - cols))
-    normed, scales = _normalize_grid(flat.view(rows, k, bs))
+    # a fresh fp32 copy, normalized in place
+    flat = F.pad(flat, (0, k * bs - cols)) if k * bs != cols else flat.clone()
+    normed = flat.view(rows, k, bs)
+    scales = absmax_normalize_(normed)
     normed = normed.view(rows, k * bs)
     if k * bs != cols:
         normed = normed[:, :cols].contiguous()
@@ -248,7 +171,12 @@ def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
     batch = values.shape[:-1]
     if layout == "tril":
         n = shape[0]
-        return _tril_values(values, scales, *_tril_indices(n, bs, device), n, bs)
+        tri = TriangleLayout(n, bs)
+        B = math.prod(batch)
+        flat = values.reshape(B, values.shape[-1])
+        out = torch.zeros(B, n, n, dtype=torch.float32, device=device)
+        tri.write(tri.scale_(flat, scales.reshape(B, -1)), out, symmetric=False)
+        return out.view(*batch, n, n)
 
     rows, cols = _full_rows_cols(shape)
     k = _ceil_div(cols, bs)
@@ -261,18 +189,6 @@ def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
     if k * bs != cols:
         out = out[..., :cols].contiguous()
     return out.reshape((*batch, *shape))
-
-
-def _tril_values(values, scales, elem, chunk, n: int, bs: int) -> torch.Tensor:
-    """The ``(..., n, n)`` strictly lower matrices of scaled ``values`` (tril order)."""
-    batch = values.shape[:-1]
-    k = _ceil_div(n, bs)
-    grid = torch.zeros(*batch, n * k * bs, dtype=torch.float32, device=values.device)
-    grid.index_copy_(-1, elem, values)
-    scale_grid = torch.zeros(*batch, n * k, dtype=torch.float32, device=values.device)
-    scale_grid.index_copy_(-1, chunk, scales)
-    out = grid.view(*batch, n, k, bs).mul_(scale_grid.view(*batch, n, k, 1)).view(*batch, n, k * bs)
-    return out if k * bs == n else out[..., :n].contiguous()
 
 
 def decode(
@@ -406,19 +322,21 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
 
 
 def dequantize_symmetric(
-    q: QuantizedTensor | Sequence[QuantizedTensor], *, compiled: bool = False
+    q: QuantizedTensor | Sequence[QuantizedTensor],
+    *,
+    compiled: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The symmetric matrix whose strict lower triangle (and exact diagonal) ``q`` stores.
 
     ``q`` must come from ``quantize(x, layout="tril", exact_diagonal=True)``; the result is
     ``T + T^T + diag`` with ``T`` the dequantized strict lower triangle. A sequence of such
-    tensors (same shape and format) is dequantized in one batched pass into ``(B, n, n)``.
+    tensors (same shape and format) is dequantized in one batched pass into ``(B, n, n)``,
+    written into ``out`` when given (a buffer of that shape to reuse).
 
-    ``compiled=True`` runs the 4-bit decoding of orders >= ``COMPILE_MIN_ORDER`` as one
-    ``torch.compile``d gather kernel (compiled once per shape). On the development CPU it is
-    no faster than the eager gathers (``benchmarks/quant_speed.py``, recorded in
-    ``benchmarks/RESULTS.md``); it is there for devices where fusion pays. If compiling fails
-    (no C++ compiler, say) it warns once and stays eager. Both give identical results.
+    ``compiled=True`` runs the decoding of orders >= ``COMPILE_MIN_ORDER`` as one
+    ``torch.compile``d function (compiled once per shape); if compiling fails (no C++ compiler,
+    say) it warns once and stays eager. Both give identical results.
     """
     single = isinstance(q, QuantizedTensor)
     qs = [q] if single else list(q)
@@ -429,46 +347,49 @@ def dequantize_symmetric(
             raise ValueError("dequantize_symmetric needs layout='tril' with exact_diagonal=True")
         if (tuple(x.shape), x.block_size, x.codebook, x.bits) != fmt:
             raise ValueError("dequantize_symmetric needs tensors of one shape and format")
-    n, bs = first.shape[0], first.block_size
-    N = n * (n - 1) // 2
-    device = first.codes.device
-    scales = torch.stack([x.scales for x in qs])
-    diag = torch.stack([x.diag for x in qs])
-    codes = torch.stack([x.codes for x in qs])
-    index = _symmetric_indices(n, bs, device)
-    # inside a compiled optimizer step, the forms a compiler turns into one loop (its code for
-    # the eager index_select forms took 2.2x as long at order 1024 on the development CPU,
-    # benchmarks/quant_speed.py --traced)
-    traced = _is_compiling()
-    if n == 1:  # no strict lower triangle: the matrix is its diagonal
-        out = diag.view(-1, 1, 1).clone()
-    elif first.bits != 4:
-        cb = _codebook(first.codebook, first.bits, device)
-        values = _code_values(unpack(codes, first.bits, N), cb)
-        out = (_gathered_symmetric if traced else _symmetric)(values, scales, diag, *index)
-    else:
-        # one gather for both nibbles: byte -> (value of low code, value of high code)
-        table = codebook_byte_table(first.codebook, device)
-        if traced:
-            kernel = _gathered_symmetric_4bit
-        elif compiled and n >= COMPILE_MIN_ORDER:
-            # below COMPILE_MIN_ORDER a compiled call's own overhead eats the gain
-            kernel = _compiled_symmetric_4bit() or _symmetric_4bit
-        else:
-            kernel = _symmetric_4bit
-        out = kernel(codes, scales, diag, table, *index)
+    n = first.shape[0]
+    codes = _stack([x.codes for x in qs])
+    scales = _stack([x.scales for x in qs])
+    diag = _stack([x.diag for x in qs])
+    if out is None:
+        out = torch.empty(len(qs), n, n, dtype=torch.float32, device=codes.device)
+    kernel = symmetric_from_codes
+    if compiled and n >= COMPILE_MIN_ORDER and not torch.compiler.is_compiling():
+        kernel = _compiled_kernel() or symmetric_from_codes
+    kernel(codes, scales, diag, out, first.block_size, first.codebook, first.bits)
     return out[0] if single else out
 
 
-#: whether the code runs inside a ``torch.compile`` trace (a name of its own for the tests)
-_is_compiling = torch.compiler.is_compiling
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> torch.Tensor:
-    """``(B, n, n)`` symmetric matrices from packed 4-bit strict-lower codes ``(B, bytes)``:
-    the eager kernel, and the fallback of the compiled one (same arguments)."""
-    values = _byte_values(codes, table).view(codes.shape[0], -1)
-    return _symmetric(values[:, : elem_chunk.numel()], scales, diag, elem_chunk, src)
+def symmetric_from_codes(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    diag: torch.Tensor,
+    out: torch.Tensor,
+    block_size: int,
+    codebook: str,
+    bits: int,
+) -> None:
+    """Write ``(B, n, n)`` symmetric matrices into ``out`` from packed "tril" ``codes``
+    ``(B, bytes)``, chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``."""
+    n = diag.shape[-1]
+    tri = TriangleLayout(n, block_size)
+    values = code_values(codes, tri.numel, codebook, bits)
+    tri.write(tri.scale_(values, scales), out, symmetric=True)
+    out.diagonal(dim1=-2, dim2=-1).copy_(diag)
+
+
+def code_values(codes: torch.Tensor, n: int, codebook: str, bits: int) -> torch.Tensor:
+    """The unscaled fp32 codebook values ``(B, >= n)`` of packed ``codes`` ``(B, bytes)``: at 4
+    bits one gather for both nibbles of a byte, else unpacking then a gather."""
+    if bits == 4:
+        return _byte_values(codes, codebook_byte_table(codebook, codes.device)).view(
+            codes.shape[0], -1
+        )
+    return _code_values(unpack(codes, bits, n), _codebook(codebook, bits, codes.device))
 
 
 def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -482,88 +403,36 @@ def _byte_values(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return wide.index_select(0, codes.reshape(-1).to(torch.int32)).view(torch.float32)
 
 
-#: ``_symmetric`` gathers a batch of roots up to this order in one call: on the development
-#: CPU that is faster for several small roots (per-call overhead dominates), and one matrix
-#: at a time is faster for a single root or larger ones (``benchmarks/batching.py``)
-BATCHED_GATHER_MAX_ORDER = 256
+#: the smallest order ``compiled=True`` compiles the decoding for (below it, a compiled call's
+#: own overhead eats the gain)
+COMPILE_MIN_ORDER = 256
 
-
-def _symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
-    """``(B, n, n)`` symmetric matrices from unscaled strict-lower ``values`` ``(B, N)`` (tril
-    order), chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``; the index
-    tensors come from ``_symmetric_indices``."""
-    B, n = diag.shape
-    if B > 1 and n <= BATCHED_GATHER_MAX_ORDER:
-        out = (values * scales.index_select(-1, elem_chunk)).index_select(-1, src)
-    else:
-        out = torch.empty(B, n * n, dtype=torch.float32, device=diag.device)
-        # one matrix at a time: index_select along the last dim of a batch is slower per entry
-        for b in range(B):
-            scaled = values[b] * scales[b].index_select(0, elem_chunk)
-            torch.index_select(scaled, 0, src, out=out[b])
-    out = out.view(B, n, n)
-    out.diagonal(dim1=-2, dim2=-1).copy_(diag)
-    return out
-
+#: distinct shapes compiled before dynamo falls back to eager (its default, 8, is fewer than
+#: the root shapes of one model)
+RECOMPILE_LIMIT = 64
 
 _COMPILED: dict[str, object] = {}
 
 
-def _gathered_symmetric_4bit(codes, scales, diag, table, elem_chunk, src) -> torch.Tensor:
-    """``_symmetric_4bit`` written as one gather per output entry, for ``torch.compile``.
-
-    Every entry reads its byte, its nibble's value and its chunk's scale through ``src``, so
-    the compiler emits one loop over the ``n*n`` outputs (run eagerly, its ``n*n``-long index
-    intermediates would make it slower than ``_symmetric_4bit``).
-    """
-    pos = src.long()
-    value = table.view(-1)[codes[:, pos >> 1].long() * 2 + (pos & 1)]
-    return _gathered_scaled(value, scales, diag, elem_chunk, pos)
-
-
-def _gathered_symmetric(values, scales, diag, elem_chunk, src) -> torch.Tensor:
-    """``_symmetric`` written as one gather per output entry, for ``torch.compile``."""
-    pos = src.long()
-    return _gathered_scaled(values[:, pos], scales, diag, elem_chunk, pos)
-
-
-def _gathered_scaled(value, scales, diag, elem_chunk, pos) -> torch.Tensor:
-    """``(B, n, n)`` from ``value`` ``(B, n*n)``, each entry's unscaled value (read at its
-    stored position ``pos``): times its chunk's scale, with ``diag`` on the diagonal."""
-    B, n = diag.shape
-    scale = torch.gather(scales, 1, elem_chunk.long()[pos].expand(B, -1))
-    on_diagonal = torch.eye(n, dtype=torch.bool, device=diag.device)
-    return torch.where(on_diagonal, torch.diag_embed(diag), (value * scale).view(B, n, n))
-
-
-def _compiled_symmetric_4bit():
-    """The compiled 4-bit kernel, or None once compiling has failed."""
+def _compiled_kernel():
+    """``symmetric_from_codes`` compiled, or None once compiling has failed."""
     if "kernel" not in _COMPILED:
         try:
-            _COMPILED["kernel"] = _checked(torch.compile(_gathered_symmetric_4bit, dynamic=False))
+            compiled = torch.compile(symmetric_from_codes, dynamic=False)
         except Exception as e:  # torch.compile itself unavailable
             _compile_failed(e)
+        else:
+
+            def run(*args):
+                try:
+                    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                        return compiled(*args)
+                except Exception as e:  # e.g. no C++ compiler for inductor: stay eager
+                    _compile_failed(e)
+                    return symmetric_from_codes(*args)
+
+            _COMPILED["kernel"] = run
     return _COMPILED.get("kernel")
-
-
-#: the smallest order the compiled kernel is used for
-COMPILE_MIN_ORDER = 256
-
-#: distinct (batch, order) shapes compiled before dynamo falls back to eager (its default, 8,
-#: is fewer than the root shapes of one model)
-RECOMPILE_LIMIT = 64
-
-
-def _checked(kernel):
-    def run(*args):
-        try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return kernel(*args)
-        except Exception as e:  # e.g. no C++ compiler for inductor: stay eager from now on
-            _compile_failed(e)
-            return _symmetric_4bit(*args)
-
-    return run
 
 
 def _compile_failed(e: Exception) -> None:

@@ -47,15 +47,35 @@ def reference_absmax_full(x2d, bs):
     return amax, torch.stack(scales) if scales else torch.zeros(0)
 
 
+def tril_storage_order(n, bs):
+    """The "tril" layout's chunks in storage order, each as (row, column slice), written out
+    with loops from the documented order (qshampoo/quant/triangle.py): the off-diagonal tiles
+    of tile rows 1..k-2, the last tile row, the diagonal tiles' rows, the last diagonal tile."""
+    k = max(1, math.ceil(n / bs))
+    last = (k - 1) * bs
+    chunks = []
+    for p in range(1, k - 1):
+        for q in range(p):
+            for i in range(p * bs, (p + 1) * bs):
+                chunks.append((i, slice(q * bs, (q + 1) * bs)))
+    for i in range(last, n):
+        for q in range(k - 1):
+            chunks.append((i, slice(q * bs, (q + 1) * bs)))
+    for p in range(k):
+        for i in range(p * bs + 1, min((p + 1) * bs, n)):
+            chunks.append((i, slice(p * bs, i)))
+    return chunks
+
+
 def reference_absmax_tril(x, bs):
-    n = x.shape[0]
+    """Per-element chunk absmax (row-wise chunks of the strict lower triangle) and the chunk
+    scales in storage order."""
     amax = torch.zeros_like(x)
     scales = []
-    for i in range(n):
-        for sl in row_chunks(i, bs):
-            a = x[i, sl].abs().max()
-            amax[i, sl] = a
-            scales.append(a)
+    for i, sl in tril_storage_order(x.shape[0], bs):
+        a = x[i, sl].abs().max()
+        amax[i, sl] = a
+        scales.append(a)
     return amax, torch.stack(scales) if scales else torch.zeros(0)
 
 
@@ -245,31 +265,24 @@ def test_tril_ignores_upper_triangle():
     assert torch.equal(a, b)
 
 
-def test_tril_element_order_is_tril_indices():
-    n = 9
+@pytest.mark.parametrize("n,bs", [(9, 4), (12, 4), (3, 4), (10, 1)])
+def test_tril_storage_order(n, bs):
+    """Codes and scales are stored chunk by chunk in the documented order, each chunk's
+    entries left to right: every chunk is one row segment of the strict lower triangle."""
     x = rand(n, n, seed=10)
-    x[5, 2] = 10.0  # the largest element of row 5's first chunk, positive
-    codes, scales = encode(x, layout="tril", block_size=4, codebook="linear2", bits=8)
-    assert codes.numel() == n * (n - 1) // 2
-    # rows 1..4 have one chunk each (scales 0..3), row 0 none; row 5 has chunks of 4 and 1 entries
-    assert scales[4] == 10.0 and scales[5] == x[5, 4].abs()
-    # element (5, 2) sits at position 5*4/2 + 2 = 12 of the tril_indices order: the code of 1.0
-    i, j = torch.tril_indices(n, n, -1)
-    assert (i[12], j[12]) == (5, 2)
-    assert codes[12] == 255
-    # decoding puts code k at tril_indices[:, k], times the scale of its chunk (in row order)
-    y = decode(codes, scales, (n, n), layout="tril", block_size=4, codebook="linear2", bits=8)
+    codes, scales = encode(x, layout="tril", block_size=bs, codebook="linear2", bits=8)
+    order = tril_storage_order(n, bs)
+    assert len(order) == scales.numel() == num_chunks((n, n), layout="tril", block_size=bs)
+    assert sum(sl.stop - sl.start for _, sl in order) == codes.numel() == n * (n - 1) // 2
     cb = codebook("linear2", 8)
-    expected = torch.zeros(n, n)
-    chunk = 0
-    for r in range(n):
-        for sl in row_chunks(r, 4):
-            for c in range(sl.start, sl.stop):
-                expected[r, c] = cb[codes[r * (r - 1) // 2 + c].long()] * scales[chunk]
-            chunk += 1
-    assert chunk == scales.numel()
+    expected, pos = torch.zeros(n, n), 0
+    for c, (i, sl) in enumerate(order):
+        assert scales[c] == x[i, sl].abs().max()
+        for j in range(sl.start, sl.stop):
+            expected[i, j] = cb[codes[pos].long()] * scales[c]
+            pos += 1
+    y = decode(codes, scales, (n, n), layout="tril", block_size=bs, codebook="linear2", bits=8)
     assert torch.equal(y, expected)
-    assert y[5, 2] == 10.0
 
 
 # --------------------------------------------------------------------------- encode / decode
@@ -426,16 +439,10 @@ def test_non_contiguous_input():
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
-@pytest.mark.parametrize("n", [1, 2, 64, 100])
+@pytest.mark.parametrize("n", [1, 2, 64, 100, 150])
 @pytest.mark.parametrize("block_size", [64, 7])
-@pytest.mark.parametrize("path", ["batched", "one matrix at a time", "traced"])
-def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size, path, monkeypatch):
-    from qshampoo.quant import blockwise, dequantize_symmetric
-
-    if path == "one matrix at a time":  # the path of large roots
-        monkeypatch.setattr(blockwise, "BATCHED_GATHER_MAX_ORDER", 0)
-    if path == "traced":  # the gather forms a compiled optimizer step uses, run eagerly
-        monkeypatch.setattr(blockwise, "_is_compiling", lambda: True)
+def test_dequantize_symmetric_batched_equals_one_by_one(bits, n, block_size):
+    from qshampoo.quant import dequantize_symmetric
 
     g = torch.Generator(torch.get_default_device()).manual_seed(n)
     mats = [torch.randn(n, n, generator=g) for _ in range(3)]
@@ -464,14 +471,22 @@ def test_compiled_symmetric_dequantization_is_identical(n):
     assert torch.equal(dequantize_symmetric(qs, compiled=True), dequantize_symmetric(qs))
 
 
-def test_index_caches_keep_at_most_their_size_and_stay_correct():
-    from qshampoo.quant import blockwise
+def test_index_tensors_are_of_the_tile_grid_not_of_the_matrix():
+    """Coding a triangle of order n keeps no index tensor of n^2/2 entries: only the tile
+    grid's (k^2/2) and one tile's (s^2/2), in a cache of bounded size."""
+    from qshampoo.quant import triangle
 
-    for f in (blockwise._tril_indices, blockwise._symmetric_indices):
-        first = [t.clone() for t in f(5, 4, torch.device("cpu"))]
-        for n in range(6, 6 + 2 * blockwise.INDEX_CACHE_SIZE):
-            f(n, 4, torch.device("cpu"))
-        assert len(f.cache) == blockwise.INDEX_CACHE_SIZE
-        assert (5, 4, torch.device("cpu")) not in f.cache  # the oldest went first
-        again = f(5, 4, torch.device("cpu"))  # rebuilt, the same
-        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    triangle._CACHE.clear()
+    bs = 16
+    for n in range(40, 40 + 3 * triangle._CACHE_SIZE, 3):
+        x = rand(n, n, seed=n)
+        q = quantize(x + x.T, layout="tril", exact_diagonal=True, block_size=bs)
+        dequantize(q)
+        assert len(triangle._CACHE) <= triangle._CACHE_SIZE
+        biggest = max(
+            t.numel()
+            for v in triangle._CACHE.values()
+            for t in (v if isinstance(v, tuple) else (v,))
+        )
+        k = math.ceil(n / bs)
+        assert biggest <= max(k * k, bs * bs)

@@ -1,0 +1,232 @@
+"""The strict lower triangle of square matrices, stored tile by tile (the ``"tril"`` layout).
+
+Chunks (one fp32 absmax scale each) are segments of one row: row ``i``'s entries ``j < i`` are
+cut at multiples of ``block_size`` ``s``, the last segment shorter. Cut the matrix into
+``s x s`` tiles and the chunks line up with the tiles: every row of an off-diagonal tile is a
+whole chunk, and every row of a diagonal tile's strict lower part is one (shorter) chunk.
+
+For ``n = (k-1) s + t`` (``1 <= t <= s``, ``k`` tile rows) the entries are stored in four
+parts, each a dense stack of whole chunks:
+
+    A  the off-diagonal tiles (p, q) with 1 <= p <= k-2, q < p (row-major over the tile grid),
+       each s x s, row-major inside: one chunk per tile row
+    B  the last tile row: rows (k-1)s .. n-1, columns 0 .. (k-1)s - 1, t rows of k-1 chunks
+    C  the strict lower parts of the diagonal tiles 0 .. k-2 (row-major, rows 1 .. s-1)
+    D  the strict lower part of the last diagonal tile (order t)
+
+Scales follow the same order (one per chunk: a tile row of A, a chunk of B, a row of C or D).
+So encoding and decoding are a fixed number of tensor operations whatever ``n`` (a gather or
+scatter over the tile grid, strided copies), and the only index tensors are the tile grid's
+(``k^2 / 2`` entries) and one tile's (``s^2 / 2``), never ``n^2 / 2`` entries of the matrix.
+Every chunk holds the same entries as when the triangle is stored row by row, so the codes and
+scales are those of row-by-row storage, in another order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from .codebooks import nearest_codes
+
+#: index sets kept per (size, device); a model has a handful of orders and one block size
+_CACHE_SIZE = 32
+_CACHE: dict[tuple, Tensor | tuple[Tensor, ...]] = {}
+
+
+def _cached(key: tuple, build):
+    value = _CACHE.get(key)
+    if value is None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        value = _CACHE[key] = build()
+    return value
+
+
+def _tile_pairs(k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Tile-grid coordinates ``(p, q)`` of part A, ``1 <= p <= k-2``, ``q < p``, row-major."""
+
+    def build():
+        p, q = torch.tril_indices(k - 1, k - 1, -1, device="cpu")
+        return p.to(device), q.to(device)
+
+    return _cached(("pairs", k, device), build)
+
+
+def _tile_triangle(s: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For the strict lower part of an ``s x s`` tile in row-major order: each entry's flat
+    position ``i * s + j`` and its chunk (row ``i``, numbered from 0 for row 1)."""
+
+    def build():
+        i, j = torch.tril_indices(s, s, -1, device="cpu")
+        return (i * s + j).to(device), (i - 1).to(device)
+
+    return _cached(("triangle", s, device), build)
+
+
+def _strict_lower_mask(s: int, device: torch.device) -> Tensor:
+    return _cached(("mask", s, device), lambda: torch.ones(s, s, device="cpu").tril_(-1).to(device))
+
+
+@dataclass(frozen=True)
+class TriangleLayout:
+    """Where each chunk of the strict lower triangle of an ``n x n`` matrix is stored."""
+
+    n: int
+    s: int
+
+    @cached_property
+    def k(self) -> int:
+        """Tile rows (the last one ``t`` rows high)."""
+        return max(1, -(-self.n // self.s))
+
+    @cached_property
+    def t(self) -> int:
+        return self.n - (self.k - 1) * self.s
+
+    @cached_property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """Entries of parts A, B, C, D."""
+        k, s, t = self.k, self.s, self.t
+        return (
+            (k - 1) * (k - 2) // 2 * s * s,
+            t * (k - 1) * s,
+            (k - 1) * (s * (s - 1) // 2),
+            t * (t - 1) // 2,
+        )
+
+    @cached_property
+    def chunk_counts(self) -> tuple[int, int, int, int]:
+        """Chunks (scales) of parts A, B, C, D."""
+        k, s, t = self.k, self.s, self.t
+        return (k - 1) * (k - 2) // 2 * s, t * (k - 1), (k - 1) * (s - 1), max(t - 1, 0)
+
+    @property
+    def numel(self) -> int:
+        return self.n * (self.n - 1) // 2
+
+    @property
+    def num_chunks(self) -> int:
+        return sum(self.chunk_counts)
+
+    def _split(self, x: Tensor, counts: tuple[int, ...]) -> list[Tensor]:
+        return list(torch.split(x, list(counts), dim=-1))
+
+    # -- the tile views of a batch of matrices ------------------------------------------------
+    def _grid(self, X: Tensor) -> Tensor:
+        """``(B, k-1, k-1, s, s)`` view of the first ``(k-1) s`` rows and columns' tiles."""
+        b, r, c = X.stride()
+        k1, s = self.k - 1, self.s
+        return X.as_strided((X.shape[0], k1, k1, s, s), (b, s * r, s * c, r, c), X.storage_offset())
+
+    def _diagonal_tiles(self, X: Tensor) -> Tensor:
+        """``(B, k-1, s, s)`` view of the diagonal tiles 0 .. k-2."""
+        b, r, c = X.stride()
+        s = self.s
+        return X.as_strided(
+            (X.shape[0], self.k - 1, s, s), (b, s * (r + c), r, c), X.storage_offset()
+        )
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode(self, X: Tensor, codebook: str, bits: int) -> tuple[Tensor, Tensor]:
+        """Codes ``(B, N)`` (uint8, unpacked, storage order) and chunk scales ``(B, chunks)``
+        of the strict lower triangles of ``X`` ``(B, n, n)`` (fp32, any strides)."""
+        B, s, k, t = X.shape[0], self.s, self.k, self.t
+        device = X.device
+        X = X.contiguous()  # the tile views below keep its strides; contiguous reshapes view
+        codes: list[Tensor] = []
+        scales: list[Tensor] = []
+
+        def whole_chunks(rows: Tensor) -> None:  # rows (B, chunks, s): a fresh tensor
+            a = absmax_normalize_(rows)
+            codes.append(nearest_codes(rows, codebook, bits).view(B, -1))
+            scales.append(a)
+
+        def triangles(tiles: Tensor, order: int) -> None:  # (B, m, order, order), fresh
+            a = absmax_normalize_(tiles)
+            pos, _ = _tile_triangle(order, device)
+            stored = tiles.view(B, tiles.shape[1], -1).index_select(-1, pos)
+            codes.append(nearest_codes(stored, codebook, bits).view(B, -1))
+            scales.append(a[..., 1:].reshape(B, -1))  # row 0 of a tile has no entries
+
+        if k > 2:
+            p, q = _tile_pairs(k, device)
+            whole_chunks(self._grid(X)[:, p, q].reshape(B, -1, s))  # a gather copies
+        if k > 1:
+            whole_chunks(X[:, (k - 1) * s :, : (k - 1) * s].reshape(B, -1, s).clone())
+            triangles(self._diagonal_tiles(X) * _strict_lower_mask(s, device), s)
+        if t > 1:
+            last = X[:, (k - 1) * s :, (k - 1) * s :] * _strict_lower_mask(t, device)
+            triangles(last[:, None], t)
+        if not codes:  # n == 1: nothing below the diagonal
+            return X.new_zeros(B, 0, dtype=torch.uint8), X.new_zeros(B, 0)
+        return torch.cat(codes, -1), torch.cat(scales, -1)
+
+    # -- decoding ------------------------------------------------------------------------------
+    def scale_(self, values: Tensor, scales: Tensor) -> list[Tensor]:
+        """Multiply stored ``values`` ``(B, N)`` (fp32, unscaled, in place) by their chunks'
+        ``scales`` ``(B, chunks)``; returns the four parts as views of ``values``."""
+        B, s, k, t = values.shape[0], self.s, self.k, self.t
+        a, b, c, d = self._split(values[:, : self.numel], self.sizes)
+        sa, sb, sc, sd = self._split(scales, self.chunk_counts)
+        a = a.view(B, -1, s).mul_(sa.unsqueeze(-1))
+        b = b.view(B, -1, s).mul_(sb.unsqueeze(-1))
+        if k > 1:
+            _, row = _tile_triangle(s, values.device)
+            c = c.view(B, k - 1, -1).mul_(sc.view(B, k - 1, s - 1).index_select(-1, row))
+        if t > 1:
+            _, row = _tile_triangle(t, values.device)
+            d = d.mul_(sd.index_select(-1, row))
+        return [a, b, c, d]
+
+    def write(self, parts: list[Tensor], out: Tensor, symmetric: bool) -> None:
+        """Write the scaled ``parts`` (``scale_``'s result) into ``out`` ``(B, n, n)``.
+
+        ``symmetric``: also into the upper triangle (every entry of ``out`` is written, the
+        diagonal with zeros: the caller writes it). Otherwise only the strict lower triangle
+        and the diagonal tiles (zeros above their diagonal); ``out`` must start as zeros.
+        """
+        a, b, c, d = parts
+        B, s, k, t = out.shape[0], self.s, self.k, self.t
+        device = out.device
+        if k > 2:
+            p, q = _tile_pairs(k, device)
+            tiles = a.view(B, -1, s, s)
+            grid = self._grid(out)
+            grid[:, p, q] = tiles
+            if symmetric:
+                grid[:, q, p] = tiles.mT
+        if k > 1:
+            strip = b.view(B, t, (k - 1) * s)
+            out[:, (k - 1) * s :, : (k - 1) * s] = strip
+            if symmetric:
+                out[:, : (k - 1) * s, (k - 1) * s :] = strip.mT
+            self._diagonal_tiles(out).copy_(_tiles(c, s, device, symmetric))
+        last = out[:, (k - 1) * s :, (k - 1) * s :]
+        if t > 1:
+            last.copy_(_tiles(d.view(B, 1, -1), t, device, symmetric)[:, 0])
+        elif symmetric:
+            last.zero_()
+
+
+def _tiles(values: Tensor, s: int, device: torch.device, symmetric: bool) -> Tensor:
+    """``(B, m, s, s)`` tiles with the strict lower parts ``values`` ``(B, m, s(s-1)/2)``
+    (row-major), zeros elsewhere, or ``T + T^T`` when ``symmetric``."""
+    B, m, _ = values.shape
+    pos, _ = _tile_triangle(s, device)
+    tiles = torch.zeros(B, m, s * s, dtype=values.dtype, device=device)
+    tiles.index_copy_(-1, pos, values)
+    tiles = tiles.view(B, m, s, s)
+    return tiles + tiles.mT if symmetric else tiles
+
+
+def absmax_normalize_(rows: Tensor) -> Tensor:
+    """Divide each row of ``rows`` ``(..., width)`` by its absmax, in place (an all-zero row
+    stays zero); returns the absmax scales ``(...)``, fp32."""
+    # max |x| as max(max x, -min x): two reductions, no |x| temporary
+    scales = torch.maximum(rows.amax(dim=-1), rows.amin(dim=-1).neg_())
+    rows.div_(torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(-1))
+    return scales
