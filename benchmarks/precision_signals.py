@@ -60,7 +60,7 @@ def collect(task_name: str, seed: int, at: list[int]) -> dict[int, list[dict]]:
             snap = []
             for group in opt.param_groups:
                 for p in group["params"]:
-                    pre = opt._preconditioner(p, opt.state[p], group)
+                    pre = opt.store.view(p, group)
                     if pre is None:
                         continue
                     for b, pair in enumerate(pre.blocks):

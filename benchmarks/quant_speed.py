@@ -5,10 +5,7 @@
 Prints the median wall time of each call in milliseconds. For the ``tril`` layout (how the
 inverse roots are stored) it also times ``dequantize_symmetric``, the full symmetric matrix the
 optimizer multiplies with, eager and ``compiled=True`` (the optimizer's ``compile`` option; the
-first compiled call of each shape compiles and is not timed). ``--traced`` adds two columns:
-``dequantize_symmetric`` itself under ``torch.compile`` (what a compiled optimizer step runs:
-the one-gather-per-entry forms) and the same with the eager index-select forms traced instead.
-Nothing is written to disk.
+first compiled call of each shape compiles and is not timed). Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import time
 
 import torch
 
-from qshampoo.quant import blockwise, dequantize, quantize
+from qshampoo.quant import dequantize, quantize
 from qshampoo.quant.blockwise import dequantize_symmetric
 
 
@@ -38,20 +35,6 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _traced_ms(q, eager_forms: bool, device: torch.device, repeats: int) -> float:
-    """``dequantize_symmetric(q)`` compiled whole; ``eager_forms`` makes the trace take the
-    eager index-select forms instead of the gather forms it takes inside a compiled step."""
-    saved = blockwise._is_compiling
-    if eager_forms:
-        blockwise._is_compiling = lambda: False
-    try:
-        torch._dynamo.reset()
-        fn = torch.compile(dequantize_symmetric, dynamic=False)
-        return _median_ms(lambda: fn(q), device, repeats)
-    finally:
-        blockwise._is_compiling = saved
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -60,7 +43,6 @@ def main() -> None:
     parser.add_argument("--codebook", default="linear2")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
-    parser.add_argument("--traced", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -73,7 +55,6 @@ def main() -> None:
     print(
         f"{'n':>6} {'layout':>6} {'quantize ms':>12} {'dequantize ms':>14} {'bytes':>10} "
         f"{'symmetric ms':>13} {'compiled ms':>12}"
-        + (f" {'traced ms':>10} {'traced eager-form ms':>21}" if args.traced else "")
     )
     gen = torch.Generator().manual_seed(0)
     for n in args.sizes:
@@ -98,9 +79,6 @@ def main() -> None:
                     for c in (False, True)
                 )
                 line += f" {ts:>13.2f} {tc:>12.2f}"
-                if args.traced:
-                    tt, te = (_traced_ms(q, e, device, args.repeats) for e in (False, True))
-                    line += f" {tt:>10.2f} {te:>21.2f}"
             print(line)
 
 

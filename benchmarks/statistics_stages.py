@@ -74,7 +74,7 @@ def stages(n: int, quant: str, reps: int) -> dict[str, float]:
     )
     for _ in range(3):  # state, and a factor away from its initial eps I
         opt.step()
-    factor = opt._preconditioner(w, opt.state[w], opt.param_groups[0]).factors()[0]
+    factor = next(opt.store.entries()).factor
     cls = type(factor)
     samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(reps):
@@ -84,7 +84,7 @@ def stages(n: int, quant: str, reps: int) -> dict[str, float]:
         samples["G Gᵀ"].append(time.perf_counter() - t)
         with timers(cls, spent):
             t = time.perf_counter()
-            cls.update_statistics_batch([factor], [gram], StepHyper())
+            cls.update_statistics_batch([factor], gram[None].clone(), StepHyper())
             total = time.perf_counter() - t
         samples["step"].append(total)
         samples["rest"].append(total - sum(spent[k] for k in TOP))

@@ -39,7 +39,7 @@ def adamw_update(
     exp_avg.lerp_(direction, 1.0 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1.0 - beta2)
     step_size = lr / (1.0 - beta1**step)
-    denom = (exp_avg_sq.sqrt() / (1.0 - beta2**step) ** 0.5).add_(eps)
+    denom = exp_avg_sq.sqrt().div_((1.0 - beta2**step) ** 0.5).add_(eps)  # one temporary
     w.addcdiv_(exp_avg, denom, value=-step_size)
     if w is not param:
         param.copy_(w)

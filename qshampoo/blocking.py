@@ -5,6 +5,12 @@ Size-1 dimensions are dropped; a tensor with two or more remaining dimensions is
 ``(out, in*kh*kw)``). Tensors with fewer than two remaining dimensions, or with no elements,
 are not preconditioned. Each matrix dimension longer than ``max_dim`` is cut into chunks of
 ``max_dim``, the remainder last (3072 -> 1200, 1200, 672).
+
+A block of ``n x m`` gets a left factor of order ``n`` and a right one of order ``m``, unless
+one side is much longer than the other: a side whose factor would hold more than
+``max_factor_ratio`` times the block's entries (``n > max_factor_ratio * m``) is left out, and
+the block is preconditioned on the other side only (``G R_hat`` or ``L_hat G``). An embedding
+of 100000 x 2 would otherwise get factors of order 1200 for blocks of 2400 entries.
 """
 
 from __future__ import annotations
@@ -27,25 +33,49 @@ def _chunks(length: int, max_dim: int) -> list[slice]:
     return [slice(s, min(s + max_dim, length)) for s in range(0, length, max_dim)]
 
 
+def kept_sides(n: int, m: int, max_factor_ratio: float | None) -> tuple[bool, bool]:
+    """Whether an ``n x m`` block gets its left (order ``n``) and right (order ``m``) factor:
+    each unless it would hold more than ``max_factor_ratio`` times the block's entries. At
+    least one side is kept whenever ``max_factor_ratio >= 1``."""
+    if max_factor_ratio is None:
+        return True, True
+    return n <= max_factor_ratio * m, m <= max_factor_ratio * n
+
+
 @dataclass(frozen=True)
 class Blocking:
-    """How one parameter splits into blocks: ``rows x cols`` slices of its 2-D view."""
+    """How one parameter splits into blocks: ``rows x cols`` slices of its 2-D view, and which
+    sides of each block are preconditioned."""
 
     shape2d: tuple[int, int]
     row_slices: tuple[slice, ...]
     col_slices: tuple[slice, ...]
+    max_factor_ratio: float | None = None
 
     @classmethod
-    def of(cls, shape: tuple[int, ...], max_dim: int) -> Blocking | None:
+    def of(
+        cls, shape: tuple[int, ...], max_dim: int, max_factor_ratio: float | None = None
+    ) -> Blocking | None:
         s2 = matrix_shape(tuple(shape))
         if s2 is None:
             return None
-        return cls(s2, tuple(_chunks(s2[0], max_dim)), tuple(_chunks(s2[1], max_dim)))
+        rows, cols = tuple(_chunks(s2[0], max_dim)), tuple(_chunks(s2[1], max_dim))
+        return cls(s2, rows, cols, max_factor_ratio)
 
     @property
     def slices(self) -> list[tuple[slice, slice]]:
         """Block slices in row-major order."""
         return [(r, c) for r in self.row_slices for c in self.col_slices]
+
+    @property
+    def orders(self) -> list[tuple[int | None, int | None]]:
+        """Per block, the orders of its left and right factors (None: that side is left out)."""
+        out = []
+        for r, c in self.slices:
+            n, m = r.stop - r.start, c.stop - c.start
+            left, right = kept_sides(n, m, self.max_factor_ratio)
+            out.append((n if left else None, m if right else None))
+        return out
 
     def blocks(self, x: Tensor) -> list[Tensor]:
         """Views of the blocks of ``x`` (any tensor with ``prod(shape2d)`` elements)."""

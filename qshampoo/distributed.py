@@ -18,7 +18,6 @@ See ``docs/distributed.md`` for the numerics, memory and checkpoint behaviour.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,56 +27,20 @@ from torch import Tensor
 
 from .blocking import Blocking
 from .checkpoint import with_checksums
+from .dtensor import is_dtensor, is_shard_state, like_param, local, shard_key
+from .layout import param_blocking
 from .memory import factor_bytes
-
-
-# -- sharded (DTensor) parameters -------------------------------------------------------------
-def is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a DTensor, without importing ``torch.distributed.tensor`` (~1 s):
-    until something has imported it, nothing can be a DTensor."""
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
-
-
-def local(t: Tensor) -> Tensor:
-    """The local tensor of a DTensor (sharing its storage), or ``t`` itself."""
-    return t.to_local() if is_dtensor(t) else t
-
-
-def like_param(p: Tensor, t: Tensor) -> Tensor:
-    """Wrap ``t``, a tensor shaped like ``local(p)``, as a DTensor laid out like ``p``."""
-    if not is_dtensor(p):
-        return t
-    from torch.distributed.tensor import DTensor
-
-    return DTensor.from_local(
-        t, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
-    )
-
-
-def shard_key(p: Tensor) -> str:
-    """Name of the shard of ``p`` this rank holds: its mesh coordinate along sharded dims.
-
-    Ranks that hold the same shard (replicas, as in HSDP) get the same name, so a distributed
-    checkpoint stores their identical preconditioner state once.
-    """
-    coord = p.device_mesh.get_coordinate() or []
-    parts = [str(c) for c, pl in zip(coord, p.placements, strict=True) if pl.is_shard()]
-    return "shard" + "_".join(parts)
-
-
-def is_shard_state(stored: Any) -> bool:
-    """Whether a stored ``state["precond"]`` is per-shard (FSDP2): ``{"shard<k>": blocks}``."""
-    return isinstance(stored, dict) and any(k.startswith("shard") for k in stored)
+from .store import block_list, held_dict, job_cost, update_bytes
+from .workspace import batches
 
 
 # -- the cost model and the assignment of blocks to ranks --------------------------------------
 def block_costs(blocking: Blocking, group: dict) -> list[tuple[int, int]]:
-    """``(bytes, root flops)`` of each block: both factors' stored state (``qshampoo.memory``'s
-    formulas, which ``memory_report()`` equals) and ``n^3 + m^3``."""
+    """``(bytes, root flops)`` of each block: its factors' stored state (``qshampoo.memory``'s
+    formulas, which ``memory_report()`` equals) and the sum of their orders cubed."""
     out = []
-    for rows, cols in blocking.slices:
-        n, m = rows.stop - rows.start, cols.stop - cols.start
+    for orders in blocking.orders:
+        kept = [k for k in orders if k is not None]
         nbytes = sum(
             sum(
                 factor_bytes(
@@ -88,9 +51,9 @@ def block_costs(blocking: Blocking, group: dict) -> list[tuple[int, int]]:
                     min_quant_numel=group["min_quant_numel"],
                 ).values()
             )
-            for k in (n, m)
+            for k in kept
         )
-        out.append((nbytes, n**3 + m**3))
+        out.append((nbytes, sum(k**3 for k in kept)))
     return out
 
 
@@ -122,11 +85,123 @@ def assign_blocks(
     return owners
 
 
-class BlockSharding:
-    """Which rank owns which preconditioner block, and the exchange of preconditioned blocks.
+class Distributor:
+    """Where the preconditioner work runs, for one optimizer: the single-process placement.
 
-    Only replicated (non-DTensor) parameters are split; every rank of ``group`` must see the
-    same gradient for them (as under DDP).
+    Every block of a replicated parameter is held and computed here. A DTensor (FSDP2)
+    parameter is preconditioned per local shard, as if the shard were the parameter: its
+    factors are stored under the shard's name (``shard_key``), and its base-optimizer state is
+    kept as DTensors laid out like the parameter. The optimizer's step only calls this
+    interface; ``BlockSplit`` splits the blocks across the ranks of a process group instead.
+    """
+
+    world = 1
+    rank = 0
+
+    def update_plan(self, param_groups: list[dict]) -> None:
+        """Bring the placement up to date with the param groups (new parameters)."""
+
+    def held(self, p: Tensor) -> set[int] | None:
+        """Indices of ``p``'s blocks this process keeps; None when it keeps all of them."""
+        return None
+
+    # -- where a parameter's factors are stored ------------------------------------------------
+    def wrap_stored(self, p: Tensor, stored: list | dict) -> list | dict:
+        """What ``state[p]["precond"]`` holds for ``p``'s blocks ``stored``."""
+        return {shard_key(p): stored} if is_dtensor(p) else stored
+
+    def unwrap_stored(self, p: Tensor, stored: list | dict) -> list | dict:
+        return stored[shard_key(p)] if is_dtensor(p) else stored
+
+    def held_blocks(self, i: Any, p: Tensor, stored: list | dict, group: dict) -> list | dict:
+        """The loaded blocks of ``p`` (saved as parameter id ``i``) that this process keeps,
+        as they are to be stored; refuse missing ones."""
+        sharded_state = is_shard_state(stored)
+        if is_dtensor(p) or sharded_state:
+            if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
+                raise ValueError(
+                    f"the state of parameter {i!r} holds preconditioners for "
+                    f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
+                    f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
+                    "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
+                    "same device mesh and sharding (see docs/distributed.md)"
+                )
+            return stored
+        held = self.held(p)
+        blocks = block_list(stored, len(param_blocking(p, group).slices))
+        for b, entry in enumerate(blocks):
+            if held is not None and b not in held:
+                blocks[b] = None  # owned by another rank: do not keep its memory here
+            elif not entry:
+                raise ValueError(
+                    f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
+                    "rank's state_dict() from a distributed run, which holds only that rank's "
+                    "blocks. Load per-rank state dicts at the same world size, or save with "
+                    "torch.distributed.checkpoint or qshampoo.distributed."
+                    "consolidated_state_dict() to load at another world size"
+                )
+        return blocks if held is None else held_dict(blocks)
+
+    # -- the step ----------------------------------------------------------------------------
+    def precondition(
+        self, items: list[tuple], group: dict, store: Any, finish, compiled: bool
+    ) -> None:
+        """Precondition the gradients of ``items`` (``(param, grad, ParamPreconditioner)`` of
+        one param group) and call ``finish(j, direction)`` for each item ``j`` as soon as its
+        whole direction (fp32, the gradient's shape) is known.
+
+        Items are done in rounds whose directions and batch temporaries fit in the store's
+        workspace, so the directions of all parameters are never held at once.
+        """
+        for rnd, _ in self.rounds([p for p, _, _ in items], group, store):
+            jobs, where = [], []
+            for j in rnd:
+                _, g, pre = items[j]
+                for b, job in pre.jobs(g):
+                    jobs.append(job)
+                    where.append((j, b))
+            done: dict[int, dict[int, Tensor]] = {j: {} for j in rnd}
+            for (j, b), d in zip(where, store.precondition(jobs, compiled), strict=True):
+                done[j][b] = d
+            del jobs
+            for j in rnd:
+                _, g, pre = items[j]
+                direction = pre.assemble(done.pop(j), g.shape)
+                finish(j, direction)
+                del direction
+
+    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
+        """Consecutive positions of ``params`` (of one group) preconditioned together, and the
+        bytes each round takes (its directions and jobs, ``store.direction_cost``): as many as
+        fit in the workspace (one parameter alone if it needs more)."""
+        cost = {j: store.direction_cost(p, group) for j, p in enumerate(params)}
+        found = batches(
+            range(len(params)), lambda _: None, cost.__getitem__, store.max_workspace_bytes
+        )
+        return [(rnd, sum(cost[j] for j in rnd)) for rnd in found]
+
+    def plan(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
+        """The rounds ``precondition`` forms for ``params`` (positions, bytes)."""
+        return self.rounds(params, group, store)
+
+    def base_update(self, update, p: Tensor, direction: Tensor, state: dict, step, **kw) -> None:
+        """Apply the base optimizer's ``update`` to ``p`` along ``direction`` (a DTensor's
+        local shard, with its state's local tensors)."""
+        if not is_dtensor(p):
+            update(p, direction, state, step, **kw)
+            return
+        view = {key: local(v) for key, v in state.items()}
+        update(local(p), direction, view, step, **kw)
+        state.update({key: like_param(p, v) for key, v in view.items() if key not in state})
+
+
+class BlockSplit(Distributor):
+    """Blocks of replicated parameters split across the ranks of a process group (DDP).
+
+    Every rank must see the same gradient for them (as under DDP). Blocks are assigned by a
+    balanced greedy cost model from shapes alone, so every rank derives the same assignment;
+    a rank keeps and computes only its blocks, and one ``all_gather_into_tensor`` per round
+    gives every rank every preconditioned block. DTensor parameters stay per shard.
     """
 
     def __init__(self, group: dist.ProcessGroup | None = None):
@@ -145,9 +220,9 @@ class BlockSharding:
         new, costs = [], []
         for group in param_groups:
             for p in group["params"]:
-                if p in self._owners or is_dtensor(p) or not group["precondition"]:
+                if p in self._owners or is_dtensor(p):
                     continue
-                blocking = Blocking.of(tuple(p.shape), group["max_preconditioner_dim"])
+                blocking = param_blocking(p, group)
                 if blocking is None:
                     continue
                 c = block_costs(blocking, group)
@@ -166,7 +241,6 @@ class BlockSharding:
         return self._owners.get(p)
 
     def held(self, p: Tensor) -> set[int] | None:
-        """Indices of ``p``'s blocks this rank owns; None when it holds all of them."""
         owners = self._owners.get(p)
         if owners is None:
             return None
@@ -174,16 +248,72 @@ class BlockSharding:
 
     @torch.no_grad()
     def precondition(
-        self, items: list[tuple[Tensor, Tensor, Any]], compiled: bool = False
-    ) -> list[Tensor]:
-        """Preconditioned gradients of split parameters, identical on every rank.
+        self, items: list[tuple], group: dict, store: Any, finish, compiled: bool
+    ) -> None:
+        """As ``Distributor.precondition``; the blocks of split parameters are computed by
+        their owners and exchanged, one ``all_gather_into_tensor`` per round (the rounds are
+        the same on every rank: they depend on the parameters' shapes, in the same order)."""
+        split = [j for j, (p, _, _) in enumerate(items) if self._owners.get(p) is not None]
+        mine = [j for j in range(len(items)) if self._owners.get(items[j][0]) is None]
+        if mine:
+            super().precondition(
+                [items[j] for j in mine], group, store, lambda k, d: finish(mine[k], d), compiled
+            )
+        if not split:
+            return
+        shared = [items[j] for j in split]
+        for rnd, _ in self.rounds([p for p, _, _ in shared], group, store):
+            done = self._exchange([shared[j] for j in rnd], store, compiled)
+            for j, d in zip(rnd, done, strict=True):
+                finish(split[j], d)
+                del d
 
-        ``items``: ``(param, grad, ParamPreconditioner)`` in the same order on every rank.
-        Each rank writes its own blocks' ``L_hat G_b R_hat`` into one flat fp32 buffer,
+    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
+        """As ``Distributor.rounds`` for parameters split across ranks, the same on every rank
+        (from shapes and the assignment alone). A round takes its full directions, the
+        exchange's send buffer and the gathered buffers of every rank (each padded to the
+        rank that owns the most of the round), and the jobs of the busiest rank."""
+        if not params or self._owners.get(params[0]) is None:
+            return super().rounds(params, group, store)
+        out: list[tuple[list[int], int]] = []
+        rnd: list[int] = []
+        entries, jobs, directions = [0] * self.world, [0] * self.world, 0
+        spent = 0
+        for j, p in enumerate(params):
+            mine_entries, mine_jobs = [0] * self.world, [0] * self.world
+            for job, r in zip(store.sized_jobs(p, group), self._owners[p], strict=True):
+                n, m = job[1]
+                mine_entries[r] += n * m
+                mine_jobs[r] += job_cost(job)
+            e = [a + b for a, b in zip(entries, mine_entries, strict=True)]
+            w = [a + b for a, b in zip(jobs, mine_jobs, strict=True)]
+            own = 4 * p.numel() + update_bytes(p)  # its direction and its base update
+            d = directions + own
+            cost = d + 4 * (self.world + 1) * max(e) + max(w)
+            if rnd and cost > store.max_workspace_bytes:
+                out.append((rnd, spent))
+                rnd = []
+                e, w, d = mine_entries, mine_jobs, own
+                cost = d + 4 * (self.world + 1) * max(e) + max(w)
+            rnd.append(j)
+            entries, jobs, directions, spent = e, w, d, cost
+        if rnd:
+            out.append((rnd, spent))
+        return out
+
+    def plan(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
+        split = [j for j, p in enumerate(params) if self._owners.get(p) is not None]
+        mine = [j for j, p in enumerate(params) if self._owners.get(p) is None]
+        out = []
+        for part in (mine, split):
+            for rnd, nbytes in self.rounds([params[j] for j in part], group, store):
+                out.append(([part[k] for k in rnd], nbytes))
+        return out
+
+    def _exchange(self, items: list[tuple], store: Any, compiled: bool) -> list[Tensor]:
+        """Each rank writes its own blocks' ``L_hat G_b R_hat`` into one flat fp32 buffer,
         padded to the longest rank's; ``all_gather_into_tensor`` collects all buffers, and
-        each rank unpacks them into full tensors of the gradients' shapes.
-        """
-        # What each rank sends: its blocks, in (item, block) order.
+        each rank unpacks them into full tensors of the gradients' shapes."""
         layout: list[list[tuple[int, int, int]]] = [[] for _ in range(self.world)]
         for j, (p, _, pre) in enumerate(items):
             slices = pre.blocking.slices
@@ -194,15 +324,16 @@ class BlockSharding:
         width = max(sizes)
         device = items[0][1].device
         send = torch.zeros(width, dtype=torch.float32, device=device)
+        jobs = [job for _, g, pre in items for _, job in pre.jobs(g)]
         offset = 0
-        for _, g, pre in items:
-            for block in pre.precondition_held(g, compiled):
-                send[offset : offset + block.numel()].view_as(block).copy_(block)
-                offset += block.numel()
+        for block in store.precondition(jobs, compiled):
+            send[offset : offset + block.numel()].view_as(block).copy_(block)
+            offset += block.numel()
+        del jobs
         assert offset == sizes[self.rank], "owned blocks do not match the plan"
         recv = torch.empty(self.world * width, dtype=torch.float32, device=device)
         dist.all_gather_into_tensor(recv, send, group=self.group)
-
+        del send
         outs = [torch.empty(pre.blocking.shape2d, device=device) for _, _, pre in items]
         for r in range(self.world):
             offset = r * width
@@ -215,7 +346,7 @@ class BlockSharding:
         return [o.view(g.shape) for o, (_, g, _) in zip(outs, items, strict=True)]
 
 
-def make_sharding(distributed: bool | None, process_group: Any) -> BlockSharding | None:
+def make_distributor(distributed: bool | None, process_group: Any) -> Distributor:
     """Resolve the ``distributed`` / ``process_group`` keywords of ``Shampoo``."""
     if distributed not in (None, True, False):
         raise ValueError(
@@ -235,17 +366,17 @@ def make_sharding(distributed: bool | None, process_group: Any) -> BlockSharding
                 "invalid process_group: it is only used with distributed=None or True, "
                 "not distributed=False"
             )
-        return None
+        return Distributor()
     if not (dist.is_available() and dist.is_initialized()):
         if distributed:
             raise ValueError(
                 "invalid distributed=True: torch.distributed is not initialized; call "
                 "torch.distributed.init_process_group() before creating the optimizer"
             )
-        return None
+        return Distributor()
     if distributed is None and dist.get_world_size(process_group) == 1:
-        return None
-    return BlockSharding(process_group)
+        return Distributor()
+    return BlockSplit(process_group)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -263,8 +394,8 @@ def consolidated_state_dict(optimizer: Any, dst: int = 0) -> dict | None:
             "FSDP2 (DTensor) state is per shard: save it with torch.distributed.checkpoint"
         )
     sd = optimizer.state_dict()
-    sharding = getattr(optimizer, "_sharding", None)
-    if sharding is None or sharding.world == 1:
+    sharding = optimizer.store.distributor
+    if not isinstance(sharding, BlockSplit):
         return sd
     # each rank's blocks of split parameters: {param id: {"<block index>": block}}
     mine = {

@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from .blocking import Blocking
-from .distributed import local
+from .dtensor import local
 from .factors import FactorConfig
 from .precision import AUTO_BITS
 
@@ -23,6 +23,7 @@ LAYOUT_KEYS = (
     "block_size",
     "codebook",
     "max_preconditioner_dim",
+    "max_factor_ratio",
     "min_quant_numel",
     "precondition",
     "base",
@@ -38,7 +39,8 @@ def param_blocking(p: Tensor, group: dict) -> Blocking | None:
     """The blocks of ``p``'s preconditioner (None: ``p`` is not preconditioned)."""
     if not group["precondition"]:
         return None
-    return Blocking.of(tuple(local(p).shape), group["max_preconditioner_dim"])  # shard's shape
+    shape = tuple(local(p).shape)  # a DTensor's shard
+    return Blocking.of(shape, group["max_preconditioner_dim"], group["max_factor_ratio"])
 
 
 def factor_config(group: dict) -> FactorConfig:

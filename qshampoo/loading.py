@@ -6,7 +6,7 @@ of another format, another number or layout of param groups (``qshampoo.layout.L
 invalid hyperparameters, a failed checksum (``qshampoo.checkpoint``), or a parameter state
 whose structure differs from what this optimizer would create for that parameter (compared
 against a *skeleton*: a fresh state made of meta tensors, cached by shape and layout).
-:func:`held_blocks` then keeps the blocks this rank owns under ``distributed``.
+The store (``PreconditionerStore.place_loaded``) then keeps the blocks this process holds.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from torch import Tensor
 
 from .base import BASES
 from .checkpoint import STATE_FORMAT_VERSION, compare_state, state_checksum
-from .distributed import BlockSharding, is_dtensor, is_shard_state, shard_key
+from .dtensor import is_dtensor
 from .factors import FactorConfig, make_factor
 from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking
 from .precision import AUTO_BITS
-from .preconditioner import ParamPreconditioner, block_list, held_dict
+from .store import new_blocks, pair_state
 from .validation import validate_group
 
 #: skeletons of new parameter states by (shape, layout), for load_state_dict's checks
@@ -69,38 +69,6 @@ def check_state_dict(
             f"malformed optimizer state dict ({type(e).__name__}: {e}); the checkpoint is "
             "corrupted or was not written by qshampoo.Shampoo.state_dict()"
         ) from e
-
-
-def held_blocks(
-    i: Any, p: Tensor, stored: list | dict, group: dict, sharding: BlockSharding | None
-) -> list | dict:
-    """The loaded preconditioner blocks of ``p`` (saved as parameter id ``i``) that this rank
-    keeps, as they are to be stored; refuse missing ones."""
-    sharded_state = is_shard_state(stored)
-    if is_dtensor(p) or sharded_state:
-        if not (is_dtensor(p) and sharded_state and shard_key(p) in stored):
-            raise ValueError(
-                f"the state of parameter {i!r} holds preconditioners for "
-                f"{sorted(stored) if sharded_state else 'a plain (not DTensor) parameter'}"
-                f", not for {shard_key(p) if is_dtensor(p) else 'a plain parameter'!r}: "
-                "FSDP2 keeps one preconditioner per local shard, so it loads only into the "
-                "same device mesh and sharding (see docs/distributed.md)"
-            )
-        return stored
-    held = sharding.held(p) if sharding is not None else None
-    blocks = block_list(stored, len(param_blocking(p, group).slices))
-    for b, entry in enumerate(blocks):
-        if held is not None and b not in held:
-            blocks[b] = None  # owned by another rank: do not keep its memory here
-        elif not entry:
-            raise ValueError(
-                f"the state of parameter {i!r} lacks preconditioner block {b}: it is one "
-                "rank's state_dict() from a distributed run, which holds only that rank's "
-                "blocks. Load per-rank state dicts at the same world size, or save with "
-                "torch.distributed.checkpoint or qshampoo.distributed."
-                "consolidated_state_dict() to load at another world size"
-            )
-    return blocks if held is None else held_dict(blocks)
 
 
 def copy_to(obj: Any, device: torch.device) -> Any:
@@ -297,7 +265,7 @@ def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
     }
     blocking = param_blocking(p, group)
     if blocking is not None:
-        _, st["precond"] = ParamPreconditioner.create(
+        blocks = new_blocks(
             blocking,
             group["quant"],
             factor_config(group),
@@ -305,6 +273,7 @@ def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
             group["matrix_eps"],
             group["min_quant_numel"],
         )
+        st["precond"] = [pair_state(b) for b in blocks]
     return st
 
 

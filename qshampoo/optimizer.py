@@ -21,20 +21,16 @@ from torch.optim import Optimizer
 
 from .base import BASES
 from .checkpoint import STATE_FORMAT_VERSION, with_checksums
-from .distributed import (
-    is_dtensor,
-    like_param,
-    local,
-    make_sharding,
-    shard_key,
-)
-from .factors import StepHyper, check_failures, update_roots, update_statistics
-from .layout import LAYOUT_KEYS, factor_config, layout_of, param_blocking, state_nbytes
-from .loading import check_state_dict, copy_to, held_blocks
+from .distributed import Distributor, make_distributor
+from .dtensor import like_param, local
+from .factors import StepHyper, check_failures
+from .layout import LAYOUT_KEYS, layout_of, state_nbytes
+from .loading import check_state_dict, copy_to
 from .precision import AUTO_BITS, PrecisionConfig
 from .precision_state import AdaptivePrecision, is_adaptive
-from .preconditioner import ParamPreconditioner, precondition_blocks
+from .store import PreconditionerStore
 from .validation import validate_group, validate_params
+from .workspace import DEFAULT_MAX_WORKSPACE, check_workspace
 
 #: runs a function outside any ``torch.compile`` graph; torch.optim's own helper, which
 #: imports Dynamo at the first call instead of at import (``torch.compiler.disable`` would add
@@ -58,6 +54,10 @@ class Shampoo(Optimizer):
         stat_interval: statistics are updated at steps ``k % stat_interval == 0`` (T1).
         root_interval: inverse roots are recomputed at steps ``k % root_interval == 0`` (T2).
         max_preconditioner_dim: matrix dims longer than this are cut into blocks.
+        max_factor_ratio: a block side whose factor would hold more than this many times the
+            block's entries (order ``n > max_factor_ratio * m`` for an ``n x m`` block) gets no
+            factor: the block is preconditioned on its other side only (embeddings and other
+            long, thin parameters). None: every side gets a factor.
         root_method: ``"eigh"`` or ``"newton"``.
         quant: how factors are stored: ``"none"`` (fp32), ``"naive"``, ``"eigen"``,
             ``"cholesky"`` or ``"cholesky_ef"``.
@@ -95,6 +95,11 @@ class Shampoo(Optimizer):
             Optimizer-wide; under ``distributed`` it applies to each process's own blocks.
         precision_config: the adaptive-precision policy's thresholds and hysteresis
             (``qshampoo.precision.PrecisionConfig``; default: its defaults).
+        max_workspace_bytes: the most temporary memory the batched stages of a step (statistics,
+            roots, preconditioning) may allocate on top of the state; work is cut into batches
+            that fit (a single block that needs more is done alone).
+            ``memory_report()["workspace"]`` is what the step may allocate at most for the
+            current parameters. Optimizer-wide.
         compile: fuse the dequantization of the low-bit roots of order >= 256 with
             ``torch.compile`` (one kernel per root shape; on the development CPU the step
             ranged from 5% faster to 18% slower than eager: ``benchmarks/RESULTS.md``,
@@ -127,6 +132,7 @@ class Shampoo(Optimizer):
         stat_interval: int = 100,
         root_interval: int = 500,
         max_preconditioner_dim: int = 1200,
+        max_factor_ratio: float | None = 16.0,
         root_method: str = "eigh",
         quant: str = "none",
         bits: int = 4,
@@ -143,6 +149,7 @@ class Shampoo(Optimizer):
         process_group: Any = None,
         memory_budget: float | int | None = None,
         precision_config: PrecisionConfig | None = None,
+        max_workspace_bytes: int = DEFAULT_MAX_WORKSPACE,
     ):
         defaults = dict(
             lr=lr,
@@ -158,6 +165,7 @@ class Shampoo(Optimizer):
             stat_interval=stat_interval,
             root_interval=root_interval,
             max_preconditioner_dim=max_preconditioner_dim,
+            max_factor_ratio=max_factor_ratio,
             root_method=root_method,
             quant=quant,
             bits=bits,
@@ -172,24 +180,32 @@ class Shampoo(Optimizer):
             cholesky_damping=cholesky_damping,
         )
         self._precision = AdaptivePrecision(memory_budget, precision_config)
-        self._sharding = make_sharding(distributed, process_group)
-        self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
+        self.store = PreconditionerStore(
+            self, make_distributor(distributed, process_group), check_workspace(max_workspace_bytes)
+        )
         self._initialized = False
         super().__init__(params, defaults)
         self._initialized = True
-        self._precision.check_setup(self, sharded=self._sharding is not None)
+        self._precision.check_setup(self, sharded=self.store.distributor.world > 1)
 
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim keeps only defaults, state and param groups; a copy or pickle with
-        # bits="auto" also needs its memory_budget (the process group is not kept)
-        return {**super().__getstate__(), "_precision": self._precision}
+        # bits="auto" also needs its memory_budget, and the workspace bound (the process group
+        # is not kept: a copy runs in one process)
+        return {
+            **super().__getstate__(),
+            "_precision": self._precision,
+            "_max_workspace_bytes": self.store.max_workspace_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # also called by torch.optim's load_state_dict, which must keep the store
+        workspace = state.pop("_max_workspace_bytes", DEFAULT_MAX_WORKSPACE)
         super().__setstate__(state)
-        self._views = {}
-        self.__dict__.setdefault("_sharding", None)
         self.__dict__.setdefault("_precision", AdaptivePrecision(None, None))
         self.__dict__.setdefault("_initialized", True)
+        if "store" not in self.__dict__:  # unpickled
+            self.store = PreconditionerStore(self, Distributor(), workspace)
 
     # -- param groups -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -199,7 +215,7 @@ class Shampoo(Optimizer):
             validate_group(group)
             validate_params(group["params"])
             if getattr(self, "_initialized", False):  # groups added after the constructor
-                self._precision.check_setup(self, sharded=self._sharding is not None)
+                self._precision.check_setup(self, sharded=self.store.distributor.world > 1)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
@@ -221,24 +237,41 @@ class Shampoo(Optimizer):
         return loss
 
     def _update(self, group, params, grads, states, norms, pres, steps) -> None:
-        """Precondition, graft and apply the base update to a group's prepared parameters."""
-        directions = self._precondition(params, grads, pres, group["compile"])
+        """Precondition, graft and apply the base update to a group's prepared parameters,
+        each as soon as its direction is known (so that the directions of all parameters are
+        never held at once)."""
         _, update = BASES[group["base"]]
         kwargs = _base_kwargs(group)
-        for p, g, st, d, n, k in zip(params, grads, states, directions, norms, steps, strict=True):
-            direction = g if d is None else graft(d, g, n)
-            if is_dtensor(p):  # FSDP2: update the local shard and its local state
-                base = st["base"]
-                view = {key: local(v) for key, v in base.items()}
-                update(local(p), direction, view, k, lr=group["lr"], **kwargs)
-                base.update({key: like_param(p, v) for key, v in view.items() if key not in base})
+        dist = self.store.distributor
+        sign = -1.0 if group["maximize"] else 1.0
+
+        def finish(j: int, direction: Tensor | None) -> None:
+            g = grads[j]
+            if direction is None:  # not preconditioned: the gradient itself
+                direction = g.float() if sign > 0 else g.float().neg()
             else:
-                update(p, direction, st["base"], k, lr=group["lr"], **kwargs)
+                direction = graft(direction, g, norms[j], sign)
+            dist.base_update(
+                update, params[j], direction, states[j]["base"], steps[j], lr=group["lr"], **kwargs
+            )
+
+        items, where = [], []
+        for j, pre in enumerate(pres):
+            if pre is None:
+                finish(j, None)
+            else:
+                items.append((params[j], grads[j], pre))
+                where.append(j)
+        if items:
+            dist.precondition(
+                items, group, self.store, lambda k, d: finish(where[k], d), group["compile"]
+            )
 
     @_eager
     def _prepare(self, compiling: bool = False) -> list[tuple | None]:
-        """Everything of a step before preconditioning, for every param group
-        (``_prepare_group``), after the split of the blocks across ranks is brought up to date.
+        """Everything of a step before preconditioning, for every param group: every check
+        first (gradients, non-finite values), then, group by group, state creation, the step
+        counters and the statistics and roots that are due.
 
         It always runs eagerly, also inside ``torch.compile``: it decides on the host (which
         factors are due, whether a gradient or a factorisation is finite, which damping a
@@ -246,18 +279,18 @@ class Shampoo(Optimizer):
         specialize on every outcome (dozens of recompilations); outside it, the rest of the
         step compiles as one graph that is reused.
         """
-        if self._sharding is not None:
-            self._sharding.update_plan(self.param_groups)
-        return [self._prepare_group(group, compiling) for group in self.param_groups]
+        self.store.distributor.update_plan(self.param_groups)
+        gathered = [self._gather(group) for group in self.param_groups]
+        kept = self._check_nonfinite(gathered)
+        return [
+            None if g is None else self._advance(group, *g, keep, compiling)
+            for group, g, keep in zip(self.param_groups, gathered, kept, strict=True)
+        ]
 
-    def _prepare_group(self, group: dict[str, Any], compiling: bool) -> tuple | None:
-        """Collect the group's gradients, create state, leave out non-finite gradients, count
-        the step, and update the statistics and roots that are due. Returns ``(params, grads,
-        states, grad_norms, preconditioners, steps)``, or None when no parameter of the group
-        has a gradient. ``steps`` are the parameters' step counters: ints, or, for a compiled
-        step (``compiling``), one tensor on the parameters' device (a compiled graph reads a
-        tensor's value; an int it would be specialized on, and recompiled for at every step).
-        """
+    def _gather(self, group: dict[str, Any]) -> tuple | None:
+        """The group's parameters with a gradient, their local gradients (as they are: a
+        narrower dtype is converted where it is used) and fp32 gradient norms; None when no
+        parameter of the group has a gradient."""
         params, grads = [], []
         for p in group["params"]:
             if p.grad is None:
@@ -265,13 +298,48 @@ class Shampoo(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Shampoo does not support sparse gradients")
             params.append(p)
-            g = local(p.grad).float()
-            grads.append(g if not group["maximize"] else -g)
+            grads.append(local(p.grad))
         if not params:
             return None
-        states = [self._state(p, group) for p in params]
-        params, grads, states, norms = self._drop_nonfinite(params, grads, states, group)
+        return params, grads, [_norm32(g) for g in grads]
 
+    def _check_nonfinite(self, gathered: list[tuple | None]) -> list[list[bool] | None]:
+        """Which parameters of each group have a finite gradient (one host sync for all
+        groups). A gradient whose squared norm overflows fp32 counts as non-finite too: its
+        statistics ``G G^T`` and Adam's second moment would be infinite. With
+        ``nonfinite="raise"`` in a group that has one, raise ``FloatingPointError`` before
+        anything changes."""
+        norms = [n for g in gathered if g is not None for n in g[2]]
+        if not norms:
+            return [None] * len(gathered)
+        flags = iter(torch.isfinite(torch.stack(norms)).tolist())
+        kept = [None if g is None else [next(flags) for _ in g[0]] for g in gathered]
+        for group, g, ok in zip(self.param_groups, gathered, kept, strict=True):
+            if g is not None and group["nonfinite"] == "raise" and not all(ok):
+                bad = [p for p, good in zip(g[0], ok, strict=True) if not good]
+                where = ", ".join(self.store.describe(p) for p in bad)
+                raise FloatingPointError(
+                    f"non-finite gradient (inf/NaN, or a squared norm beyond float32) in {where}; "
+                    "use nonfinite='skip' to skip such steps, or lower the learning rate / use "
+                    "gradient clipping"
+                )
+        return kept
+
+    def _advance(self, group: dict[str, Any], params, grads, norms, keep, compiling) -> tuple:
+        """Create state, leave out non-finite gradients (counted), count the step, and update
+        the statistics and roots that are due. Returns ``(params, grads, states, grad_norms,
+        preconditioners, steps)``; ``steps`` are the parameters' step counters: ints, or, for
+        a compiled step, one tensor on the parameters' device (a compiled graph reads a
+        tensor's value; an int it would be specialized on, and recompiled for at every step).
+        """
+        states = [self._state(p, group) for p in params]
+        if not all(keep):
+            for st, ok in zip(states, keep, strict=True):
+                st["nonfinite_steps"] += not ok
+            params, grads, states, norms = (
+                [x for x, ok in zip(xs, keep, strict=True) if ok]
+                for xs in (params, grads, states, norms)
+            )
         hp = StepHyper(
             group["stat_decay"],
             group["matrix_eps"],
@@ -280,10 +348,9 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_stats, due_roots, pres, touched = [], [], [], []
-        stats_updated = False
         for p, g, st in zip(params, grads, states, strict=True):
             st["step"] += 1
-            pre = self._preconditioner(p, st, group)
+            pre = self.store.view(p, group)
             pres.append(pre)
             if pre is None:
                 continue
@@ -291,18 +358,17 @@ class Shampoo(Optimizer):
             roots_due = st["step"] % group["root_interval"] == 0
             if stats_due:
                 due_stats.extend(pre.statistics_jobs(g))
-                stats_updated = True
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
-        if stats_updated:
+        if due_stats:
             # every parameter's blocks at once: same-shaped factors share batched calls
-            update_statistics(due_stats, hp)
+            self.store.update_statistics(due_stats, hp)
             # before the roots, so that a switched factor stores its root at its new width
             self._precision.after_statistics(self, group)
         if due_roots:
-            update_roots(due_roots, hp)
+            self.store.update_roots(due_roots, hp)
         if touched:
             self._check_failures(touched, group)
         steps = [st["step"] for st in states]
@@ -314,65 +380,6 @@ class Shampoo(Optimizer):
             steps = torch.tensor(steps, dtype=dtype, device=device)
         return params, grads, states, norms, pres, steps
 
-    def _precondition(self, params, grads, pres, compiled: bool) -> list[Tensor | None]:
-        """``L_hat G R_hat`` per parameter (None where not preconditioned).
-
-        Parameters whose blocks are split across ranks are done together, in one exchange.
-        """
-        if self._sharding is None:
-            # every block of every parameter in one batch: same-shaped blocks share calls
-            jobs = [
-                pre.jobs(g) if pre is not None else [] for g, pre in zip(grads, pres, strict=True)
-            ]
-            done = iter(precondition_blocks([j for js in jobs for j in js], compiled))
-            return [
-                None if pre is None else pre.assemble([next(done) for _ in js], g)
-                for g, pre, js in zip(grads, pres, jobs, strict=True)
-            ]
-        out: list[Tensor | None] = [None] * len(params)
-        split = []
-        for i, (p, g, pre) in enumerate(zip(params, grads, pres, strict=True)):
-            if pre is not None:
-                if self._sharding.owners(p) is None:
-                    out[i] = pre.precondition(g, compiled)
-                else:
-                    split.append(i)
-        if split:
-            items = [(params[i], grads[i], pres[i]) for i in split]
-            for i, d in zip(split, self._sharding.precondition(items, compiled), strict=True):
-                out[i] = d
-        return out
-
-    def _drop_nonfinite(self, params, grads, states, group):
-        """Leave out parameters whose gradient holds inf/NaN (one host sync per group).
-
-        A gradient whose squared norm overflows fp32 counts as non-finite too: its statistics
-        ``G G^T`` and Adam's second moment would be infinite. Returns the kept parameters,
-        gradients, states and gradient norms (reused by grafting).
-        """
-        norms = [torch.linalg.vector_norm(g) for g in grads]
-        finite = torch.isfinite(torch.stack(norms)).tolist()
-        if all(finite):
-            return params, grads, states, norms
-        bad = [p for p, ok in zip(params, finite, strict=True) if not ok]
-        if group["nonfinite"] == "raise":
-            where = ", ".join(self._describe(p) for p in bad)
-            raise FloatingPointError(
-                f"non-finite gradient (inf/NaN, or a squared norm beyond float32) in {where}; "
-                "use nonfinite='skip' to skip such steps, or lower the learning rate / use "
-                "gradient clipping"
-            )
-        for st, ok in zip(states, finite, strict=True):
-            if not ok:
-                st["nonfinite_steps"] += 1
-        keep = [i for i, ok in enumerate(finite) if ok]
-        return (
-            [params[i] for i in keep],
-            [grads[i] for i in keep],
-            [states[i] for i in keep],
-            [norms[i] for i in keep],
-        )
-
     def _check_failures(self, touched: list, group: dict) -> None:
         def entries():
             for p, pre in touched:
@@ -380,26 +387,19 @@ class Shampoo(Optimizer):
                     if pair is None:  # held by another rank
                         continue
                     for side, f in zip(("left", "right"), pair, strict=True):
-                        yield (
-                            f,
-                            lambda p=p, b=b, side=side: f"{self._describe(p)}, block {b} ({side})",
-                        )
+                        if f is not None:
+                            yield (
+                                f,
+                                lambda p=p, b=b, side=side: (
+                                    f"{self.store.describe(p)}, block {b} ({side})"
+                                ),
+                            )
 
         check_failures(
             entries(),
             group["max_consecutive_failures"],
             advice=f"raise matrix_eps (now {group['matrix_eps']:g}), ",
         )
-
-    def _describe(self, p: Tensor) -> str:
-        """``parameter #i (group g, shape (...))``: where a parameter sits in the optimizer."""
-        i = 0
-        for g, group in enumerate(self.param_groups):
-            for q in group["params"]:
-                if q is p:
-                    return f"parameter #{i} (param group {g}, shape {tuple(p.shape)})"
-                i += 1
-        return f"parameter of shape {tuple(p.shape)}"
 
     # -- state ------------------------------------------------------------------------------------
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict:
@@ -410,7 +410,7 @@ class Shampoo(Optimizer):
             st["nonfinite_steps"] = 0
             st["layout"] = layout_of(group)
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
-            self._new_preconditioner(p, st, group)
+            self.store.create(p, st, group)
         else:
             changed = [k for k in LAYOUT_KEYS if st["layout"][k] != group[k]]
             if changed:
@@ -419,35 +419,6 @@ class Shampoo(Optimizer):
                     "decide how the state is stored. Create a new optimizer to change them."
                 )
         return st
-
-    def _new_preconditioner(self, p: Tensor, st: dict, group: dict) -> None:
-        """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this rank holds."""
-        blocking = param_blocking(p, group)
-        if blocking is None:
-            return
-        pre, stored = ParamPreconditioner.create(
-            blocking,
-            group["quant"],
-            factor_config(group),
-            p.device,
-            group["matrix_eps"],
-            group["min_quant_numel"],
-            held=self._sharding.held(p) if self._sharding is not None else None,
-        )
-        # a DTensor's shard has its own preconditioner, stored under the shard's name
-        st["precond"] = {shard_key(p): stored} if is_dtensor(p) else stored
-        self._views[p] = (st["precond"], pre)
-
-    def _preconditioner(self, p: Tensor, st: dict, group: dict) -> ParamPreconditioner | None:
-        stored = st.get("precond")
-        if stored is None:
-            return None
-        cached = self._views.get(p)
-        if cached is None or cached[0] is not stored:  # e.g. after load_state_dict
-            blocks = stored[shard_key(p)] if is_dtensor(p) else stored
-            pre = ParamPreconditioner.view(param_blocking(p, group), blocks, factor_config(group))
-            self._views[p] = cached = (stored, pre)
-        return cached[1]
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer state, ``torch.optim`` style, plus ``format_version`` and ``checksums``
@@ -487,21 +458,15 @@ class Shampoo(Optimizer):
             for k, v in group.items():  # keys a checkpoint of an older format lacks
                 mine.setdefault(k, v)
         group_of = {p: g for g in self.param_groups for p in g["params"]}
-        self._views.clear()
-        if self._sharding is not None:
-            self._sharding.update_plan(self.param_groups)
+        self.store.forget_views()
+        self.store.distributor.update_plan(self.param_groups)
         saved = state_dict["state"]
         for i, p in ids:
             if i not in saved:
                 continue
             st, group = copy_to(saved[i], p.device), group_of[p]
             if st.get("layout") == layout_of(group):  # if not, the next step() explains
-                if st.get("precond") is None:
-                    # saved without preconditioners (qshampoo.distributed.drop_preconditioners):
-                    # Shampoo restarts them, the rest is kept
-                    self._new_preconditioner(p, st, group)
-                else:
-                    st["precond"] = held_blocks(i, p, st["precond"], group, self._sharding)
+                self.store.place_loaded(i, p, st, group)
             self.state[p] = st
         self._precision.fit_loaded(self)
 
@@ -512,8 +477,10 @@ class Shampoo(Optimizer):
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
         scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
-        Under ``torch.distributed``, the bytes this rank holds: its own blocks, or its shard
-        under FSDP2 (see ``docs/distributed.md``).
+        ``workspace``: not held, but the most a step may allocate on top of ``total`` for the
+        current parameters (its batched stages' temporaries, within ``max_workspace_bytes``;
+        more only if one block alone needs more). Under ``torch.distributed``, the bytes this
+        rank holds: its own blocks, or its shard under FSDP2 (see ``docs/distributed.md``).
 
         With ``bits="auto"`` also: ``preconditioners_4bit``, ``preconditioners_8bit`` and
         ``preconditioners_fp32`` (the factors held at each width, their scalars included; they
@@ -521,23 +488,22 @@ class Shampoo(Optimizer):
         ``preconditioners``).
         """
         report = dict.fromkeys(("statistics", "roots", "preconditioners", "base_state"), 0)
-        by_bits = dict.fromkeys((32, *AUTO_BITS), 0)
         total = 0
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
-                if not st:
-                    continue
-                total += state_nbytes(st)
-                report["base_state"] += state_nbytes(st["base"])
-                report["preconditioners"] += state_nbytes(st.get("precond"))
-                pre = self._preconditioner(p, st, group)
-                for f in pre.factors() if pre is not None else ():
-                    for k, v in f.nbytes().items():
-                        report[k] += v
-                    by_bits[f.bits] = by_bits.get(f.bits, 0) + state_nbytes(f.state)
+                if st:
+                    total += state_nbytes(st)
+                    report["base_state"] += state_nbytes(st["base"])
+                    report["preconditioners"] += state_nbytes(st.get("precond"))
+        by_bits = dict.fromkeys((32, *AUTO_BITS), 0)
+        for e in self.store.entries():
+            for k, v in e.factor.nbytes().items():
+                report[k] += v
+            by_bits[e.factor.bits] = by_bits.get(e.factor.bits, 0) + state_nbytes(e.factor.state)
         report["diagnostics"] = report["preconditioners"] - report["statistics"] - report["roots"]
         report["total"] = total
+        report["workspace"] = self.store.workspace()
         if is_adaptive(self.param_groups):
             for bits, nbytes in by_bits.items():
                 report["preconditioners_fp32" if bits == 32 else f"preconditioners_{bits}bit"] = (
@@ -572,26 +538,19 @@ class Shampoo(Optimizer):
             "quant_error": None,
             "factors": [],
         }
-        i = -1
-        for g, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             for p in group["params"]:
-                i += 1
                 st = self.state.get(p)
-                if not st:
-                    continue
-                out["nonfinite_steps"] += st["nonfinite_steps"]
-                pre = self._preconditioner(p, st, group)
-                for b, pair in enumerate(pre.blocks if pre is not None else ()):
-                    if pair is None:  # the block is held by another rank
-                        continue
-                    for side, f in zip("LR", pair, strict=True):
-                        d = f.diagnostics()
-                        out["root_failures"] += d["root_failures"]
-                        out["cholesky_failures"] += d["cholesky_failures"]
-                        where = dict(param=i, group=g, shape=tuple(p.shape), block=b, side=side)
-                        out["factors"].append(
-                            {**where, **d, "skipped_steps": st["nonfinite_steps"]}
-                        )
+                out["nonfinite_steps"] += st["nonfinite_steps"] if st else 0
+        for e in self.store.entries():
+            d = e.factor.diagnostics()
+            out["root_failures"] += d["root_failures"]
+            out["cholesky_failures"] += d["cholesky_failures"]
+            where = dict(
+                param=e.index, group=e.group, shape=tuple(e.param.shape), block=e.block, side=e.side
+            )
+            skipped = self.state[e.param]["nonfinite_steps"]
+            out["factors"].append({**where, **d, "skipped_steps": skipped})
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
         if is_adaptive(self.param_groups):
@@ -607,13 +566,24 @@ class Shampoo4bit(Shampoo):
         super().__init__(params, lr, **kwargs)
 
 
-def graft(direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None) -> Tensor:
-    """Rescale ``direction`` to the Frobenius norm of ``grad`` (zero stays zero)."""
+def graft(
+    direction: Tensor, grad: Tensor, grad_norm: Tensor | None = None, sign: float = 1.0
+) -> Tensor:
+    """Rescale ``direction`` in place to the Frobenius norm of ``grad`` (zero stays zero),
+    times ``sign`` (-1 to ascend: ``direction`` was computed from ``grad``, not ``-grad``)."""
     norm_d = direction.norm()
     if grad_norm is None:
         grad_norm = grad.norm()
     scale = torch.where(norm_d > 0, grad_norm / norm_d, torch.zeros_like(norm_d))
-    return direction.mul_(scale)
+    return direction.mul_(scale if sign > 0 else scale.neg())
+
+
+def _norm32(g: Tensor) -> Tensor:
+    """The Frobenius norm of ``g`` computed in fp32, as the preconditioner's math is (inf when
+    its square overflows fp32), without an fp32 copy of ``g`` unless ``g`` is float64."""
+    if g.dtype == torch.float64:
+        return torch.linalg.vector_norm(g.float())
+    return torch.linalg.vector_norm(g, dtype=torch.float32)
 
 
 def _base_kwargs(group: dict) -> dict:

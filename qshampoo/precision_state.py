@@ -115,43 +115,37 @@ class AdaptivePrecision:
         }
 
     def _inventory(self, optimizer: Shampoo) -> _Inventory:
-        """Every adaptive factor (with where it sits) and the bytes of everything else."""
+        """Every adaptive factor (with where it sits) and the bytes of everything else,
+        from the optimizer's preconditioner store."""
         inv = _Inventory()
-        i = -1
-        for g, group in enumerate(optimizer.param_groups):
+        store = optimizer.store
+        for group in optimizer.param_groups:
             auto = group["bits"] == "auto"
             for p in group["params"]:
-                i += 1
                 blocking = param_blocking(p, group)
-                if blocking is None:
+                if blocking is None or store.view(p, group) is not None:
                     continue
-                st = optimizer.state.get(p)
-                pre = optimizer._preconditioner(p, st, group) if st else None
-                if pre is None:  # no state yet: reserve it at the width it will start with
-                    for rows, cols in blocking.slices:
-                        for n in (rows.stop - rows.start, cols.stop - cols.start):
-                            inv.reference += _bytes(factor_bytes("none", n))
-                            start = _bytes(_group_factor_bytes(group, n))
-                            inv.fixed += start
-                            top = _group_factor_bytes(group, n, AUTO_BITS[1]) if auto else None
-                            inv.ceiling += start if top is None else _bytes(top)
-                    continue
-                for b, pair in enumerate(pre.blocks):
-                    if pair is None:  # held by another rank
-                        continue
-                    for side, f in zip("LR", pair, strict=True):
-                        inv.reference += _bytes(factor_bytes("none", f.order))
-                        if auto and f.adaptive:
-                            b4, b8 = (
-                                _bytes(_group_factor_bytes(group, f.order, bits))
-                                for bits in AUTO_BITS
-                            )
-                            inv.factors.append(((i, b, side), f, g, p, b4, b8))
-                            inv.ceiling += b8
-                        else:
-                            nbytes = state_nbytes(f.state)
-                            inv.fixed += nbytes
-                            inv.ceiling += nbytes
+                # no state yet: reserve it at the width it will start with
+                for orders in blocking.orders:
+                    for n in orders:
+                        if n is None:
+                            continue
+                        inv.reference += _bytes(factor_bytes("none", n))
+                        start = _bytes(_group_factor_bytes(group, n))
+                        inv.fixed += start
+                        top = _group_factor_bytes(group, n, AUTO_BITS[1]) if auto else None
+                        inv.ceiling += start if top is None else _bytes(top)
+        for e in store.entries():
+            group, f = optimizer.param_groups[e.group], e.factor
+            inv.reference += _bytes(factor_bytes("none", f.order))
+            if group["bits"] == "auto" and f.adaptive:
+                b4, b8 = (_bytes(_group_factor_bytes(group, f.order, bits)) for bits in AUTO_BITS)
+                inv.factors.append(((e.index, e.block, e.side), f, e.group, e.param, b4, b8))
+                inv.ceiling += b8
+            else:
+                nbytes = state_nbytes(f.state)
+                inv.fixed += nbytes
+                inv.ceiling += nbytes
         inv.floor = inv.fixed + sum(entry[4] for entry in inv.factors)
         inv.budget = (
             resolve_budget(self.memory_budget, inv.reference)

@@ -51,23 +51,25 @@ def inverse_root(
 
 
 def inverse_root_ex(
-    A: Tensor, p: int = 4, eps: float = 1e-6, method: str = "eigh"
+    A: Tensor, p: int = 4, eps: float = 1e-6, method: str = "eigh", overwrite: bool = False
 ) -> tuple[Tensor, Tensor, list[float]]:
     """``inverse_root`` that also returns the relative damping each matrix ended up with.
 
     Returns ``(root, ok, damping)`` with ``damping`` a flat list (batch order) of the
     relative damping of the attempt that succeeded, or of the last attempt where none did.
+    ``overwrite``: ``A`` (fp32) is the caller's to lose, so it is not copied first.
     """
     if method not in ROOT_METHODS:
         raise ValueError(f"root_method must be one of {ROOT_METHODS}, got {method!r}")
     fn = _eigh_root if method == "eigh" else _newton_root
     shape = A.shape
     A32 = A.float().reshape(-1, *shape[-2:])
-    n = shape[-1]
-    # An all-zero matrix has no root; it means "no information", so precondition with I.
-    zero = (A32 == 0).flatten(1).all(dim=1)
-    eye = torch.eye(n, dtype=A32.dtype, device=A32.device)
-    A32 = torch.where(zero[:, None, None], eye, A32)
+    if not overwrite or A32.data_ptr() != A.data_ptr():
+        A32 = A32.clone()
+    # An all-zero matrix has no root; it means "no information", so precondition with I
+    # (reductions rather than an elementwise test: no temporary of A's size).
+    zero = (A32.amax((-2, -1)) == 0) & (A32.amin((-2, -1)) == 0)
+    A32.diagonal(dim1=-2, dim2=-1).add_(zero.to(A32.dtype)[:, None])
     root, ok = _attempt(fn, A32, p, eps)
 
     def attempt(idx: Tensor, try_eps: float, first: bool) -> tuple[Tensor, Tensor]:
@@ -90,18 +92,18 @@ def retry_failed(root: Tensor, ok: Tensor, eps: float, attempt) -> list[float]:
     damping = [eps] * root.shape[0]
     if bool(ok.all()):
         return damping
-    for k in range(1 + DAMPING_RETRIES):
-        bad = (~ok).nonzero().flatten()
-        if bad.numel() == 0:
-            break
-        try_eps = eps * DAMPING_GROWTH**k
-        r64, ok64 = attempt(bad, try_eps, k == 0)
-        r32 = r64.float()
-        ok64 = ok64 & all_finite(r32)
-        root[bad] = torch.where(ok64[:, None, None], r32, root[bad])
-        ok[bad] = ok64
-        for i in bad.tolist():
+    # one matrix at a time: failures are rare, and this bounds the float64 copies
+    for i in (~ok).nonzero().flatten().tolist():
+        idx = torch.tensor([i], device=root.device)
+        for k in range(1 + DAMPING_RETRIES):
+            try_eps = eps * DAMPING_GROWTH**k
+            r64, ok64 = attempt(idx, try_eps, k == 0)
             damping[i] = try_eps
+            r32 = r64.float()
+            if bool((ok64 & all_finite(r32)).all()):
+                root[i] = r32[0]
+                ok[i] = True
+                break
     return damping
 
 
@@ -125,8 +127,9 @@ def _attempt(fn, A: Tensor, p: int, eps: float) -> tuple[Tensor, Tensor]:
 
 
 def _eigh_root(A: Tensor, p: int, eps: float) -> Tensor:
-    A = 0.5 * (A + A.mT)  # eigh reads one triangle; symmetrise so both agree
-    lam, V = torch.linalg.eigh(A)
+    S = A + A.mT  # eigh reads one triangle; symmetrise so both agree
+    lam, V = torch.linalg.eigh(S.mul_(0.5))
+    del S
     lam = lam.clamp_min(0.0)  # rounding can leave tiny negative eigenvalues of a PSD matrix
     lam_max = lam[..., -1:]
     inv = (lam + eps * lam_max).pow(-1.0 / p)

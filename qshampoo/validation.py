@@ -96,6 +96,14 @@ def validate_group(g: dict[str, Any]) -> None:
     for name in ("stat_interval", "root_interval", "max_preconditioner_dim", "block_size"):
         _integer(name, g[name], 1)
     _integer("min_quant_numel", g["min_quant_numel"], 0)
+    ratio = g["max_factor_ratio"]
+    if ratio is not None:
+        _check(
+            _real("max_factor_ratio", ratio, "must be None or a number >= 1") >= 1,
+            "max_factor_ratio",
+            ratio,
+            "must be None or a number >= 1",
+        )
     _integer("max_consecutive_failures", g["max_consecutive_failures"], 0)
     if isinstance(g["bits"], str) and g["bits"] == "auto":
         _check(

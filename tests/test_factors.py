@@ -179,18 +179,16 @@ def test_cholesky_failure_keeps_previous_factor():
 
 @pytest.mark.parametrize("quant", ["none", *QUANTIZED])
 @pytest.mark.parametrize(
-    "n,bits,cap",
-    [(72, 4, None), (72, 4, 2 * 72 * 72), (14, 3, None)],  # 14: an odd number of codes
+    "n,bits,per_batch",
+    [(72, 4, None), (72, 4, 2), (14, 3, None)],  # 14: an odd number of codes
 )
-def test_batched_statistics_update_equals_one_factor_at_a_time(quant, n, bits, cap, monkeypatch):
-    # factors of one order are updated in batched calls (in batches of at most
-    # STATISTICS_BATCH_NUMEL entries); each ends exactly where updating it alone leads, a
-    # factor whose Cholesky fails (NaN gradient) keeps its previous state, and no factor's
-    # state holds a view into another's
-    from qshampoo.factors import base, update_statistics
+def test_batched_statistics_update_equals_one_factor_at_a_time(quant, n, bits, per_batch):
+    # factors of one order are updated in batched calls (in batches whose temporaries fit in
+    # the workspace); each ends exactly where updating it alone leads, a factor whose Cholesky
+    # fails (NaN gradient) keeps its previous state, and no factor's state holds a view into
+    # another's
+    from qshampoo.store import update_statistics
 
-    if cap is not None:
-        monkeypatch.setattr(base, "STATISTICS_BATCH_NUMEL", cap)
     hp = StepHyper(cholesky_damping="subtract")
     config = FactorConfig(bits=bits)
     g = torch.Generator(torch.get_default_device()).manual_seed(1)
@@ -200,8 +198,10 @@ def test_batched_statistics_update_equals_one_factor_at_a_time(quant, n, bits, c
         grads[2][3] = torch.full((n, 40), float("nan"))
     batched = [FACTORS[quant].new(n, config, DEVICE, 1e-6) for _ in range(5)]
     alone = [FACTORS[quant].new(n, config, DEVICE, 1e-6) for _ in range(5)]
+    # a budget of all five factors at once, or of two of them per batch
+    budget = batched[0].workspace("statistics") * (per_batch or 5)
     for step in grads:
-        update_statistics(list(zip(batched, [x.T.T for x in step], strict=True)), hp)
+        update_statistics(list(zip(batched, [x.T.T for x in step], strict=True)), hp, budget)
         for f, x in zip(alone, step, strict=True):
             f.update_statistics(x @ x.T, hp)
     for a, b in zip(alone, batched, strict=True):

@@ -83,12 +83,42 @@ def test_matches_dense_reference(base, T1, T2):
 
 
 def test_blocking_splits_as_documented():
-    p = torch.zeros(3072, 10, requires_grad=True)
+    p = torch.zeros(3072, 100, requires_grad=True)
     opt = qshampoo.Shampoo([p], max_preconditioner_dim=1200)
     p.grad = torch.ones_like(p)
     opt.step()
     orders = [(b["L"]["order"], b["R"]["order"]) for b in opt.state[p]["precond"]]
-    assert orders == [(1200, 10), (1200, 10), (672, 10)]
+    assert orders == [(1200, 100), (1200, 100), (672, 100)]
+
+
+@pytest.mark.parametrize("ratio", [16.0, 4, None])
+def test_a_long_thin_parameter_is_preconditioned_on_its_short_side(ratio):
+    """A block side whose factor would hold more than max_factor_ratio times the block's
+    entries gets no factor; the block is preconditioned on the other side alone (one-sided
+    Shampoo, G_b R_hat), and every factor stays within that multiple of its block."""
+    p = torch.zeros(1500, 3, requires_grad=True)
+    opt = qshampoo.Shampoo(
+        [p],
+        lr=0.1,
+        base="sgd",
+        momentum=0.0,
+        max_factor_ratio=ratio,
+        stat_interval=1,
+        root_interval=1,
+    )
+    p.grad = torch.randn(1500, 3, generator=torch.Generator().manual_seed(0))
+    opt.step()
+    blocks = opt.state[p]["precond"]  # two blocks: 1200 x 3 and 300 x 3
+    if ratio is None:
+        assert [sorted(b) for b in blocks] == [["L", "R"], ["L", "R"]]
+        return
+    assert [sorted(b) for b in blocks] == [["R"], ["R"]]
+    assert all(e.factor.order**2 <= ratio * 300 * 3 for e in opt.store.entries())
+    roots = [e.factor.root() for e in opt.store.entries()]
+    G = p.grad
+    d = torch.cat([G[:1200] @ roots[0], G[1200:] @ roots[1]])
+    d = d * G.norm() / d.norm()  # grafted
+    torch.testing.assert_close(p.detach(), -0.1 * d)  # SGD without momentum from zero
 
 
 def test_one_dim_and_precondition_false_use_base_only():

@@ -197,13 +197,7 @@ def _formula(opt):
 
 
 def _factors(opt):
-    out = []
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st and "precond" in st:
-                out.extend(opt._preconditioner(p, st, group).factors())
-    return out
+    return [e.factor for e in opt.store.entries()]
 
 
 # all adaptive factors at 4 bits take 0.144 of 32-bit's bytes here, at 8 bits 0.164
@@ -340,17 +334,17 @@ def test_load_checks_per_factor_bits():
 
 def test_mixed_precision_preconditions_like_the_factors_say():
     """Same-shaped blocks at different widths are batched apart, each with its own root."""
+    from qshampoo.store import precondition
+
     params, opt = _run(0.15, 6)
     for group in opt.param_groups:
         for p in group["params"]:
-            pre = opt._preconditioner(p, opt.state[p], group)
+            pre = opt.store.view(p, group)
             if pre is None:
                 continue
-            g = p.grad.float()
-            want = torch.cat(
-                [(left.root() @ gb @ right.root()).flatten() for left, gb, right in pre.jobs(g)]
-            )
-            got = torch.cat([b.flatten() for b in pre.precondition_held(g)])
+            jobs = [job for _, job in pre.jobs(p.grad.float())]
+            want = torch.cat([(L.root() @ gb @ R.root()).flatten() for L, gb, R in jobs])
+            got = torch.cat([b.flatten() for b in precondition(jobs, budget=1 << 30)])
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 

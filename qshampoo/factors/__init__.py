@@ -11,8 +11,6 @@ from .base import (
     StepHyper,
     check_failures,
     cholesky_with_retry,
-    update_roots,
-    update_statistics,
 )
 from .cholesky import CholeskyEFFactor, CholeskyFactor
 from .eigen import EigenFactor
@@ -45,6 +43,7 @@ def factor_view(state: dict, config: FactorConfig) -> Factor:
 
 __all__ = [
     "FACTORS",
+    "Fp32Factor",
     "Factor",
     "FactorConfig",
     "PreconditionerError",
@@ -53,6 +52,4 @@ __all__ = [
     "cholesky_with_retry",
     "factor_view",
     "make_factor",
-    "update_roots",
-    "update_statistics",
 ]

@@ -4,16 +4,17 @@ A factor is one side (L or R) of one preconditioner block. It owns its state as 
 tensors (and plain numbers) that lives inside the optimizer state, so ``state_dict()`` saves it
 and ``load_state_dict()`` restores it; the factor object itself is a thin view over that dict.
 
-The optimizer only ever calls this interface, so it never branches on the variant:
+The optimizer's store (``qshampoo.store``) only ever calls this interface, so nothing above it
+branches on the variant. It groups factors by ``batch_key()`` and hands each batch to a
+classmethod of their class:
 
-    update_statistics([(factor, G)...], hp)  # L <- beta L + (1 - beta) G G^T, batched
-    update_roots([factors...], hp)           # L_hat <- (L + eps lambda_max I)^(-1/4), batched
-    factor.root()                            # dense fp32 L_hat, to multiply the gradient with
-    factor.nbytes()                          # bytes the stored state really holds
+    cls.update_statistics_batch(factors, grams, hp)  # L <- beta L + (1 - beta) gram
+    cls.compute_roots(factors, hp)                   # L_hat <- (L + eps lambda_max I)^(-1/4)
+    cls.dense_roots(factors)                         # (B, n, n) fp32 L_hat, to precondition with
+    cls.workspace_bytes(phase, order, config)        # the temporaries of one factor in a batch
+    factor.nbytes()                                  # bytes the stored state really holds
 
-Both updates group factors by ``batch_key()`` and hand each group to a classmethod of its class
-(``update_statistics_batch``, ``compute_roots``), so a variant can do a whole group in batched
-calls; ``factor.update_statistics(gram, hp)`` updates one factor.
+``factor.update_statistics(gram, hp)`` updates one factor.
 
 Failure policy, shared by every variant (docs/robustness.md): a root computation or Cholesky
 factorisation that fails is retried in float64 and with more damping (``inverse_root_ex``,
@@ -25,7 +26,6 @@ calls ``check_failures``, which raises ``PreconditionerError`` once one factor h
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -110,16 +110,19 @@ class Factor:
     # -- the interface --------------------------------------------------------------------
     def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
         """EMA update with ``gram`` (``G G^T`` or ``G^T G``, fp32 ``(order, order)``)."""
-        raise NotImplementedError
+        type(self).update_statistics_batch([self], gram.float()[None].clone(), hp)
 
     @classmethod
-    def update_statistics_batch(
-        cls, factors: list[Factor], grams: list[Tensor], hp: StepHyper
-    ) -> None:
-        """``update_statistics`` of factors with one ``batch_key()``, one fp32 ``(n, n)`` gram
-        each. Variants override it with batched calls; this default loops."""
-        for f, gram in zip(factors, grams, strict=True):
-            f.update_statistics(gram, hp)
+    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
+        """``update_statistics`` of factors with one ``batch_key()``: ``grams`` ``(B, n, n)``
+        fp32, one per factor, owned by this call (it may overwrite and free them). Variants
+        override it with batched calls; this default folds one factor at a time."""
+        for f, gram in zip(factors, grams.unbind(), strict=True):
+            f.fold(gram, hp)
+
+    def fold(self, gram: Tensor, hp: StepHyper) -> None:
+        """The statistics update of this factor alone (for the default batch loop)."""
+        raise NotImplementedError
 
     def statistics(self) -> Tensor:
         """The fp32 ``(order, order)`` statistics matrix this factor represents."""
@@ -127,7 +130,7 @@ class Factor:
 
     @classmethod
     def stacked_statistics(cls, factors: list[Factor]) -> Tensor:
-        """``statistics()`` of factors with one ``batch_key()``, as ``(B, n, n)``."""
+        """``statistics()`` of factors with one ``batch_key()``, as a new ``(B, n, n)``."""
         return torch.stack([f.statistics() for f in factors])
 
     def root(self) -> Tensor:
@@ -153,6 +156,25 @@ class Factor:
         """Bytes held, split into ``"statistics"`` and ``"roots"``."""
         raise NotImplementedError
 
+    # -- the step's temporaries ---------------------------------------------------------------
+    #: fp32 ``(order, order)`` matrices one factor of a batch allocates at most, by stage:
+    #: ``statistics`` (its gram included), ``roots`` (the eigendecomposition's own workspace
+    #: aside, added by ``workspace_bytes``) and ``precondition`` (its dense root)
+    TEMPORARIES = {"statistics": 2.0, "roots": 6.0, "precondition": 1.0}
+    #: bytes on top of the matrices (index sets, norms, small tiles), per factor
+    OVERHEAD = 16384
+
+    @classmethod
+    def workspace_bytes(cls, phase: str, order: int, config: FactorConfig) -> int:
+        """Upper bound of the bytes one factor of this class and ``order`` adds to a batched
+        ``phase`` ("statistics", "roots" or "precondition"), LAPACK's workspace included."""
+        n2 = order * order
+        extra = 4 * (2 * n2 + 6 * order + 1) if phase == "roots" else 0  # syevd's work array
+        return int(4 * n2 * cls.TEMPORARIES[phase]) + extra + cls.OVERHEAD
+
+    def workspace(self, phase: str) -> int:
+        return self.workspace_bytes(phase, self.order, self.config)
+
     # -- roots, batched over factors of the same variant and order ------------------------
     @classmethod
     def inverse_roots(cls, factors: list[Factor], hp: StepHyper) -> tuple[Tensor, Tensor]:
@@ -163,8 +185,13 @@ class Factor:
         with is kept as ``state["root_damping"]`` (for ``diagnostics()``), nothing else is
         stored.
         """
-        A = cls.stacked_statistics(factors)
-        roots, ok, damping = inverse_root_ex(A, p=4, eps=hp.matrix_eps, method=hp.root_method)
+        roots, ok, damping = inverse_root_ex(
+            cls.stacked_statistics(factors),
+            p=4,
+            eps=hp.matrix_eps,
+            method=hp.root_method,
+            overwrite=True,
+        )
         for f, d in zip(factors, damping, strict=True):
             f.state["root_damping"] = d
         return roots, ok
@@ -286,20 +313,20 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
     C, ok = _cholesky(_add_to_diagonal(A, d.float()))
     if not bool(ok.all()):
         # escalation starts from at least float32's resolution of the diagonal, so that a zero
-        # damping grows too
+        # damping grows too; one matrix at a time (failures are rare; this bounds the float64
+        # copies to one matrix)
         diag = A.diagonal(dim1=-2, dim2=-1).abs().amax(-1).double().nan_to_num(0.0, 0.0, 0.0)
         floor = diag * torch.finfo(A.dtype).eps
-        for k in range(1 + DAMPING_RETRIES):
-            bad = (~ok).nonzero().flatten()
-            if bad.numel() == 0:
-                break
-            if k > 0:
-                d[bad] = torch.maximum(d[bad], floor[bad]) * DAMPING_GROWTH
-            C64, ok64 = _cholesky(_add_to_diagonal(A[bad].double(), d[bad]))
-            C32 = C64.float()
-            ok64 = ok64 & all_finite(C32)
-            C[bad] = torch.where(ok64[:, None, None], C32, C[bad])
-            ok[bad] = ok64
+        for i in (~ok).nonzero().flatten().tolist():
+            for k in range(1 + DAMPING_RETRIES):
+                if k > 0:
+                    d[i] = torch.maximum(d[i], floor[i]) * DAMPING_GROWTH
+                C64, ok64 = _cholesky(_add_to_diagonal(A[i : i + 1].double(), d[i : i + 1]))
+                C32 = C64.float()
+                if bool(ok64.item() and all_finite(C32).item()):
+                    C[i] = C32[0]
+                    ok[i] = True
+                    break
     return C, ok, d.tolist()
 
 
@@ -320,41 +347,3 @@ def _as_float(x) -> float | None:
     if x is None:
         return None
     return float(x.item() if isinstance(x, Tensor) else x)
-
-
-#: the most entries ``B * n * n`` of one batch of statistics updates (1 MiB of fp32 per
-#: stacked matrix). Batching saves per-call overhead, which dominates small factors; a batch
-#: much larger than the CPU's cache made the update slower than one factor at a time (each
-#: of its ~20 passes streams the whole batch through memory; ``benchmarks/batching.py``).
-#: It also keeps a batch's fp32 temporaries (grams, factors, error states) small whatever the
-#: model's size.
-STATISTICS_BATCH_NUMEL = 1 << 18
-
-
-def update_statistics(jobs: list[tuple[Factor, Tensor]], hp: StepHyper) -> None:
-    """Fold ``G G^T`` into the statistics of each ``(factor, G)`` job.
-
-    ``G`` is fp32 ``(order, m)``, any strides (a block of a gradient, or its transpose for a
-    right factor). Factors with one ``batch_key()`` are updated together by their class's
-    ``update_statistics_batch``, in batches of at most ``STATISTICS_BATCH_NUMEL`` entries.
-    """
-    groups: dict[tuple, list[tuple[Factor, Tensor]]] = defaultdict(list)
-    for f, g in jobs:
-        groups[f.batch_key()].append((f, g))
-    for items in groups.values():
-        n = items[0][0].order
-        size = max(1, STATISTICS_BATCH_NUMEL // (n * n))
-        for start in range(0, len(items), size):
-            batch = items[start : start + size]
-            grams = [g @ g.T for _, g in batch]
-            type(batch[0][0]).update_statistics_batch([f for f, _ in batch], grams, hp)
-
-
-def update_roots(factors: list[Factor], hp: StepHyper) -> None:
-    """Recompute the inverse roots of ``factors``, batching those with one ``batch_key()``
-    (class, order and storage format: their statistics are read in one batched pass)."""
-    groups: dict[tuple, list[Factor]] = defaultdict(list)
-    for f in factors:
-        groups[f.batch_key()].append(f)
-    for fs in groups.values():
-        type(fs[0]).compute_roots(fs, hp)

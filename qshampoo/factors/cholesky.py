@@ -64,6 +64,8 @@ class CholeskyFactor(QuantizedFactor):
     kind = "cholesky"
     #: whether the quantization residual is fed back (CQ+EF)
     error_feedback = False
+    #: measured by benchmarks/temporaries.py (at most 4.85 and 4.03 at orders 64-600)
+    TEMPORARIES = {"statistics": 5.25, "roots": 4.5, "precondition": 1.75}
 
     def init_statistics(self, statistics: Tensor) -> None:
         n = self.order
@@ -104,26 +106,34 @@ class CholeskyFactor(QuantizedFactor):
         )
 
     @classmethod
-    def stored_batch(cls, factors: list[CholeskyFactor]) -> tuple[Tensor, Tensor | None]:
-        """``(D(C_bar), E)`` of factors of one order and format, as ``(B, n, n)`` fp32: the
-        lower-triangular factors (diagonal included) and, with error feedback, the strictly
-        lower error states (else None), from one unpacking of their stacked codes."""
+    def _codes(cls, factors: list[CholeskyFactor], which: int) -> Tensor:
+        """The unpacked codes ``(B, N)`` of ``C`` (``which`` 0) or ``E`` (1) of factors of one
+        order and format (with error feedback the two are interleaved, one pair per entry)."""
         first = factors[0]
         n, k = first.order, 2 if "e_scales" in first.state else 1
         N = n * (n - 1) // 2
         codes = unpack(_stack(factors, "codes"), first.state["bits"], k * N)
-        codes = codes.view(len(factors), N, k)
-        C = first._decode(codes[..., 0], _stack(factors, "c_scales"))
+        return codes.view(len(factors), N, k)[..., which]
+
+    @classmethod
+    def stored_factors(cls, factors: list[CholeskyFactor]) -> Tensor:
+        """``D(C_bar)`` of factors of one order and format: the lower-triangular factors
+        (diagonal included), ``(B, n, n)`` fp32."""
+        C = factors[0]._decode(cls._codes(factors, 0), _stack(factors, "c_scales"))
         C.diagonal(dim1=-2, dim2=-1).copy_(_stack(factors, "chol_diag"))
-        E = None
-        if k == 2:
-            E = first._decode(codes[..., 1], _stack(factors, "e_scales"))
-        return C, E
+        return C
+
+    @classmethod
+    def error_states(cls, factors: list[CholeskyFactor]) -> Tensor | None:
+        """``E``: the strictly lower error-feedback states ``(B, n, n)`` fp32 (None without)."""
+        if "e_scales" not in factors[0].state:
+            return None
+        return factors[0]._decode(cls._codes(factors, 1), _stack(factors, "e_scales"))
 
     def _stored(self) -> tuple[Tensor, Tensor | None]:
-        """``stored_batch`` of this factor alone: ``(n, n)`` matrices."""
-        C, E = self.stored_batch([self])
-        return C[0], None if E is None else E[0]
+        """``D(C_bar)`` and ``E`` of this factor alone: ``(n, n)`` matrices."""
+        E = self.error_states([self])
+        return self.stored_factors([self])[0], None if E is None else E[0]
 
     def factor(self) -> Tensor:
         """``D(C_bar)``: the dense lower-triangular fp32 factor."""
@@ -140,16 +150,17 @@ class CholeskyFactor(QuantizedFactor):
         """Store the strictly lower ``X`` ``(B, n, n)`` as the factors' ``C_bar``; with EF, fold
         the residual into ``E`` ``(B, n, n)``, in place.
 
-        ``X`` is the factors' strict lower part, already compensated by ``E`` when EF is on.
-        Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``. Each factor gets tensors of
-        its own (no views into the batch), so its ``nbytes`` is what it holds.
+        ``X`` is the factors' strict lower part, already compensated by ``E`` when EF is on
+        (then ``X`` is overwritten). Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``.
+        Each factor gets tensors of its own (no views into the batch), so its ``nbytes`` is
+        what it holds.
         """
         first = factors[0]
         c_codes, c_scales = first._encode(X)
         stored = first._decode(c_codes, c_scales)
         error = (None, None)
-        if E is not None:
-            E = E.mul_(ef_decay).add_(X - stored, alpha=1.0 - ef_decay)
+        if E is not None:  # then X is a tensor of its own (C + E)
+            E = E.mul_(ef_decay).add_(X.sub_(stored), alpha=1.0 - ef_decay)
             error = first._encode(E)
         cls.keep_codes(factors, c_codes, c_scales, *error)
         return stored
@@ -183,24 +194,23 @@ class CholeskyFactor(QuantizedFactor):
 
     @classmethod
     def stacked_statistics(cls, factors: list[CholeskyFactor]) -> Tensor:
-        return lower_gram(cls.stored_batch(factors)[0])
-
-    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
-        self.update_statistics_batch([self], [gram], hp)
+        return lower_gram(cls.stored_factors(factors))
 
     @classmethod
     def update_statistics_batch(
-        cls, factors: list[CholeskyFactor], grams: list[Tensor], hp: StepHyper
+        cls, factors: list[CholeskyFactor], grams: Tensor, hp: StepHyper
     ) -> None:
         """The statistics step of the module docstring for a batch of factors of one order
         and format: every stage is one batched call, and a factor whose factorisation fails
-        keeps its previous state while the others move on."""
-        C_bar, E = cls.stored_batch(factors)
-        L = lower_gram(C_bar)
+        keeps its previous state while the others move on. Intermediates are dropped as soon
+        as they are used (the temporaries of a factor stay within ``TEMPORARIES``)."""
+        L = lower_gram(cls.stored_factors(factors))
         if hp.cholesky_damping == "subtract":  # the damping the stored factors carry
             L.diagonal(dim1=-2, dim2=-1).sub_(_stack(factors, "cholesky_damping")[:, None])
-        L.lerp_(grams[0] if len(grams) == 1 else torch.stack(grams), 1.0 - hp.stat_decay)
+        L.lerp_(grams, 1.0 - hp.stat_decay)
+        del grams
         C, ok, delta = damped_cholesky(L, hp.matrix_eps)
+        del L
         good = ok.tolist()
         # on failure the previous factor stays, and with it the damping it carries
         for f, g, d in zip(factors, good, delta, strict=True):
@@ -210,8 +220,7 @@ class CholeskyFactor(QuantizedFactor):
             if not keep:
                 return
             factors = [factors[i] for i in keep]
-            rows = torch.tensor(keep, device=C.device)
-            C, E = C[rows], None if E is None else E[rows]
+            C = C[torch.tensor(keep, device=C.device)]
         # lower triangular: the strict parts are C with the diagonals zeroed, in place
         diag = C.diagonal(dim1=-2, dim2=-1).clone()
         for f, d in zip(factors, _rows(diag), strict=True):
@@ -219,8 +228,9 @@ class CholeskyFactor(QuantizedFactor):
         c_norm = torch.linalg.vector_norm(C, dim=(-2, -1))
         strict = C
         strict.diagonal(dim1=-2, dim2=-1).zero_()
-        X = strict if E is None else strict + E
-        stored = cls.requantize_batch(factors, X, E, hp.ef_decay)
+        E = cls.error_states(factors)
+        stored = cls.requantize_batch(factors, strict if E is None else strict + E, E, hp.ef_decay)
+        del E
         if factors[0].adaptive:
             signal = factors[0].root_error_estimate(strict, diag)
             for f, sig in zip(factors, signal, strict=True):
@@ -243,8 +253,9 @@ class CholeskyFactor(QuantizedFactor):
         ``L^(-1/4)``). Returns ``||diag(C)^-1 dC||_F / sqrt(n)``, shape ``(...)`` (no sync);
         ``benchmarks/precision_signals.py`` compares it with the true root error.
         """
-        dC = strict - self._decode(*self._encode(strict, bits=4), bits=4)
-        rel = dC / diag.clamp_min(_TINY)[..., :, None]
+        # -(D(Q(C)) - C), divided by the pivots, in place: one temporary of C's size
+        rel = self._decode(*self._encode(strict, bits=4), bits=4).sub_(strict).neg_()
+        rel.div_(diag.clamp_min(_TINY)[..., :, None])
         return torch.linalg.vector_norm(rel, dim=(-2, -1)) / self.order**0.5
 
     def dense_statistics(self) -> dict[str, Tensor]:
@@ -292,3 +303,5 @@ class CholeskyEFFactor(CholeskyFactor):
 
     kind = "cholesky_ef"
     error_feedback = True
+    #: the error state is decoded too (measured at most 6.91, benchmarks/temporaries.py)
+    TEMPORARIES = {"statistics": 7.5, "roots": 4.5, "precondition": 1.75}

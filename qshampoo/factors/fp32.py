@@ -15,14 +15,15 @@ class Fp32Factor(Factor):
         self.state["stat"] = statistics
         self.state["root"] = root
 
-    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
-        self.state["stat"].lerp_(gram, 1.0 - hp.stat_decay)
+    #: the gram is all a statistics update allocates; a batch of dense roots is a stacked copy
+    #: (measured: benchmarks/temporaries.py)
+    TEMPORARIES = {"statistics": 1.0, "roots": 4.25, "precondition": 1.0}
 
     @classmethod
-    def update_statistics_batch(
-        cls, factors: list[Factor], grams: list[Tensor], hp: StepHyper
-    ) -> None:
-        torch._foreach_lerp_([f.state["stat"] for f in factors], grams, 1.0 - hp.stat_decay)
+    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
+        torch._foreach_lerp_(
+            [f.state["stat"] for f in factors], list(grams.unbind()), 1.0 - hp.stat_decay
+        )
 
     def statistics(self) -> Tensor:
         return self.state["stat"]

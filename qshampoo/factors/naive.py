@@ -23,7 +23,7 @@ class NaiveFactor(QuantizedFactor):
         n = self.order
         return dequantize(self.get("stat", "full", (n, n)))
 
-    def update_statistics(self, gram: Tensor, hp: StepHyper) -> None:
+    def fold(self, gram: Tensor, hp: StepHyper) -> None:
         L = self.statistics().lerp_(gram, 1.0 - hp.stat_decay)
         q = self.quantize(L, exact_diagonal=True)
         self.put("stat", q)

@@ -17,6 +17,9 @@ from .base import Factor
 class QuantizedFactor(Factor):
     """Base of the low-bit variants: ``state["bits"]`` and the quantized root."""
 
+    #: a dense root is decoded into a new matrix through half a matrix of code values
+    TEMPORARIES = {"statistics": 8.5, "roots": 5.5, "precondition": 1.75}
+
     def init_state(self, statistics: Tensor, root: Tensor) -> None:
         self.state["bits"] = self.config.bits
         self.state["quant_error"] = torch.zeros((), device=root.device)

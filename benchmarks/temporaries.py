@@ -1,0 +1,85 @@
+"""The temporaries of each batched stage, measured, against the workspace formulas.
+
+For each factor variant, order ``n`` and batch size ``B``, ``B`` factors (a few statistics
+updates old) go through one batched stage — ``statistics`` (grams included), ``roots``,
+``precondition`` (``L_hat G R_hat`` with ``G`` of ``n x n``) — under ``qshampoo.peak.TensorPeak``.
+The table gives the bytes per factor (per job for ``precondition``: two dense roots and its
+products) as fp32 ``n x n`` matrices, next to what ``Factor.workspace_bytes`` and
+``store.job_cost`` allow (LAPACK's own workspace, which ``TensorPeak`` does not see, taken
+out); ``tests/test_workspace.py`` checks the bound on whole steps.
+
+    python benchmarks/temporaries.py
+    python benchmarks/temporaries.py --orders 64,300,1024 --batches 1,3 --variants none,cholesky_ef
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from qshampoo.factors import FACTORS, FactorConfig, StepHyper
+from qshampoo.peak import TensorPeak
+from qshampoo.store import job_cost, precondition, update_roots, update_statistics
+
+BIG = 1 << 40
+
+
+def measure(quant: str, n: int, B: int, bits: int | str) -> dict[str, float]:
+    g = torch.Generator().manual_seed(n)
+    adaptive = bits == "auto"
+    config = FactorConfig(8 if adaptive else bits, adaptive=adaptive)
+    factors = [FACTORS[quant].new(n, config, torch.device("cpu"), 1e-6) for _ in range(B)]
+    hp = StepHyper()
+    grads = [torch.randn(n, n, generator=g) for _ in range(B)]
+    for _ in range(3):
+        update_statistics(list(zip(factors, grads, strict=True)), hp, BIG)
+    update_roots(factors, hp, BIG)
+    out = {}
+    n2 = 4 * n * n
+    with TensorPeak() as tp:
+        update_statistics(list(zip(factors, grads, strict=True)), hp, BIG)
+    out["statistics"] = tp.peak / B / n2
+    with TensorPeak() as tp:
+        update_roots(factors, hp, BIG)
+    out["roots"] = tp.peak / B / n2
+    jobs = [(f, gr, f) for f, gr in zip(factors, grads, strict=True)]
+    with TensorPeak() as tp:
+        res = precondition(jobs, BIG)
+        del res
+    # per job, against its whole allowance (two dense roots and three products)
+    out["precondition"] = tp.peak / B / n2
+    cls = type(factors[0])
+    formula = {
+        "statistics": cls.workspace_bytes("statistics", n, config),
+        # LAPACK's own workspace is not seen by TensorPeak
+        "roots": cls.workspace_bytes("roots", n, config) - 4 * (2 * n * n + 6 * n + 1),
+        "precondition": job_cost((factors[0], (n, n), factors[0])),
+    }
+    return {**out, **{f"{k} allowed": v / n2 for k, v in formula.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--orders", default="64,128,300,513,1024")
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--variants", default=",".join(FACTORS))
+    ap.add_argument("--bits", default="4")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    bits = args.bits if args.bits == "auto" else int(args.bits)
+    print("| variant | n | B | statistics (allowed) | roots (allowed) | precondition (allowed) |")
+    print("|---|---|---|---|---|---|")
+    for quant in args.variants.split(","):
+        for n in map(int, args.orders.split(",")):
+            for B in map(int, args.batches.split(",")):
+                r = measure(quant, n, B, bits)
+                cells = " | ".join(
+                    f"{r[p]:.2f} ({r[p + ' allowed']:.2f})"
+                    for p in ("statistics", "roots", "precondition")
+                )
+                print(f"| {quant} | {n} | {B} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
