@@ -44,7 +44,7 @@ def test_compare_writes_the_report(tmp_path):
     assert {r["optimizer"] for r in doc["runs"]} == {"adamw", "sgd"}
     r = doc["runs"][0]
     assert r["final"]["metric"] == r["final"]["loss"] < r["losses"][0]
-    assert "| `adamw` |" in (out / "report.md").read_text()
+    assert "| AdamW |" in (out / "report.md").read_text()
 
 
 def test_dataset_and_metric(tmp_path):
