@@ -12,7 +12,7 @@
   first two where Shampoo's roots are due (``step % root_interval == 0``), its worst steps.
   On a small model the process's resident memory cannot show this: PyTorch's own footprint and the
   allocator's slack are larger than the optimizer (both are recorded too).
-- **Norms**: the total gradient norm before every step and the update's norm relative to the
+- **Norms**: the total gradient norm of every step and the update's norm relative to the
   parameters' (``‖Δθ‖ / ‖θ‖``) after it.
 """
 
@@ -143,7 +143,7 @@ class StepWatch:
             h.remove()
 
     def _params(self) -> list[torch.Tensor]:
-        return [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+        return [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
 
     def _measured(self, call: int) -> bool:
         t2 = self.opt.param_groups[0].get("root_interval")
@@ -154,8 +154,7 @@ class StepWatch:
         if self.calls == 1:
             self.rss_before = peak_rss()
         params = self._params()
-        if self.norms:
-            self.grad_norms.append(_norm([p.grad for p in params]))
+        if self.norms:  # the gradient is read after the step: a closure may compute it inside
             self._before = [p.detach().clone() for p in params]
         if self._measured(self.calls):
             self._state0 = optim_mod.state_bytes(self.name, opt)["total"] if self.name else 0
@@ -184,6 +183,7 @@ class StepWatch:
             self.samples.append({"step": self.calls, "state": state, "peak": self._state0 + temp})
         if self._before is not None:
             params = self._params()
+            self.grad_norms.append(_norm([p.grad for p in params if p.grad is not None]))
             delta = torch._foreach_sub([p.detach() for p in params], self._before)
             self._before = None
             size = _norm([p.detach() for p in params])

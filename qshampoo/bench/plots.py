@@ -155,7 +155,9 @@ def bench_plots(out: Path, meta: dict, results: list[dict], summary: dict, kpis:
     )
     ax[1].set_title(t("plot.peak", lang), fontsize=10)
     ax[1].legend(fontsize=8)
-    full = np.array([summary[n]["train_s"]["mean"] for n in names])
+    # the clock the time KPI compares: CPU time with one thread on a CPU, else the wall clock
+    clock = "cpu_s" if time_key(meta)[0] == "cpu_ms_per_step" else "train_s"
+    full = np.array([summary[n][clock]["mean"] for n in names])
     ttq = [(kpis["rows"].get(n) or {}).get("ttq") or {} for n in names]
     reach = [r.get("time_ratio") if r.get("reached") == r.get("seeds") else None for r in ttq]
     reach = [full[names.index(base)] * r if r else math.nan for r in reach]
@@ -167,7 +169,9 @@ def bench_plots(out: Path, meta: dict, results: list[dict], summary: dict, kpis:
         color=colors,
         label=t("plot.reach", lang, baseline=blabel, metric=meta["metric_name"]),
     )
-    ax[2].set_title(t("plot.train_time", lang), fontsize=10)
+    ax[2].set_title(
+        t("plot.cpu_time" if clock == "cpu_s" else "plot.train_time", lang), fontsize=10
+    )
     ax[2].legend(fontsize=8)
     grad = [summary[n]["stability"]["grad_norm_ratio"]["mean"] for n in names]
     ax[3].bar(x, np.nan_to_num(grad), color=colors)

@@ -109,6 +109,8 @@ class Recorder:
 
     def watch(self, opt: torch.optim.Optimizer) -> Recorder:
         """Measure ``opt``'s steps (memory at its peak, norms) through its step hooks."""
+        while not hasattr(opt, "_optimizer_step_pre_hooks") and hasattr(opt, "optimizer"):
+            opt = opt.optimizer  # a trainer's wrapper (accelerate's AcceleratedOptimizer)
         self.opt = opt
         name = self.optimizer if self.optimizer in optim_mod.REGISTRY else ""
         self.watch_ = StepWatch(opt, name or self.optimizer, norms=self.norms)
@@ -275,7 +277,9 @@ class Recorder:
 # --------------------------------------------------------------------------------------------
 
 
-def HFCallback(out, *, optimizer: str, seed: int = 0, metric: str = "eval_loss", **kw):
+def HFCallback(
+    out, *, optimizer: str, seed: int = 0, metric: str = "eval_loss", lang: str = "en", **kw
+):
     """A ``transformers.TrainerCallback`` that records the Trainer's run like :class:`Recorder`.
 
     ``metric``: the key of ``Trainer.evaluate()``'s metrics to report (``"eval_loss"``, or e.g.
@@ -283,7 +287,7 @@ def HFCallback(out, *, optimizer: str, seed: int = 0, metric: str = "eval_loss",
     Trainer's logs: set ``logging_steps=1`` for one value per step (otherwise each logged value
     is the mean over its interval, and loss spikes are judged on those). Other keywords go to
     :class:`Recorder` (``percent``, ``higher_is_better``, ``task``, ...); ``higher_is_better``
-    defaults to False for a metric whose name ends in ``loss``.
+    defaults to False for a metric whose name ends in ``loss``. ``lang``: the report's.
     """
     from transformers import TrainerCallback
 
@@ -309,12 +313,14 @@ def HFCallback(out, *, optimizer: str, seed: int = 0, metric: str = "eval_loss",
                 self.rec.eval(metrics[metric], metrics.get("eval_loss"))
 
         def on_train_end(self, args, state, control, **_):
-            self.rec.finish()
+            self.rec.finish(lang=lang)
 
     return _Callback()
 
 
-def LightningCallback(out, *, optimizer: str, seed: int = 0, metric: str = "val_loss", **kw):
+def LightningCallback(
+    out, *, optimizer: str, seed: int = 0, metric: str = "val_loss", lang: str = "en", **kw
+):
     """A Lightning ``Callback`` that records the run like :class:`Recorder`: the loss from each
     ``training_step``'s output, ``metric`` (a key of ``trainer.callback_metrics``, what
     ``self.log`` wrote) after every validation. Other keywords go to :class:`Recorder`."""
@@ -343,6 +349,6 @@ def LightningCallback(out, *, optimizer: str, seed: int = 0, metric: str = "val_
                 self.rec.eval(float(value))
 
         def on_fit_end(self, trainer, pl_module):
-            self.rec.finish()
+            self.rec.finish(lang=lang)
 
     return _Callback()

@@ -152,11 +152,12 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
     names = list(summary)
     k = roles(names)
     b, ref, hib = k["baseline"], k["reference"], meta["higher_is_better"]
+    tkey = time_key(meta)[0]  # CPU time per step with one thread on a CPU: the compute itself
     runs = {n: [r for r in results if r["optimizer"] == n and "budget" not in r] for n in names}
     get = {
         "metric": lambda r: r["final"]["metric"],
         "peak": lambda r: r["memory"].get("optimizer_peak_bytes"),
-        "ms": lambda r: r["time"]["ms_per_step"],
+        "ms": lambda r: r["time"].get(tkey) or r["time"]["ms_per_step"],
         "grad": lambda r: r["stability"].get("grad_norm_ratio"),
     }
 
@@ -177,7 +178,8 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
             "ttq": None,
         }
         if b and meta.get("budgets"):
-            row["ttq"] = ttq_summary(time_to_quality(results, n, b, hib))
+            clock = "cpu_s" if tkey == "cpu_ms_per_step" else "train_s"
+            row["ttq"] = ttq_summary(time_to_quality(results, n, b, hib, clock))
         if ref and n != ref:
             row["vs_reference"] = pair(n, ref, "metric")
             row["memory_vs_reference"] = pair(ref, n, "peak", True)
@@ -236,7 +238,7 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
         return ""
     row, ev, hib = k["rows"][c], k["events"][c], meta["higher_is_better"]
     label = {n: s["label"] for n, s in summary.items()}
-    fields = {"baseline": label[b], "metric": meta["metric_name"]}
+    fields = {"baseline": label[b], "metric": meta["metric_name"], "reference": label.get(ref)}
     unstable = ev["nonfinite"] or ev["failures"] or ev["diverged"]
     unstable = unstable or ev["spikes"] > k["events"][b]["spikes"]
     q = verdict_of(row["quality"], hib)
@@ -246,6 +248,8 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
         verdict = "rec.no"
     elif q == "unknown":
         verdict = "rec.undecided"
+    elif qr in ("worse", "same") and (row.get("memory_vs_reference") or {}).get("mean", 9) < 1.1:
+        verdict = "rec.prefer"  # 32-bit Shampoo does as well, and 4 bits save no peak memory
     elif q == "better":
         slower = (row.get("time_vs_reference") or {}).get("mean", 0) > 1.05
         verdict = "rec.adopt_memory" if qr == "worse" or (qr and slower) else "rec.adopt"
@@ -261,8 +265,11 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
     if row["quality"]:
         evidence.append(_quality_phrase(row["quality"], label[b], meta, lang))
     mref = row.get("memory_vs_reference")
-    if mref and mref["mean"] > 1:
+    if mref and mref["mean"] >= 1.1:
         evidence.append(t("ev.memory_vs", lang, ratio=mref["mean"], other=label[ref]))
+    elif mref and mref["mean"] > 1 / 1.1:
+        peak = {n: fmt_bytes(summary[n]["optimizer_peak_bytes"]["mean"]) for n in (c, ref)}
+        evidence.append(t("ev.memory_same", lang, other=label[ref], mine=peak[c], theirs=peak[ref]))
     elif row["memory"]:
         evidence.append(t("ev.memory", lang, ratio=row["memory"]["mean"], **fields))
     if row["time"]:
@@ -331,10 +338,11 @@ def tiles(meta: dict, summary: dict, k: dict, lang: str) -> list[dict]:
                 strong,
             )
         )
+    cpu = "_cpu" if time_key(meta)[0] == "cpu_ms_per_step" else ""
     titles = {
         "quality": (meta["metric_name"], "tile.quality_note"),
         "memory": (t("tile.memory", lang), "tile.memory_note"),
-        "time": (t("tile.time", lang), "tile.time_note"),
+        "time": (t("tile.time", lang), "tile.time_note" + cpu),
         "stability": (t("tile.stability", lang), "tile.stability_note"),
     }
     return [
@@ -505,9 +513,7 @@ def _run_lines(meta: dict, machine: dict, vers: dict) -> list[str]:
 def bench_blocks(meta, summary, k, machine, vers, plots, lang) -> list[tuple]:
     label = {n: s["label"] for n, s in summary.items()}
     fields = {"baseline": label.get(k["baseline"], "—"), "metric": meta["metric_name"]}
-    blocks = [
-        ("h", 1, t("title", lang, task=meta.get("task_description", meta["task"]).split(",")[0]))
-    ]
+    blocks = [("h", 1, t("title", lang, task=meta["task"]))]
     sentence = recommendation(meta, summary, k, lang)
     if sentence:
         blocks.append(("p", sentence))

@@ -46,6 +46,11 @@ TEXT: dict[str, tuple[str, str]] = {
     "rec.adopt": ("Adopt", "採用を推奨"),
     "rec.adopt_memory": ("Adopt if memory-bound", "メモリが制約なら採用"),
     "rec.adopt_faster": ("Adopt to train faster", "学習時間短縮のため採用"),
+    "rec.prefer": ("Prefer {reference}", "{reference} を推奨"),
+    "ev.memory_same": (
+        "about the same optimizer memory at peak as {other} ({mine} vs {theirs})",
+        "オプティマイザのピークメモリは{other}とほぼ同じ({mine}対{theirs})",
+    ),
     "rec.no": ("Do not adopt", "採用は見送り"),
     "rec.no_gain": ("No gain: stay with {baseline}", "効果なし: {baseline} のままでよい"),
     "rec.undecided": (
@@ -105,6 +110,10 @@ TEXT: dict[str, tuple[str, str]] = {
         "状態 + ステップ作業領域、{baseline} = 1.0",
     ),
     "tile.time": ("Training time", "学習時間"),
+    "tile.time_note_cpu": (
+        "CPU time per step (one thread), {baseline} = 1.0; time to its final {metric}",
+        "1ステップあたりの CPU 時間(1スレッド、{baseline} = 1.0)、最終{metric}到達まで",
+    ),
     "tile.time_note": (
         "per step, {baseline} = 1.0; time to its final {metric}",
         "1ステップあたり({baseline} = 1.0)、最終{metric}到達まで",
@@ -174,6 +183,7 @@ TEXT: dict[str, tuple[str, str]] = {
         "学習開始時からのプロセスのピーク増分 (MiB)",
     ),
     "plot.train_time": ("training time (s)", "学習時間 (s)"),
+    "plot.cpu_time": ("training CPU time (s)", "学習の CPU 時間 (s)"),
     "plot.full": ("full schedule", "全スケジュール"),
     "plot.reach": ("to {baseline}'s final {metric}", "{baseline}の最終{metric}まで"),
     "plot.grad": ("gradient norm / its median", "勾配ノルム / 中央値"),
@@ -186,6 +196,8 @@ TEXT: dict[str, tuple[str, str]] = {
         "The candidate is the first 4-bit optimizer run ({candidate}), the baseline the first that "
         "is not Shampoo ({baseline}). Each difference is paired by seed (same seed = same "
         "initialisation and data order) with a 95 % Student-t interval over the seeds. "
+        "*Prefer 32-bit Shampoo* when that one ends at least as well and the candidate saves "
+        "less than 10 % of its optimizer memory at peak. "
         "*Do not adopt* when the candidate had a non-finite step, a root or Cholesky failure, a "
         "diverged run or more loss spikes than the baseline, or when its {metric} is worse than "
         "the baseline's (interval entirely on the wrong side). *Adopt* when it is better; *adopt "
