@@ -413,9 +413,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.folder)
     try:
-        rerender(out, args.lang) if (out / "results.json").exists() else report_folder(
-            out, args.lang
-        )
+        if (out / "results.json").exists():
+            rerender(out, args.lang)
+        else:
+            report_folder(out, args.lang)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     print(f"report: {out / 'report.md'}")

@@ -289,54 +289,32 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
 
 
 def tiles(meta: dict, summary: dict, k: dict, lang: str) -> list[dict]:
-    """The four KPI tiles: one row per optimizer but the baseline, the candidate first."""
-    b = k["baseline"]
+    """The four KPI tiles: one row ``(label, value, detail, strong)`` per optimizer but the
+    baseline, the candidate first (``strong``)."""
     label = {n: s["label"] for n, s in summary.items()}
-    fields = {"baseline": label.get(b, "?"), "metric": meta["metric_name"]}
-    order = sorted(k["rows"], key=lambda n: n != k["candidate"])
+    fields = {"baseline": label.get(k["baseline"], "?"), "metric": meta["metric_name"]}
     scale, unit = metric_scale(meta), ("%" if meta.get("percent") else "")
-    out = {key: [] for key in ("quality", "memory", "time", "stability")}
-    for n in order:
+    points = t("unit.points", lang) if meta.get("percent") else ""
+    out: dict[str, list] = {"quality": [], "memory": [], "time": [], "stability": []}
+    for n in sorted(k["rows"], key=lambda n: n != k["candidate"]):
         row, s, strong = k["rows"][n], summary[n], n == k["candidate"]
-        q = row["quality"]
-        gain = None if q is None else (q["mean"] if meta["higher_is_better"] else -q["mean"])
-        out["quality"].append(
-            (
-                label[n],
-                "—"
-                if q is None
-                else _signed(gain, meta) + (t("unit.points", lang) if meta.get("percent") else ""),
-                f"{s['metric']['mean'] * scale:.2f}{unit} "
-                + ("" if q is None else _ci(q, meta, lang)),
-                strong,
-            )
-        )
-        m = row["memory"]
-        out["memory"].append(
-            (
-                label[n],
-                "—" if m is None else f"{m['mean']:.2f}×",
-                fmt_bytes(s["optimizer_peak_bytes"]["mean"])
-                + ("" if m is None else " " + _ci(m, meta, lang, True)),
-                strong,
-            )
-        )
-        tm = row["time"]
+        q, m, tm, g = row["quality"], row["memory"], row["time"], row["grad"]
+        gain = q and (q["mean"] if meta["higher_is_better"] else -q["mean"])
+        value = "—" if q is None else _signed(gain, meta) + points
+        detail = f"{s['metric']['mean'] * scale:.2f}{unit} " + (q and _ci(q, meta, lang) or "")
+        out["quality"].append((label[n], value, detail, strong))
+        detail = fmt_bytes(s["optimizer_peak_bytes"]["mean"])
+        detail += " " + _ci(m, meta, lang, True) if m else ""
+        out["memory"].append((label[n], m and f"{m['mean']:.2f}×" or "—", detail, strong))
         detail = _ci(tm, meta, lang, True) if tm else ""
         if row["ttq"]:
             detail += "; " + _ttq_text(row["ttq"], fields, lang, "tile.ttq")
-        out["time"].append((label[n], "—" if tm is None else f"{tm['mean']:.2f}×", detail, strong))
-        g = row["grad"]
+        out["time"].append((label[n], tm and f"{tm['mean']:.2f}×" or "—", detail, strong))
+        ev = k["events"][n]
         ratio = "—" if g is None else f"{g['mean']:.2f}× " + _ci(g, meta, lang, True)
-        n_ev = sum(k["events"][n].values())
+        detail = t("tile.events", lang, events=_events_text(ev, lang) or "0", ratio=ratio)
         out["stability"].append(
-            (
-                label[n],
-                t("plot.events", lang, n=n_ev),
-                (_events_text(k["events"][n], lang) + "; " if n_ev else "")
-                + t("tile.events", lang, n=n_ev, ratio=ratio).split("; ", 1)[-1],
-                strong,
-            )
+            (label[n], t("plot.events", lang, n=sum(ev.values())), detail, strong)
         )
     cpu = "_cpu" if time_key(meta)[0] == "cpu_ms_per_step" else ""
     titles = {

@@ -99,7 +99,6 @@ TEXT: dict[str, tuple[str, str]] = {
     ),
     "ev.unstable": ("instability: {events}", "不安定: {events}"),
     # the tiles
-    "tile.quality": ("{metric}", "{metric}"),
     "tile.quality_note": (
         "difference from {baseline}, 95 % CI by seed",
         "{baseline}との差(シード対応の95%信頼区間)",
@@ -136,10 +135,9 @@ TEXT: dict[str, tuple[str, str]] = {
         "{baseline}の{metric}まで: 短縮不可",
     ),
     "tile.events": (
-        "{n} events; gradient-norm peak {ratio}",
-        "事象 {n} 件、勾配ノルムのピーク {ratio}",
+        "events: {events}; gradient-norm peak {ratio}",
+        "事象: {events}、勾配ノルムのピーク {ratio}",
     ),
-    "one_seed": ("one seed", "1シード"),
     # events
     "event.nonfinite": ("{n} non-finite steps", "非有限ステップ {n} 回"),
     "event.spikes": ("{n} loss spikes", "損失スパイク {n} 回"),
@@ -148,7 +146,6 @@ TEXT: dict[str, tuple[str, str]] = {
     # tables and plots
     "col.optimizer": ("optimizer", "オプティマイザ"),
     "col.kpi": ("{baseline} = 1.0", "{baseline} = 1.0"),
-    "col.metric": ("{metric}", "{metric}"),
     "col.loss": ("test loss", "テスト損失"),
     "col.ppl": ("perplexity", "パープレキシティ"),
     "col.peak": ("optimizer peak (MiB)", "オプティマイザのピーク (MiB)"),
