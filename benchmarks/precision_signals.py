@@ -27,7 +27,7 @@ import torch
 
 from qshampoo import Shampoo
 from qshampoo.bench import optimizers as optim_mod
-from qshampoo.bench.runner import _seed_everything, lr_factor, param_groups, task_batch
+from qshampoo.bench.runner import lr_factor, param_groups, seed_everything
 from qshampoo.bench.tasks import get_task
 from qshampoo.factors.cholesky import damped_cholesky
 from qshampoo.memory import factor_bytes
@@ -39,7 +39,7 @@ def collect(task_name: str, seed: int, at: list[int]) -> dict[int, list[dict]]:
     data = task.data_fn()
     steps = task.steps
     hp = task.hyperparameters("shampoo", steps)
-    _seed_everything(seed)
+    seed_everything(seed)
     model = task.model_fn(data.info)
     names = {id(p): n for n, p in model.named_parameters()}
     wd = float(hp.pop("weight_decay", 0.0))
@@ -51,7 +51,7 @@ def collect(task_name: str, seed: int, at: list[int]) -> dict[int, list[dict]]:
         f = lr_factor(step, steps, task.warmup, task.final_lr)
         for g, lr0 in zip(opt.param_groups, peak, strict=True):
             g["lr"] = lr0 * f
-        x, y = task_batch(data, seed, step)
+        x, y = data.train.batch(seed, step)
         loss = task.loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

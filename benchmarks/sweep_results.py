@@ -49,7 +49,7 @@ def folder_section(
         f"Ran {meta['date']} on {machine['cpu']}, {machine['cores']} cores, "
         f"{meta.get('threads') or machine['torch_threads']} torch thread per run, torch "
         f"{vers.get('torch')}, qshampoo git {vers.get('qshampoo_git')}; wall time "
-        f"{meta['sweep_wall_s'] / 60:.1f} min"
+        f"{meta.get('wall_s', meta.get('sweep_wall_s', 0)) / 60:.1f} min"
         + (
             f", load average {load['start'][0]:g} → {load['end'][0]:g}"
             if load.get("start") and load.get("end")

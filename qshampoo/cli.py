@@ -89,6 +89,26 @@ def _training_arguments(p: argparse.ArgumentParser, *, hp_help: str) -> None:
         help="torch intra-op threads per run (default: torch's, usually one per core)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _lang_argument(p)
+
+
+def _lang_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lang", default="en", choices=["en", "ja"], help="the report's language (default: en)"
+    )
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    """``"0.5,0.7"`` -> ``(0.5, 0.7)``; ``"none"`` -> ``()``."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--budgets takes fractions like 0.5,0.7 or none, got {text!r}") from None
+    if not all(0 < v < 1 for v in values):
+        raise UsageError(f"--budgets: every fraction must be in (0, 1), got {text!r}")
+    return values
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +130,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "validation": args.validation,
         "threads": args.threads,
         "command": "qshampoo " + " ".join(shlex.quote(a) for a in args.argv),
+        "lang": args.lang,
     }
 
 
@@ -145,6 +166,8 @@ def _train_and_report(train: Callable[[], Path]) -> int:
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench.suite import DEFAULT_BUDGETS
+
     _task_argument(p)
     p.add_argument(
         "--optimizers",
@@ -166,6 +189,13 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         p,
         hp_help="override a hyperparameter, e.g. shampoo4bit.ef_decay=0 or '*.stat_interval=5' "
         "(repeatable)",
+    )
+    p.add_argument(
+        "--budgets",
+        default=",".join(f"{f:g}" for f in DEFAULT_BUDGETS),
+        help="time to quality: shorter full schedules, as fractions of the steps, that every "
+        "optimizer but the baseline also trains, shortest first, until one reaches the "
+        "baseline's final metric ('none': skip; default: %(default)s)",
     )
     p.add_argument(
         "--list", action="store_true", help="list tasks and optimizers (with availability) and exit"
@@ -200,7 +230,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         task = get_task(args.task, args.data_dir)
         optimizers = _names(args.optimizers) if args.optimizers else list(task.optimizers)
         config = SuiteConfig(
-            optimizers=optimizers, out=args.out or f"report/{task.name}", **_run_options(args)
+            optimizers=optimizers,
+            out=args.out or f"report/{task.name}",
+            budgets=_budgets(args.budgets),
+            **_run_options(args),
         )
         return run_suite(task, config)
 
@@ -289,7 +322,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def _sweep_arguments(p: argparse.ArgumentParser) -> None:
-    from .bench.sweep import GRID_HELP
+    from .bench.suite import GRID_HELP
 
     _task_argument(p)
     p.add_argument(
@@ -337,7 +370,7 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train one optimizer over a grid of one or two settings; write the sweep report."""
-    from .bench.sweep import SweepConfig, parse_grid, run_sweep
+    from .bench.suite import SweepConfig, parse_grid, run_sweep
     from .bench.tasks import get_task
 
     def train() -> Path:
@@ -351,6 +384,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             references = _names(args.references)
         keys = "-".join(a.key for a in grid)
         config = SweepConfig(
+            optimizers=[],
             grid=grid,
             out=args.out or f"report/sweep-{task.name}-{keys}",
             optimizer=args.optimizer,
@@ -361,6 +395,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return run_sweep(task, config)
 
     return _train_and_report(train)
+
+
+# --------------------------------------------------------------------------------------------
+# qshampoo report
+# --------------------------------------------------------------------------------------------
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a report folder (qshampoo bench / sweep, or Recorder runs)")
+    _lang_argument(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a folder's report again: from its results.json, or from the runs a Recorder left."""
+    from .bench.report import report_folder, rerender
+
+    out = Path(args.folder)
+    try:
+        if (out / "results.json").exists():
+            rerender(out, args.lang)
+        else:
+            report_folder(out, args.lang)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 COMMANDS: list[Command] = [
@@ -387,6 +447,12 @@ COMMANDS: list[Command] = [
         "sweep one or two optimizer settings over a grid on a task -> report folder",
         _sweep_arguments,
         cmd_sweep,
+    ),
+    Command(
+        "report",
+        "write a report folder's report.md / report.html again (e.g. in --lang ja)",
+        _report_arguments,
+        cmd_report,
     ),
 ]
 

@@ -189,6 +189,8 @@ def compare(
     resume: bool = False,
     isolate: bool | str = "auto",
     progress: bool = True,
+    budgets: Sequence[float] = (),
+    lang: str = "en",
 ) -> Path:
     """Train ``model_fn()`` with each optimizer and seed; write the report; return its folder.
 
@@ -210,6 +212,9 @@ def compare(
         metric_name, higher_is_better, percent: how the metric is named, ranked and shown.
         out: the report folder. ``resume``: reuse / continue the runs already there.
         isolate: run each training in a fresh process (``"auto"``: when everything pickles).
+        budgets: time to quality: fractions of the steps that every optimizer but the baseline
+            also trains as shorter full schedules (e.g. ``(0.5, 0.7, 0.85)``; ``()``: none).
+        lang: the report's language, ``"en"`` or ``"ja"``.
     """
     task = make_task(
         model_fn,
@@ -246,5 +251,7 @@ def compare(
         eval_every=eval_every,
         overrides=dict(hparams or {}),
         command=f"qshampoo.bench.compare(name={name!r}, ...)",
+        budgets=tuple(budgets),
+        lang=lang,
     )
     return run_suite(task, config)

@@ -34,6 +34,9 @@ class OptimizerSpec:
     peer: bool = False
     # For optimizers without memory_report(): state keys that hold preconditioners.
     precond_keys: frozenset[str] = field(default_factory=frozenset)
+    # qshampoo's Shampoo: the bits its preconditioners are stored in (32: fp32); None: not
+    # Shampoo. What the report compares is decided from this, never from the name.
+    bits: int | None = None
 
 
 _ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -46,33 +49,22 @@ def _shampoo_keys() -> frozenset[str]:
 
     names = inspect.signature(Shampoo.__init__).parameters
     # quant is what the optimizer names (shampoo, shampoo4bit, ...) choose
-    return frozenset(names) - {
-        "self",
-        "params",
-        "quant",
-        "distributed",
-        "process_group",
-        "precision_config",
-    }
-
-
-_SHAMPOO_KEYS = _shampoo_keys()
+    layout = {"self", "params", "quant", "distributed", "process_group", "precision_config"}
+    return frozenset(names) - layout
 
 
 def _import(module: str, what: str):
     try:
-        mod = importlib.import_module(module)
+        return importlib.import_module(module)
     except Exception as e:  # ImportError, or a broken install raising anything else
         raise OptimizerUnavailable(f"{what}: `import {module}` failed ({e})") from e
-    return mod
 
 
 def _shampoo(quant: str, **defaults) -> Callable[..., torch.optim.Optimizer]:
     """A factory of ``qshampoo.Shampoo(quant=quant)``; ``defaults`` apply unless overridden."""
 
     def make(params, **kw):
-        qshampoo = _import("qshampoo", "qshampoo")
-        cls = getattr(qshampoo, "Shampoo", None)
+        cls = getattr(_import("qshampoo", "qshampoo"), "Shampoo", None)
         if cls is None:
             raise OptimizerUnavailable("qshampoo.Shampoo is not implemented in this checkout")
         kw = {**defaults, **kw}
@@ -92,90 +84,77 @@ def _sgd(params, **kw):
     return torch.optim.SGD(params, **kw)
 
 
-def _torchao_adamw4bit(params, **kw):
-    optim = _import("torchao.optim", "torchao")
-    cls = getattr(optim, "AdamW4bit", None) or getattr(optim, "_AdamW4bit", None)
-    if cls is None:
-        raise OptimizerUnavailable("torchao.optim has no AdamW4bit")
-    return cls(params, **kw)
+def _peer(module: str, what: str, *attrs: str) -> Callable[..., torch.optim.Optimizer]:
+    """A factory of the first of ``module.attrs`` that exists (a peer's optimizer class)."""
+
+    def make(params, **kw):
+        mod = _import(module, what)
+        cls = next((getattr(mod, a) for a in attrs if hasattr(mod, a)), None)
+        if cls is None:
+            raise OptimizerUnavailable(f"{module} has no {attrs[0]}")
+        return cls(params, **kw)
+
+    return make
 
 
-def _bnb_adamw8bit(params, **kw):
-    bnb = _import("bitsandbytes", "bitsandbytes")
-    return bnb.optim.AdamW8bit(params, **kw)
+def _specs() -> list[OptimizerSpec]:
+    sk = _shampoo_keys()
 
+    def shampoo(name, stored_bits, description, quant, **defaults):
+        return OptimizerSpec(
+            name, "adam", description, _shampoo(quant, **defaults), sk, bits=stored_bits
+        )
 
-def _soap(params, **kw):
-    po = _import("pytorch_optimizer", "pytorch-optimizer")
-    cls = getattr(po, "SOAP", None)
-    if cls is None:
-        raise OptimizerUnavailable("pytorch_optimizer has no SOAP")
-    return cls(params, **kw)
-
-
-REGISTRY: dict[str, OptimizerSpec] = {
-    s.name: s
-    for s in [
+    return [
         OptimizerSpec("adamw", "adam", "torch.optim.AdamW", _adamw, _ADAM_KEYS),
         OptimizerSpec("sgd", "sgd", "torch.optim.SGD with momentum 0.9", _sgd, _SGD_KEYS),
-        OptimizerSpec(
-            "shampoo", "adam", "32-bit Shampoo grafted onto AdamW", _shampoo("none"), _SHAMPOO_KEYS
-        ),
-        OptimizerSpec(
+        shampoo("shampoo", 32, "32-bit Shampoo grafted onto AdamW", "none"),
+        shampoo(
             "shampoo4bit",
-            "adam",
+            4,
             "4-bit Shampoo: Cholesky factors + error feedback (Paper A, CQ+EF)",
-            _shampoo("cholesky_ef"),
-            _SHAMPOO_KEYS,
+            "cholesky_ef",
         ),
-        OptimizerSpec(
-            "shampoo4bit-naive",
-            "adam",
-            "4-bit Shampoo quantizing the matrices themselves (VQ)",
-            _shampoo("naive"),
-            _SHAMPOO_KEYS,
+        shampoo(
+            "shampoo4bit-naive", 4, "4-bit Shampoo quantizing the matrices themselves (VQ)", "naive"
         ),
-        OptimizerSpec(
-            "shampoo4bit-eigen",
-            "adam",
-            "4-bit Shampoo with quantized eigenvectors (Paper B)",
-            _shampoo("eigen"),
-            _SHAMPOO_KEYS,
+        shampoo(
+            "shampoo4bit-eigen", 4, "4-bit Shampoo with quantized eigenvectors (Paper B)", "eigen"
         ),
-        OptimizerSpec(
+        shampoo(
             "shampoo4bit-cholesky",
-            "adam",
+            4,
             "4-bit Shampoo with Cholesky factors, no error feedback (CQ)",
-            _shampoo("cholesky"),
-            _SHAMPOO_KEYS,
+            "cholesky",
         ),
-        OptimizerSpec(
+        shampoo(
             "shampoo4bit-auto",
-            "adam",
+            4,
             "CQ+EF with adaptive precision: 8 bits (CQ) for the factors where 4 bits cost the "
             "most, within memory_budget (default 1/7 of 32-bit's preconditioner bytes)",
-            _shampoo("cholesky_ef", bits="auto", memory_budget=1 / 7),
-            _SHAMPOO_KEYS,
+            "cholesky_ef",
+            bits="auto",
+            memory_budget=1 / 7,
         ),
-        OptimizerSpec(
+        shampoo(
             "shampoo8bit",
-            "adam",
+            8,
             "8-bit Shampoo: Cholesky factors + error feedback (CQ+EF) in 8 bits",
-            _shampoo("cholesky_ef", bits=8),
-            _SHAMPOO_KEYS,
+            "cholesky_ef",
+            bits=8,
         ),
-        OptimizerSpec(
+        shampoo(
             "shampoo8bit-cholesky",
-            "adam",
+            8,
             "8-bit Shampoo: Cholesky factors in 8 bits, no error feedback (CQ)",
-            _shampoo("cholesky", bits=8),
-            _SHAMPOO_KEYS,
+            "cholesky",
+            bits=8,
         ),
         OptimizerSpec(
             "torchao-adamw4bit",
             "adam",
             "torchao.optim.AdamW4bit (peer)",
-            _torchao_adamw4bit,
+            _peer("torchao.optim", "torchao", "AdamW4bit", "_AdamW4bit"),
             _ADAM_KEYS,
             peer=True,
         ),
@@ -183,7 +162,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "bnb-adamw8bit",
             "adam",
             "bitsandbytes.optim.AdamW8bit (peer)",
-            _bnb_adamw8bit,
+            _peer("bitsandbytes.optim", "bitsandbytes", "AdamW8bit"),
             _ADAM_KEYS,
             peer=True,
         ),
@@ -191,13 +170,31 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "soap",
             "adam",
             "pytorch_optimizer.SOAP (peer)",
-            _soap,
+            _peer("pytorch_optimizer", "pytorch-optimizer", "SOAP"),
             _ADAM_KEYS,
             peer=True,
             precond_keys=frozenset({"GG", "Q"}),
         ),
     ]
-}
+
+
+REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _specs()}
+
+
+def label(name: str, lang: str = "en") -> str:
+    """The plain name a report shows for optimizer ``name`` ("4-bit Shampoo"), in ``lang``."""
+    from .text import TEXT, t
+
+    return t(f"opt.{name}", lang) if f"opt.{name}" in TEXT else name
+
+
+def is_shampoo(name: str) -> bool:
+    return name in REGISTRY and REGISTRY[name].bits is not None
+
+
+def quantized(name: str) -> bool:
+    """Shampoo with its preconditioners in fewer than 32 bits."""
+    return is_shampoo(name) and REGISTRY[name].bits < 32
 
 
 def names() -> list[str]:

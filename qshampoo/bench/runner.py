@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from . import optimizers as optim_mod
-from . import stability
+from .measure import reset_peak_rss
+from .recorder import FORMAT_VERSION, RESULT, Recorder, jsonable, write_json
 from .tasks import Task, TaskData
 
 CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
 MODEL = "model.pt"
-FORMAT_VERSION = 1
 
 
 class RunInterrupted(Exception):
@@ -69,7 +68,7 @@ class RunSpec:
             "optimizer": self.optimizer,
             "seed": self.seed,
             "steps": self.steps,
-            "hparams": _jsonable(self.hparams),
+            "hparams": jsonable(self.hparams),
             "batch_size": t.batch_size,
             "eval_every": t.eval_interval(self.steps, self.eval_every),
             "eval_limit": t.eval_limit,
@@ -81,18 +80,6 @@ class RunSpec:
             key["validation"] = True
         blob = json.dumps(key, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,48 +98,6 @@ def lr_factor(step: int, steps: int, warmup: float, final: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Memory measurement
-# --------------------------------------------------------------------------------------------
-
-
-def _status_kib(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def current_rss() -> int | None:
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux ``clear_refs`` 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (since the last reset, where possible)."""
-    kib = _status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
 
@@ -165,13 +110,6 @@ def atomic_save(obj, path: Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -206,7 +144,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -270,6 +208,15 @@ def _params_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def build(spec: RunSpec, data: TaskData, device: torch.device):
+    """A fresh model and its optimizer for ``spec`` (seed the generators first)."""
+    model = spec.task.model_fn(data.info).to(device)
+    hp = dict(spec.hparams)
+    wd = float(hp.pop("weight_decay", 0.0))
+    opt = optim_mod.build(spec.optimizer, param_groups(model, wd), weight_decay=wd, **hp)
+    return model, opt
+
+
 def warm_up(spec: RunSpec, data: TaskData, device: torch.device) -> None:
     """One throwaway training step and evaluation batch on a throwaway model and optimizer.
 
@@ -279,234 +226,162 @@ def warm_up(spec: RunSpec, data: TaskData, device: torch.device) -> None:
     """
     rng = _rng_state(device)
     try:
-        task = spec.task
-        model = task.model_fn(data.info).to(device)
-        hp = dict(spec.hparams)
-        wd = float(hp.pop("weight_decay", 0.0))
-        opt = optim_mod.build(spec.optimizer, param_groups(model, wd), weight_decay=wd, **hp)
+        model, opt = build(spec, data, device)
         x, y = _to(data.train.batch(spec.seed, 0), device)
-        task.loss_fn(model(x), y).backward()
+        spec.task.loss_fn(model(x), y).backward()
         opt.step()
         with torch.no_grad():
             model.eval()
-            for xe, _ in data.test.eval_batches(task.eval_batch_size, 1):
+            for xe, _ in data.test.eval_batches(spec.task.eval_batch_size, 1):
                 model(_to(xe, device))
         del model, opt
     finally:
         _set_rng_state(rng, device)
 
 
+def _resume(spec: RunSpec, path: Path, model, opt, rec: Recorder, device) -> tuple[int, bool]:
+    """Load the checkpoint at ``path`` into the run; returns ``(step, diverged)``."""
+    ckpt = _load(path)
+    if ckpt.get("fingerprint") != spec.fingerprint():
+        raise RuntimeError(
+            f"{path} was written by a run with different settings; start a new --out "
+            "folder or run without --resume"
+        )
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    rec.load_state_dict(ckpt["recorder"])
+    _set_rng_state(ckpt["rng"], device)
+    return int(ckpt["step"]), bool(ckpt["diverged"])
+
+
+def _checkpoint(spec: RunSpec, path: Path, step, model, opt, rec: Recorder, diverged, device):
+    state = {"version": FORMAT_VERSION, "fingerprint": spec.fingerprint(), "step": step}
+    state.update(model=model.state_dict(), optimizer=opt.state_dict())
+    state.update(recorder=rec.state_dict(), diverged=diverged, rng=_rng_state(device))
+    atomic_save(state, path)
+
+
+def _progress(spec: RunSpec, step: int):
+    if not spec.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    what = f"{spec.task.name} {spec.optimizer} seed {spec.seed}"
+    if spec.steps != spec.extra.get("full_steps", spec.steps):
+        what += f" ({spec.steps} steps)"
+    return tqdm(
+        total=spec.steps, initial=step, desc=what, unit="step", dynamic_ncols=True, file=sys.stderr
+    )
+
+
 def train_run(spec: RunSpec, data: TaskData | None = None) -> dict:
     """Run ``spec`` to its last step (or to ``spec.stop_after``) and return its result dict,
     also written as ``result.json`` (and the final weights as ``model.pt``) in ``spec.run_dir``.
     """
-    task = spec.task
-    device = torch.device(spec.device)
-    run_dir = Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / CHECKPOINT
-    eval_every = task.eval_interval(spec.steps, spec.eval_every)
-    ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
     threads_before = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
-        return _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every)
+        return _train(spec, data)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train_run(spec, data, device, run_dir, ckpt_path, eval_every, ckpt_every) -> dict:
-    task = spec.task
-    fingerprint = spec.fingerprint()
-
+def _train(spec: RunSpec, data: TaskData | None) -> dict:
+    task, device, run_dir = spec.task, torch.device(spec.device), Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT
+    eval_every = task.eval_interval(spec.steps, spec.eval_every)
+    ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
     if data is None:
         data = task.data_fn(validation=bool(spec.extra.get("validation", False)))
     warm_up(spec, data, device)
     reset_peak_rss()
-    rss_start = current_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    _seed_everything(spec.seed)
-    model = task.model_fn(data.info).to(device)
-    hp = dict(spec.hparams)
-    wd = float(hp.pop("weight_decay", 0.0))
-    opt = optim_mod.build(spec.optimizer, param_groups(model, wd), weight_decay=wd, **hp)
+    seed_everything(spec.seed)
+    model, opt = build(spec, data, device)
     peak_lrs = [g["lr"] for g in opt.param_groups]
-
-    step = 0
-    losses: list[float] = []
-    evals: list[dict] = []
-    train_s = eval_s = cpu_s = 0.0
-    diverged = False
-    resumed_from = None
+    rec = Recorder(
+        optimizer=spec.optimizer,
+        seed=spec.seed,
+        task=task.name,
+        hparams=spec.hparams,
+        metric_name=task.metric_name,
+        higher_is_better=task.higher_is_better,
+        percent=task.percent,
+    )
+    rec.watch(opt)
+    step, diverged, resumed_from = 0, False, None
     if spec.resume and ckpt_path.exists():
-        ckpt = _load(ckpt_path)
-        if ckpt.get("fingerprint") != fingerprint:
-            raise RuntimeError(
-                f"{ckpt_path} was written by a run with different settings; start a new --out "
-                "folder or run without --resume"
-            )
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        losses = list(ckpt["losses"])
-        evals = list(ckpt["evals"])
-        train_s, eval_s = float(ckpt["train_s"]), float(ckpt["eval_s"])
-        cpu_s = float(ckpt.get("cpu_s", 0.0))
-        diverged = bool(ckpt["diverged"])
-        _set_rng_state(ckpt["rng"], device)
+        step, diverged = _resume(spec, ckpt_path, model, opt, rec, device)
         resumed_from = step
     elif ckpt_path.exists():
         ckpt_path.unlink()
 
-    def save_checkpoint() -> None:
-        atomic_save(
-            {
-                "version": FORMAT_VERSION,
-                "fingerprint": fingerprint,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "losses": losses,
-                "evals": evals,
-                "train_s": train_s,
-                "eval_s": eval_s,
-                "cpu_s": cpu_s,
-                "diverged": diverged,
-                "rng": _rng_state(device),
-            },
-            ckpt_path,
-        )
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    bar = None
-    if spec.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=spec.steps,
-            initial=step,
-            desc=f"{task.name} {spec.optimizer} seed {spec.seed}",
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+    boost = spec.extra.get("lr_boost")  # (first, last, factor): injected instability, for tests
+    bar = _progress(spec, step)
     model.train()
     try:
         while step < spec.steps and not diverged:
             if spec.stop_after is not None and step >= spec.stop_after:
                 raise RunInterrupted(f"stopped after {step} steps")
             factor = lr_factor(step, spec.steps, task.warmup, task.final_lr)
+            if boost and boost[0] <= step <= boost[1]:
+                factor *= boost[2]
             for g, lr0 in zip(opt.param_groups, peak_lrs, strict=True):
                 g["lr"] = lr0 * factor
             t0, c0 = time.perf_counter(), time.process_time()
-            x, y = _to(task_batch(data, spec.seed, step), device)
-            out = model(x)
-            loss = task.loss_fn(out, y)
+            x, y = _to(data.train.batch(spec.seed, step), device)
+            loss = task.loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss.detach())
-            sync()
-            train_s += time.perf_counter() - t0
-            cpu_s += time.process_time() - c0
-            losses.append(value if math.isfinite(value) else float("nan"))
+            value = float(loss.detach())  # waits for the device
+            rec.step(value, time.perf_counter() - t0, time.process_time() - c0)
             step += 1
-            if not math.isfinite(value) and not _params_finite(model):
-                diverged = True
+            diverged = not math.isfinite(value) and not _params_finite(model)
             if step % eval_every == 0 or step == spec.steps or diverged:
                 t1 = time.perf_counter()
                 ev = evaluate(task, model, data.test, device, task.eval_limit)
-                sync()
-                eval_s += time.perf_counter() - t1
-                diag = optim_mod.diagnostics(opt)
-                evals.append(
-                    {
-                        "step": step,
-                        "train_s": train_s,
-                        "loss": ev["loss"],
-                        "metric": ev["metric"],
-                        "quant_error": diag["quant_error"],
-                    }
-                )
+                rec.eval(ev["metric"], ev["loss"], time.perf_counter() - t1)
                 if bar is not None:
                     bar.set_postfix(loss=f"{value:.3f}", metric=f"{ev['metric']:.4f}")
             if bar is not None:
                 bar.update(1)
             if step % ckpt_every == 0 and step < spec.steps and not diverged:
-                save_checkpoint()
+                _checkpoint(spec, ckpt_path, step, model, opt, rec, diverged, device)
     finally:
         if bar is not None:
             bar.close()
+    return _finish(spec, data, model, opt, rec, diverged, resumed_from)
 
+
+def _finish(spec: RunSpec, data, model, opt, rec: Recorder, diverged, resumed_from) -> dict:
+    """The final evaluation on the whole test set, the result, and the files of a finished run."""
+    device, run_dir = torch.device(spec.device), Path(spec.run_dir)
     t1 = time.perf_counter()
-    final = evaluate(task, model, data.test, device, task.final_eval_limit)
-    sync()
-    final_eval_s = time.perf_counter() - t1
+    final = evaluate(spec.task, model, data.test, device, spec.task.final_eval_limit)
+    rec.eval_s += time.perf_counter() - t1
     if not _params_finite(model):
         final = {"loss": float("nan"), "metric": float("nan"), "samples": final["samples"]}
-    diag = optim_mod.diagnostics(opt)
-    spikes = stability.loss_spikes(losses)
-    result = {
-        "format": FORMAT_VERSION,
-        "task": task.name,
-        "optimizer": spec.optimizer,
-        "seed": spec.seed,
-        "steps": spec.steps,
-        "completed_steps": step,
-        "fingerprint": fingerprint,
-        "hparams": _jsonable(spec.hparams),
-        "device": str(device),
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "final": {"loss": final["loss"], "metric": final["metric"], "samples": final["samples"]},
-        "losses": losses,
-        "evals": evals,
-        "memory": {
-            "optimizer_state": optim_mod.state_bytes(spec.optimizer, opt),
-            "peak_rss_bytes": peak_rss(),
-            "rss_start_bytes": rss_start,
-            "cuda_peak_bytes": (
-                torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-            ),
-        },
-        "time": {
-            "train_s": train_s,
-            "eval_s": eval_s + final_eval_s,
-            "wall_s": train_s + eval_s + final_eval_s,
-            "ms_per_step": 1000.0 * train_s / max(step, 1),
-            # CPU time of the training steps (all threads of this process): less sensitive than
-            # wall time to other work on the machine, but it counts spinning threads.
-            "cpu_s": cpu_s,
-            "cpu_ms_per_step": 1000.0 * cpu_s / max(step, 1),
-        },
-        "stability": {
-            "nonfinite_losses": stability.nonfinite_count(losses),
-            "optimizer_nonfinite_steps": diag["nonfinite_steps"],
-            "root_failures": diag["root_failures"],
-            "cholesky_failures": diag["cholesky_failures"],
-            "loss_spikes": len(spikes),
-            "spike_steps": [s + 1 for s in spikes],
-            "diverged": diverged,
-        },
-        "diagnostics": _jsonable(diag),
-        "resumed_from": resumed_from,
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
+    result = rec.result(
+        final,
+        steps=spec.steps,
+        fingerprint=spec.fingerprint(),
+        device=str(device),
+        num_params=sum(p.numel() for p in model.parameters()),
+        diverged=diverged,
+        resumed_from=resumed_from,
+        torch_threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        **{k: spec.extra[k] for k in ("budget", "full_steps") if k in spec.extra},
+    )
     torch.save(model.state_dict(), run_dir / MODEL)
-    atomic_write_text(run_dir / RESULT, json.dumps(_jsonable(result), indent=1))
-    if ckpt_path.exists():
-        ckpt_path.unlink()
+    write_json(run_dir / RESULT, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
-
-
-def task_batch(data: TaskData, seed: int, step: int):
-    return data.train.batch(seed, step)
 
 
 def load_result(run_dir: str | os.PathLike, fingerprint: str | None = None) -> dict | None:

@@ -1,41 +1,46 @@
-"""Run a comparison: every (optimizer, seed) of one task, then the report.
+"""Run a comparison (``qshampoo bench``) or a sweep (``qshampoo sweep``): every run of one task,
+then the report. A comparison is a sweep of one point: both go through :func:`_runs`.
 
 Layout of an output folder::
 
-    OUT/report.md  results.json  *.png         the report (see qshampoo.bench.report)
-    OUT/runs/<optimizer>/seed<k>/result.json  one finished run (checkpoint.pt while running)
+    OUT/report.md  report.html  results.json  *.png       the report (qshampoo.bench.report)
+    OUT/runs/<optimizer>/seed<k>/result.json              one finished run (checkpoint.pt while
+                                                          running)
+    OUT/runs/<optimizer>/budget<pct>/seed<k>/             a shorter full schedule (time to quality)
+    OUT/runs/<optimizer>/<setting>/seed<k>/               one point of a sweep's grid
+
+Every point of a sweep has its hyperparameters written out in full (each sweepable key the
+optimizer takes, at its value), so the point that equals the defaults has the same fingerprint in
+every sweep and ``--reuse`` can take it from an earlier folder instead of training it again.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import optimizers as optim_mod
-from .runner import (
-    RESULT,
-    RunSpec,
-    _jsonable,
-    atomic_write_text,
-    can_isolate,
-    load_result,
-    run_isolated,
-    train_run,
-)
+from .recorder import write_json
+from .runner import RESULT, RunSpec, can_isolate, load_result, run_isolated, train_run
+from .summary import fmt_value, roles
 from .tasks import Task
 
-if TYPE_CHECKING:
-    from .sweep import SweepConfig
+#: shorter full schedules tried for the time to quality, as fractions of the steps
+DEFAULT_BUDGETS = (0.5, 0.7, 0.85)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SuiteConfig:
     optimizers: list[str]
     seeds: list[int]
@@ -51,6 +56,19 @@ class SuiteConfig:
     validation: bool = False  # evaluate on a split held out of the training data (tuning)
     threads: int | None = None  # torch intra-op threads per run (None: torch's default)
     command: str | None = None  # the command line, recorded in the report
+    # Time to quality: each optimizer but the baseline also trains full schedules of these
+    # fractions of the steps, shortest first, until one reaches the baseline's final metric.
+    budgets: tuple[float, ...] = ()
+    lang: str = "en"  # the report's language: "en" or "ja"
+
+
+@dataclass(kw_only=True)
+class SweepConfig(SuiteConfig):
+    optimizers: list[str] = field(default_factory=list)
+    grid: list = field(default_factory=list)  # [Axis]
+    optimizer: str = "shampoo4bit"
+    references: list[str] | None = None  # None: adamw and 32-bit shampoo (when not swept)
+    reuse: list[str] = field(default_factory=list)  # folders of earlier sweeps / benches
 
 
 def _loadavg() -> list[float] | None:
@@ -99,66 +117,145 @@ def check_optimizers(names: list[str], device: str, log=print) -> tuple[list[str
     return ok, skipped
 
 
-def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
-    """Train every requested (optimizer, seed) of ``task`` and write the report; returns the
-    output folder. Finished runs are reused and unfinished ones continued when
-    ``config.resume``; otherwise every run starts afresh."""
-    from . import report as report_mod
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    log = log or _log_stderr
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+
+def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
+    """Train every requested (optimizer, seed) of ``task`` — and, with ``config.budgets``, the
+    shorter schedules — and write the report; returns the output folder. Finished runs are reused
+    and unfinished ones continued when ``config.resume``; otherwise every run starts afresh."""
     check_overrides(config.overrides, list(config.optimizers))
-    optimizers, skipped = check_optimizers(list(config.optimizers), device, log)
-    if not optimizers:
+    return _runs(task, config, list(config.optimizers), log or _log_stderr)
+
+
+def run_sweep(task: Task, config: SweepConfig, log=None) -> Path:
+    """Train every (setting, seed) of the grid and every (reference, seed); write the report."""
+    optim_mod.spec(config.optimizer)
+    refs = config.references
+    refs = default_references(config.optimizer) if refs is None else refs
+    refs = [r for r in refs if r != config.optimizer]
+    check_overrides(config.overrides, [config.optimizer, *refs])
+    check_grid(config.grid, config.optimizer, config.overrides)
+    return _runs(task, config, [config.optimizer, *refs], log or _log_stderr)
+
+
+def _runs(task: Task, config: SuiteConfig, names: list[str], log) -> Path:
+    from .report import write_report
+
+    sweep = isinstance(config, SweepConfig)
+    out = Path(config.out)
+    device = resolve_device(config.device)
+    ok, skipped = check_optimizers(names, device, log)
+    if sweep and config.optimizer not in ok:
+        raise RuntimeError(f"the swept optimizer cannot run here: {skipped[config.optimizer]}")
+    if not ok:
         raise RuntimeError(
             "none of the requested optimizers can run here: "
             + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
-
-    started = time.time()
-    load_start = _loadavg()
+    reuse = _ReuseIndex(config.reuse if sweep else [])
+    out.mkdir(parents=True, exist_ok=True)
+    started, load_start = time.time(), _loadavg()
     # Load the data here first: a missing dataset fails before any run starts, and --epochs
     # needs the number of batches per epoch.
     data = task.data_fn(validation=config.validation)
     steps = resolve_steps(task, data, config.steps, config.epochs)
-    results: list[dict] = []
-    for name in optimizers:
-        hp = run_hparams(task, name, steps, config.overrides)
-        for seed in config.seeds:
-            run_dir = out / "runs" / name / f"seed{seed}"
-            spec = run_spec(task, config, name, hp, seed, steps, device, run_dir)
-            results.append(
-                run_or_reuse(spec, data, config.isolate, config.resume, log, f"{name} seed {seed}")
-            )
 
-    meta = {
+    def run(name, hp, seed, run_dir, what, steps=steps, **extra) -> dict:
+        spec = run_spec(task, config, name, hp, seed, steps, device, run_dir, **extra)
+        taken = reuse.take(spec, log, what)
+        if taken is not None:
+            return taken
+        return run_or_reuse(spec, data, config.isolate, config.resume, log, what)
+
+    results: list[dict] = []
+    meta: dict[str, Any] = {"kind": "sweep" if sweep else "bench"}
+    if sweep:
+        base = base_hparams(task, config.optimizer, steps, config.overrides)
+        points = settings(config.grid, base, steps)
+        for point in points:
+            for seed in config.seeds:
+                d = out / "runs" / config.optimizer / point.slug / f"seed{seed}"
+                r = run(
+                    config.optimizer,
+                    point.hparams,
+                    seed,
+                    d,
+                    f"{config.optimizer} {point.label} seed {seed}",
+                )
+                results.append({**r, "setting": point.label})
+        meta.update(
+            optimizer=config.optimizer,
+            references=[r for r in ok if r != config.optimizer],
+            grid=[a.meta(steps) for a in config.grid],
+            settings=[
+                {"label": p.label, "values": p.values, "default": p.default, "dir": p.slug}
+                for p in points
+            ],
+            base_hparams=base,
+            reuse=config.reuse,
+        )
+    hps = {name: run_hparams(task, name, steps, config.overrides) for name in ok}
+    for name in meta.get("references", ok):
+        for seed in config.seeds:
+            d = out / "runs" / name / f"seed{seed}"
+            what = f"{name}{' (reference)' if sweep else ''} seed {seed}"
+            results.append({**run(name, hps[name], seed, d, what), "setting": None})
+    if config.budgets and not sweep:
+        results += _shorter_schedules(run, results, ok, hps, config, steps, task.higher_is_better)
+
+    meta.update(
         **task_meta(task, data, steps, config.seeds, config.validation),
-        "optimizers": optimizers,
-        "skipped": skipped,
-        "device": device,
-        "validation": config.validation,
-        "eval_every": task.eval_interval(steps, config.eval_every),
-        "eval_limit": task.eval_limit,
-        "final_eval_limit": task.final_eval_limit,
-        "warmup": task.warmup,
-        "final_lr": task.final_lr,
-        "lr_source": task.lr_source,
-        "lr_tuned": {name: name in task.lr for name in optimizers},
-        "overrides": config.overrides,
-        "command": config.command,
-        "bench_wall_s": time.time() - started,
-        "load_average": {"start": load_start, "end": _loadavg()},
-        "threads": config.threads,
-    }
-    report_mod.write_report(out, meta, results)
+        optimizers=ok,
+        skipped=skipped,
+        budgets=list(config.budgets) if not sweep else [],
+        device=device,
+        eval_every=task.eval_interval(steps, config.eval_every),
+        eval_limit=task.eval_limit,
+        final_eval_limit=task.final_eval_limit,
+        warmup=task.warmup,
+        final_lr=task.final_lr,
+        lr_source=task.lr_source,
+        lr_tuned={name: name in task.lr for name in ok},
+        overrides=config.overrides,
+        command=config.command,
+        wall_s=time.time() - started,
+        load_average={"start": load_start, "end": _loadavg()},
+        threads=config.threads,
+    )
+    write_report(out, meta, results, lang=config.lang)
     log(f"report written to {out / 'report.md'}")
     return out
 
 
-def _log_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _shorter_schedules(run, results, names, hps, config, steps, hib) -> list[dict]:
+    """Time to quality: for each optimizer but the baseline and each seed, full schedules of
+    ``config.budgets`` of the steps, shortest first, until one ends at or beyond the baseline's
+    full-run final metric of that seed (assumed monotone: a longer schedule does not end worse)."""
+    baseline = roles(names)["baseline"]
+    if baseline is None:
+        return []
+    target = {r["seed"]: r["final"]["metric"] for r in results if r["optimizer"] == baseline}
+    out_runs = []
+    for name in names:
+        if name == baseline:
+            continue
+        for seed in config.seeds:
+            if seed not in target or not math.isfinite(target[seed] or math.nan):
+                continue
+            for f in sorted(config.budgets):
+                d = Path(config.out) / "runs" / name / f"budget{round(100 * f)}" / f"seed{seed}"
+                n = max(1, round(f * steps))
+                what = f"{name} seed {seed}, {round(100 * f)}% schedule ({n} steps)"
+                r = run(name, hps[name], seed, d, what, steps=n, budget=f, full_steps=steps)
+                out_runs.append({**r, "setting": None})
+                m = r["final"]["metric"]
+                if math.isfinite(m or math.nan) and (
+                    m >= target[seed] if hib else m <= target[seed]
+                ):
+                    break
+    return out_runs
 
 
 def run_hparams(
@@ -177,13 +274,14 @@ def run_hparams(
 
 def run_spec(
     task: Task,
-    config: SuiteConfig | SweepConfig,
+    config: SuiteConfig,
     name: str,
     hparams: dict[str, Any],
     seed: int,
     steps: int,
     device: str,
     run_dir: Path,
+    **extra,
 ) -> RunSpec:
     """One run of optimizer ``name`` in ``run_dir``, with ``config``'s run options (evaluation
     interval, resume, progress bars, threads, validation split)."""
@@ -199,7 +297,7 @@ def run_spec(
         resume=config.resume,
         progress=config.progress,
         threads=config.threads,
-        extra={"validation": config.validation},
+        extra={"validation": config.validation, **extra},
     )
 
 
@@ -235,7 +333,7 @@ def run_or_reuse(spec: RunSpec, data, isolate, resume: bool, log, what: str) -> 
     result = run_isolated(spec) if isolate else train_run(spec, data)
     result["isolated"] = bool(isolate)
     # Kept in the file too, so a report built from reused runs still knows how they ran.
-    atomic_write_text(Path(spec.run_dir) / RESULT, json.dumps(_jsonable(result), indent=1))
+    write_json(Path(spec.run_dir) / RESULT, result)
     log(
         f"{what}: {task.metric_name} {result['final']['metric']:.4f}, "
         f"{result['time']['wall_s']:.1f} s"
@@ -303,3 +401,253 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
             parsed = tuple(parsed)
         out.setdefault(name, {})[key] = parsed
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: the grid
+# --------------------------------------------------------------------------------------------
+
+#: settings a grid may vary, and the type of their values
+SWEEP_KEYS: dict[str, str] = {
+    "stat_interval": "interval",
+    "root_interval": "interval",
+    "block_size": "int",
+    "bits": "int",
+    "codebook": "choice",
+    "ef_decay": "float",
+    "max_preconditioner_dim": "int",
+    "lr": "float",
+}
+MAX_AXES = 2
+GRID_HELP = (
+    "KEY=V1,V2,... with KEY one of " + ", ".join(SWEEP_KEYS) + "; intervals also take steps/K "
+    "(the run length divided by K, e.g. stat_interval=steps/50); at most two --grid"
+)
+
+
+class GridError(ValueError):
+    """A malformed ``--grid``; its message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class Relative:
+    """An interval given relative to the run length: ``steps/K`` -> ``max(1, steps // K)``."""
+
+    divisor: float
+
+    def resolve(self, steps: int) -> int:
+        return max(1, int(steps // self.divisor))
+
+    def __str__(self) -> str:
+        return f"steps/{self.divisor:g}"
+
+
+@dataclass
+class Axis:
+    key: str
+    values: list[Any]  # as given: int, float, str or Relative
+
+    def resolved(self, steps: int) -> list[Any]:
+        out = []
+        for v in self.values:
+            r = v.resolve(steps) if isinstance(v, Relative) else v
+            if r not in out:  # steps/100 and steps/50 can meet on a short run
+                out.append(r)
+        return out
+
+    def meta(self, steps: int) -> dict[str, Any]:
+        """The axis as a report's meta records it."""
+        values = self.resolved(steps)
+        return {
+            "key": self.key,
+            "given": [str(v) for v in self.values],
+            "values": values,
+            "relative": {fmt_value(v): self.given(v, steps) for v in values},
+        }
+
+    def given(self, value: Any, steps: int) -> str | None:
+        """How ``value`` was written in the grid when it was relative (``"steps/50"``)."""
+        for v in self.values:
+            if isinstance(v, Relative) and v.resolve(steps) == value:
+                return str(v)
+        return None
+
+
+def _parse_value(key: str, text: str, item: str) -> Any:
+    kind = SWEEP_KEYS[key]
+    where = f"--grid {item!r}"
+    if kind == "interval" and text.startswith("steps/"):
+        try:
+            k = float(text[len("steps/") :])
+        except ValueError:
+            k = float("nan")
+        if not (math.isfinite(k) and k > 0):
+            raise GridError(f"{where}: {text!r} needs a positive number after 'steps/'")
+        return Relative(k)
+    if kind in ("interval", "int"):
+        try:
+            v = int(text)
+        except ValueError:
+            extra = " or steps/K" if kind == "interval" else ""
+            raise GridError(f"{where}: {key} takes integers{extra}, got {text!r}") from None
+        if v < 1:
+            raise GridError(f"{where}: {key} must be >= 1, got {v}")
+        if key == "bits":
+            from ..quant import SUPPORTED_BITS
+
+            if v not in SUPPORTED_BITS:
+                raise GridError(
+                    f"{where}: bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {v}"
+                )
+        return v
+    if kind == "float":
+        try:
+            v = float(text)
+        except ValueError:
+            raise GridError(f"{where}: {key} takes numbers, got {text!r}") from None
+        if key == "ef_decay" and not 0 <= v < 1:
+            raise GridError(f"{where}: ef_decay must be in [0, 1), got {text}")
+        if key == "lr" and not (math.isfinite(v) and v > 0):
+            raise GridError(f"{where}: lr must be > 0, got {text}")
+        return v
+    from ..quant import CODEBOOK_NAMES
+
+    if text not in CODEBOOK_NAMES:
+        raise GridError(
+            f"{where}: codebook must be one of {', '.join(CODEBOOK_NAMES)}, got {text!r}"
+        )
+    return text
+
+
+def parse_grid(items: list[str] | None) -> list[Axis]:
+    """``["ef_decay=0,0.5,0.9", "bits=4,8"]`` -> two :class:`Axis`. Raises :class:`GridError`
+    (a one-line message) for anything malformed."""
+    if not items:
+        raise GridError(f"give at least one --grid {GRID_HELP.split(';')[0]}")
+    if len(items) > MAX_AXES:
+        raise GridError(f"at most {MAX_AXES} --grid settings per sweep, got {len(items)}")
+    axes: list[Axis] = []
+    for item in items:
+        if item.count("=") != 1:
+            raise GridError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. ef_decay=0,0.5,0.9)")
+        key, rest = (s.strip() for s in item.split("="))
+        if key not in SWEEP_KEYS:
+            raise GridError(
+                f"--grid {item!r}: unknown setting {key!r}; sweepable: {', '.join(SWEEP_KEYS)}"
+            )
+        if any(a.key == key for a in axes):
+            raise GridError(f"--grid {key} is given twice; list all its values in one --grid")
+        texts = [t.strip() for t in rest.split(",")]
+        if not rest.strip() or any(not t for t in texts):
+            raise GridError(f"--grid {item!r}: empty value; expected {key}=V1,V2,...")
+        values = [_parse_value(key, t, item) for t in texts]
+        if len(set(map(str, values))) != len(values):
+            raise GridError(f"--grid {item!r}: a value is listed twice")
+        axes.append(Axis(key, values))
+    return axes
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setting:
+    """One point of the grid."""
+
+    values: dict[str, Any]  # key -> resolved value
+    hparams: dict[str, Any]  # everything the optimizer gets at this point
+    default: bool  # every swept key is at its default value
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={fmt_value(v)}" for k, v in self.values.items())
+
+    @property
+    def slug(self) -> str:
+        return ",".join(f"{k}={fmt_value(v)}" for k, v in self.values.items())
+
+
+def constructor_defaults(optimizer: str) -> dict[str, Any]:
+    """The default of every sweepable key in the qshampoo optimizer's signature (empty for the
+    optimizers that are not qshampoo's)."""
+    if not optim_mod.is_shampoo(optimizer):
+        return {}
+    import qshampoo
+
+    sig = inspect.signature(qshampoo.Shampoo.__init__)
+    return {
+        k: p.default
+        for k, p in sig.parameters.items()
+        if k in SWEEP_KEYS and p.default is not inspect.Parameter.empty
+    }
+
+
+def base_hparams(task: Task, optimizer: str, steps: int, overrides: dict) -> dict[str, Any]:
+    """The swept optimizer's hyperparameters before the grid: the task's (tuned lr, interval
+    rule), the ``--hp`` overrides, and the constructor's defaults of the other sweepable keys,
+    all written out."""
+    return run_hparams(task, optimizer, steps, overrides, constructor_defaults(optimizer))
+
+
+def settings(axes: list[Axis], base: dict[str, Any], steps: int) -> list[Setting]:
+    out = []
+    for combo in itertools.product(*(a.resolved(steps) for a in axes)):
+        values = {a.key: v for a, v in zip(axes, combo, strict=True)}
+        hp = {**base, **values}
+        default = all(base.get(k) == v for k, v in values.items())
+        out.append(Setting(values, hp, default))
+    return out
+
+
+DEFAULT_REFERENCES = ("adamw", "shampoo")
+
+
+def default_references(optimizer: str) -> list[str]:
+    return [r for r in DEFAULT_REFERENCES if r != optimizer]
+
+
+def check_grid(axes: list[Axis], optimizer: str, overrides: dict) -> None:
+    accepts = optim_mod.spec(optimizer).accepts
+    for a in axes:
+        if a.key not in accepts:
+            raise GridError(f"--grid {a.key}: optimizer {optimizer!r} does not take {a.key!r}")
+        for name in ("*", optimizer):
+            if a.key in overrides.get(name, {}):
+                raise GridError(f"{a.key} is set by both --grid and --hp {name}.{a.key}")
+
+
+class _ReuseIndex:
+    """Finished runs (``result.json``) under other report folders, by fingerprint."""
+
+    def __init__(self, folders: list[str]):
+        self.by_fp: dict[str, Path] = {}
+        for folder in folders:
+            root = Path(folder)
+            if not root.is_dir():
+                raise ValueError(f"--reuse {folder}: no such folder")
+            for path in sorted(root.rglob(RESULT)):
+                try:
+                    fp = json.loads(path.read_text()).get("fingerprint")
+                except (OSError, ValueError):
+                    continue
+                if fp:
+                    self.by_fp.setdefault(fp, path.parent)
+
+    def take(self, spec: RunSpec, log, what: str) -> dict | None:
+        """Copy a matching finished run into ``spec.run_dir`` and return it, or ``None``."""
+        src = self.by_fp.get(spec.fingerprint())
+        dst = Path(spec.run_dir)
+        if src is None or src.resolve() == dst.resolve():
+            return None
+        result = load_result(src, spec.fingerprint())
+        if result is None:
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        result["reused_from"] = str(src)
+        write_json(dst / RESULT, result)
+        if (src / "model.pt").exists():
+            shutil.copyfile(src / "model.pt", dst / "model.pt")
+        log(f"{what}: same settings finished in {src}, reused")
+        return result

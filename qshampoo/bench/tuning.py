@@ -9,14 +9,14 @@ that edge, up to ``max_extend`` times. The same grid, seeds and budget apply to 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
 from . import optimizers as optim_mod
-from .runner import RunSpec, atomic_write_text, load_result, train_run
+from .recorder import write_json
+from .runner import RunSpec, load_result, train_run
 from .suite import resolve_device, resolve_steps
 from .tasks import Task
 
@@ -139,5 +139,5 @@ def tune_lr(
         "optimizers": table,
         "wall_s": time.time() - started,
     }
-    atomic_write_text(out / "tuning.json", json.dumps(result, indent=1))
+    write_json(out / "tuning.json", result)
     return result

@@ -37,14 +37,17 @@ def test_compare_writes_the_report(tmp_path):
         isolate=False,
         progress=False,
         name="regression",
+        budgets=(0.5,),
     )
     doc = json.loads((out / "results.json").read_text())
+    # the time to quality: SGD also trained a half-length schedule per seed
+    assert sorted(r["seed"] for r in doc["runs"] if r.get("budget") == 0.5) == [0, 1]
     assert doc["meta"]["task"] == "regression" and doc["meta"]["metric_name"] == "test loss"
     assert doc["meta"]["higher_is_better"] is False
     assert {r["optimizer"] for r in doc["runs"]} == {"adamw", "sgd"}
     r = doc["runs"][0]
     assert r["final"]["metric"] == r["final"]["loss"] < r["losses"][0]
-    assert "| `adamw` |" in (out / "report.md").read_text()
+    assert "| AdamW |" in (out / "report.md").read_text()
 
 
 def test_dataset_and_metric(tmp_path):

@@ -9,6 +9,7 @@ def test_bench_on_digits_end_to_end(tmp_path, capsys):
     out = tmp_path / "rep"
     args = ["bench", "--task", "digits", "--optimizers", "adamw,sgd", "--seeds", "2"]
     args += ["--steps", "20", "--out", str(out), "--no-progress", "--no-isolate"]
+    args += ["--budgets", "none"]
     assert main(args) == 0
     assert str(out / "report.md") in capsys.readouterr().out
     doc = json.loads((out / "results.json").read_text())
@@ -21,7 +22,8 @@ def test_bench_on_digits_end_to_end(tmp_path, capsys):
         ("sgd", 1),
     ]
     md = (out / "report.md").read_text()
-    assert "| `adamw` |" in md and "| `sgd` |" in md and "## Verdict" in md
+    assert "| AdamW |" in md and "| SGD |" in md and "## Appendix" in md
+    assert (out / "report.html").exists()
 
     # --resume reuses the finished runs: same numbers, no retraining.
     assert main([*args, "--resume"]) == 0
@@ -88,3 +90,17 @@ def test_misspelt_override_is_an_error(tmp_path, capsys):
     assert "takes 'stat_interval'" in capsys.readouterr().err
     assert main([*base, "--optimizers", "adamw", "--hp", "*.ef_decy=0"]) == 2
     assert "ef_decy" in capsys.readouterr().err
+
+
+def test_report_command_rewrites_a_folder_in_japanese(tmp_path, capsys):
+    out = tmp_path / "rep"
+    args = ["bench", "--task", "digits", "--optimizers", "adamw,shampoo", "--seeds", "1"]
+    args += ["--steps", "12", "--out", str(out), "--no-progress", "--no-isolate"]
+    assert main([*args, "--budgets", "0.5"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    budget = [r for r in doc["runs"] if r.get("budget") == 0.5]
+    assert [(r["optimizer"], r["completed_steps"]) for r in budget] == [("shampoo", 6)]
+    assert main(["report", str(out), "--lang", "ja"]) == 0
+    assert "付録" in (out / "report.md").read_text()
+    assert main(["report", str(tmp_path / "none")]) == 2
+    assert main([*args, "--budgets", "2"]) == 2

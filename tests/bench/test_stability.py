@@ -14,9 +14,9 @@ def test_a_jump_is_a_spike():
     assert loss_spikes(losses) == [60]
 
 
-def test_wobbles_near_zero_are_not_spikes():
-    losses = [2.3] * 25 + [0.01 + 0.001 * (t % 2) for t in range(100)]
-    losses[80] = 0.04  # 4x the median, but tiny compared with the initial loss
+def test_a_small_rise_of_a_flat_loss_is_not_a_spike():
+    losses = [1.0 + 0.0001 * (t % 2) for t in range(100)]
+    losses[80] = 1.2  # many MADs above, but only 20 % of the median
     assert loss_spikes(losses) == []
 
 
@@ -24,3 +24,19 @@ def test_nonfinite_are_counted_not_spikes():
     losses = [1.0] * 30 + [float("nan"), float("inf")] + [1.0] * 5
     assert nonfinite_count(losses) == 2
     assert loss_spikes(losses) == []
+
+
+def test_an_injected_instability_is_flagged(digits_task, digits_data, tmp_path):
+    """A learning rate x10 for three steps is what the spike rule must catch; the same run
+    without it has no spike."""
+    from qshampoo.bench.runner import RunSpec, train_run
+
+    def run(extra):
+        hp = digits_task.hyperparameters("adamw", 150)
+        spec = RunSpec(digits_task, "adamw", 0, 150, hp, str(tmp_path / str(bool(extra))))
+        spec.progress, spec.extra = False, extra
+        return train_run(spec, digits_data)["stability"]
+
+    calm, hit = run({}), run({"lr_boost": (100, 102, 10.0)})
+    assert calm["loss_spikes"] == 0
+    assert hit["loss_spikes"] > 0 and 101 <= hit["spike_steps"][0] <= 105

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from qshampoo.bench.sweep import GridError, Relative, base_hparams, parse_grid, settings
-from qshampoo.bench.sweep_plots import pareto_front
-from qshampoo.bench.sweep_report import rerender
-from qshampoo.bench.sweep_summary import paired_diff, pooled_noise
+from qshampoo.bench.plots import pareto_front
+from qshampoo.bench.report import rerender
+from qshampoo.bench.suite import GridError, Relative, base_hparams, parse_grid, settings
+from qshampoo.bench.summary import paired_diff, pooled_noise
 from qshampoo.bench.tasks import get_task
 from qshampoo.cli import COMMANDS, main
 

@@ -1,0 +1,218 @@
+"""What a run measures around its optimizer: memory at the step's peak, gradient and update norms.
+
+:class:`StepWatch` hooks into any ``torch.optim.Optimizer`` (``register_step_pre_hook`` /
+``register_step_post_hook``), so the harness's own loop and a user's loop (through
+:class:`~qshampoo.bench.recorder.Recorder`) measure the same way:
+
+- **What the optimizer adds at its peak**: the bytes of its state plus the most bytes of
+  temporaries one ``step()`` holds at once. On CUDA the allocator counts the temporaries
+  (``max_memory_allocated`` after ``reset_peak_memory_stats``, library workspaces included); on
+  other devices :class:`TensorPeak` counts the tensors the step creates (deterministic; it does not
+  see a LAPACK workspace inside one operator). Measured at a few steps: the second, and the
+  first two where Shampoo's roots are due (``step % root_interval == 0``), its worst steps.
+  On a small model the process's resident memory cannot show this: PyTorch's own footprint and the
+  allocator's slack are larger than the optimizer (both are recorded too).
+- **Norms**: the total gradient norm of every step and the update's norm relative to the
+  parameters' (``‖Δθ‖ / ‖θ‖``) after it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from . import optimizers as optim_mod
+
+# --------------------------------------------------------------------------------------------
+# The process's resident memory (Linux /proc; ru_maxrss elsewhere)
+# --------------------------------------------------------------------------------------------
+
+
+def _status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int | None:
+    return _status_bytes("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark to the current RSS (``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes (since the last reset, where possible)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes of the tensors one call creates
+# --------------------------------------------------------------------------------------------
+
+
+class TensorPeak(TorchDispatchMode):
+    """Inside ``with TensorPeak() as tp:``, count the storages every operator creates; ``tp.peak``
+    is the most bytes held at once, ``tp.live`` what is still held at the end. Storages that
+    existed before (parameters, gradients, the optimizer state) are never counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        known = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and not t.is_meta
+        }
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr and ptr not in known and ptr not in self._seen:
+                    self._seen.add(ptr)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._release, ptr, storage.nbytes())
+        return out
+
+    def _release(self, ptr: int, nbytes: int) -> None:
+        if ptr in self._seen:
+            self._seen.discard(ptr)
+            self.live -= nbytes
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer's steps
+# --------------------------------------------------------------------------------------------
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float()))
+
+
+class StepWatch:
+    """Measure every ``step()`` of ``opt`` (see the module's docstring). ``calls`` counts the
+    steps seen (restored on resume, so the same steps are measured); ``samples`` holds the
+    memory measurements, ``grad_norms`` and ``update_ratios`` one value per step."""
+
+    def __init__(self, opt: torch.optim.Optimizer, name: str = "", norms: bool = True):
+        self.opt, self.name, self.norms = opt, name, norms
+        self.calls = 0
+        self.rss_before: int | None = None  # the process's high-water mark before step 1
+        self.samples: list[dict] = []
+        self.grad_norms: list[float] = []
+        self.update_ratios: list[float] = []
+        self._before: list[torch.Tensor] | None = None
+        self._mode: TensorPeak | None = None
+        self._state0 = 0
+        self._handles = [
+            opt.register_step_pre_hook(self._pre),
+            opt.register_step_post_hook(self._post),
+        ]
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.opt.param_groups for p in g["params"] if p.requires_grad]
+
+    def _measured(self, call: int) -> bool:
+        t2 = self.opt.param_groups[0].get("root_interval")
+        return call == 2 or (isinstance(t2, int) and call in (t2, 2 * t2))
+
+    def _pre(self, opt, args, kwargs) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.rss_before = peak_rss()
+        params = self._params()
+        if self.norms:  # the gradient is read after the step: a closure may compute it inside
+            self._before = [p.detach().clone() for p in params]
+        if self._measured(self.calls):
+            self._state0 = optim_mod.state_bytes(self.name, opt)["total"] if self.name else 0
+            device = params[0].device if params else torch.device("cpu")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                self._mode = ("cuda", device, torch.cuda.memory_allocated(device))
+            else:
+                self._mode = TensorPeak()
+                self._mode.__enter__()
+
+    def _post(self, opt, args, kwargs) -> None:
+        if self._mode is not None:
+            if isinstance(self._mode, TensorPeak):
+                self._mode.__exit__(None, None, None)
+                temp = self._mode.peak
+            else:
+                _, device, before = self._mode
+                torch.cuda.synchronize(device)
+                temp = torch.cuda.max_memory_allocated(device) - before
+            self._mode = None
+            state = optim_mod.state_bytes(self.name, opt)["total"] if self.name else 0
+            # the step's temporaries on top of the state it started with; at the first step
+            # the state itself is created inside the step and counted with the temporaries
+            self.samples.append({"step": self.calls, "state": state, "peak": self._state0 + temp})
+        if self._before is not None:
+            params = self._params()
+            self.grad_norms.append(_norm([p.grad for p in params if p.grad is not None]))
+            delta = torch._foreach_sub([p.detach() for p in params], self._before)
+            self._before = None
+            size = _norm([p.detach() for p in params])
+            self.update_ratios.append(_norm(delta) / size if size > 0 else float("nan"))
+
+    def optimizer_peak(self) -> dict[str, int | None]:
+        """``{"peak", "state", "workspace"}`` bytes: the most the optimizer held at a measured
+        step, its state then, and the difference (the step's temporaries)."""
+        if not self.samples:
+            return {"peak": None, "state": None, "workspace": None}
+        worst = max(self.samples, key=lambda s: s["peak"])
+        return {
+            "peak": worst["peak"],
+            "state": worst["state"],
+            "workspace": max(0, worst["peak"] - worst["state"]),
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "calls": self.calls,
+            "rss_before": self.rss_before,
+            "samples": self.samples,
+            "grad_norms": self.grad_norms,
+            "update_ratios": self.update_ratios,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+        self.rss_before = state["rss_before"]
+        self.samples = list(state["samples"])
+        self.grad_norms = list(state["grad_norms"])
+        self.update_ratios = list(state["update_ratios"])
