@@ -29,6 +29,7 @@ optimizer, for two kinds of step:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -37,10 +38,11 @@ import sys
 import time
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 import qshampoo
 from qshampoo.bench.paper_models import PAPER_MODELS
-from qshampoo.peak import TensorPeak, process_peak, reset_process_peak
+from qshampoo.peak import TensorPeak, process_peak, process_rss, reset_process_peak
 
 MiB = 2**20
 #: optimizer name -> qshampoo.Shampoo keywords (None: torch.optim.AdamW)
@@ -67,11 +69,22 @@ def _peak(device: torch.device) -> int:
 
 
 def _reset(device: torch.device) -> None:
+    """Start a new high-water mark from what is held now (on the CPU after returning freed heap
+    memory to the system, so that the mark does not start from the allocator's slack)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    elif not reset_process_peak():
+    else:
+        _trim()
+    if device.type == "cpu" and not reset_process_peak():
         raise RuntimeError("cannot reset the process's peak memory here (needs Linux /proc)")
+
+
+def _trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
@@ -102,7 +115,9 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
     opt.step()
     first_s = time.perf_counter() - start
     _reset(dev)
-    with TensorPeak() as tp:
+    held = process_rss() if dev.type == "cpu" else torch.cuda.memory_allocated(dev)
+    state = [t for t in tree_leaves(list(opt.state.values())) if isinstance(t, torch.Tensor)]
+    with TensorPeak(existing=state) as tp:
         start = time.perf_counter()
         opt.step()
         if dev.type == "cuda":
@@ -115,6 +130,7 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
         "phase": phase,
         "process_peak": process_peak() if dev.type == "cpu" else None,
         "step_peak": step_peak,
+        "held_before_step": held,
         "temporaries": tp.peak,
         "first_step_s": first_s,
         "step_s": step_s,

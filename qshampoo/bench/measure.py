@@ -7,9 +7,10 @@
 - **What the optimizer adds at its peak**: the bytes of its state plus the most bytes of
   temporaries one ``step()`` holds at once. On CUDA the allocator counts the temporaries
   (``max_memory_allocated`` after ``reset_peak_memory_stats``, library workspaces included); on
-  other devices :class:`TensorPeak` counts the tensors the step creates (deterministic; it does not
-  see a LAPACK workspace inside one operator). Measured at a few steps: the second, and the
-  first two where Shampoo's roots are due (``step % root_interval == 0``), its worst steps.
+  other devices ``qshampoo.peak.TensorPeak`` counts the tensors the step creates, net of the
+  state it replaces (deterministic; it does not see a LAPACK workspace inside one operator).
+  Measured at a few steps: the second, and the first two where Shampoo's roots are due
+  (``step % root_interval == 0``), its worst steps.
   On a small model the process's resident memory cannot show this: PyTorch's own footprint and the
   allocator's slack are larger than the optimizer (both are recorded too).
 - **Norms**: the total gradient norm of every step and the update's norm relative to the
@@ -18,93 +19,17 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-import weakref
-
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..peak import TensorPeak
+from ..peak import process_peak as peak_rss
 from . import optimizers as optim_mod
 
-# --------------------------------------------------------------------------------------------
-# The process's resident memory (Linux /proc; ru_maxrss elsewhere)
-# --------------------------------------------------------------------------------------------
 
-
-def _status_bytes(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024  # reported in kB
-    except OSError:
-        pass
-    return None
-
-
-def current_rss() -> int | None:
-    return _status_bytes("VmRSS")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark to the current RSS (``clear_refs`` 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (since the last reset, where possible)."""
-    peak = _status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
-
-
-# --------------------------------------------------------------------------------------------
-# Bytes of the tensors one call creates
-# --------------------------------------------------------------------------------------------
-
-
-class TensorPeak(TorchDispatchMode):
-    """Inside ``with TensorPeak() as tp:``, count the storages every operator creates; ``tp.peak``
-    is the most bytes held at once, ``tp.live`` what is still held at the end. Storages that
-    existed before (parameters, gradients, the optimizer state) are never counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        known = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor) and not t.is_meta
-        }
-        out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and not t.is_meta:
-                storage = t.untyped_storage()
-                ptr = storage.data_ptr()
-                if ptr and ptr not in known and ptr not in self._seen:
-                    self._seen.add(ptr)
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._release, ptr, storage.nbytes())
-        return out
-
-    def _release(self, ptr: int, nbytes: int) -> None:
-        if ptr in self._seen:
-            self._seen.discard(ptr)
-            self.live -= nbytes
+def _state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor of ``opt``'s state (replaced ones count as freed, ``TensorPeak``)."""
+    return [t for t in tree_leaves(list(opt.state.values())) if isinstance(t, torch.Tensor)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +89,7 @@ class StepWatch:
                 torch.cuda.reset_peak_memory_stats(device)
                 self._mode = ("cuda", device, torch.cuda.memory_allocated(device))
             else:
-                self._mode = TensorPeak()
+                self._mode = TensorPeak(existing=_state_tensors(opt))
                 self._mode.__enter__()
 
     def _post(self, opt, args, kwargs) -> None:

@@ -27,9 +27,11 @@ from typing import Any
 
 import torch
 
+from ..peak import process_peak as peak_rss
+from ..peak import process_rss as current_rss
 from . import optimizers as optim_mod
 from . import stability
-from .measure import StepWatch, current_rss, peak_rss
+from .measure import StepWatch
 
 FORMAT_VERSION = 1
 RESULT = "result.json"

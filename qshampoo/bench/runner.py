@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..peak import reset_process_peak as reset_peak_rss
 from . import optimizers as optim_mod
-from .measure import reset_peak_rss
 from .recorder import FORMAT_VERSION, RESULT, Recorder, jsonable, write_json
 from .tasks import Task, TaskData
 
