@@ -6,6 +6,7 @@ statistics update dequantizes ``L``, applies the EMA and re-quantizes it.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..quant import dequantize
@@ -16,8 +17,9 @@ from .quantized import QuantizedFactor
 class NaiveFactor(QuantizedFactor):
     kind = "naive"
 
-    def init_statistics(self, statistics: Tensor) -> None:
-        self.put("stat", self.quantize(statistics, exact_diagonal=True))
+    def init_statistics(self, eps: float, device: torch.device) -> None:
+        eps_diag = torch.full((self.order,), eps, device=device)
+        self.put("stat", self.zeros((self.order, self.order), "full", eps_diag))
 
     def statistics(self) -> Tensor:
         n = self.order
