@@ -1,5 +1,8 @@
 """The package as users install it: metadata, version, license, the public submodules, the
 command line's ``--version``, and the one-line error for a missing optional dependency.
+
+The built wheel itself is checked by ``make dist-check`` (CI), which installs it into a fresh
+venv and runs ``.ci/smoke_installed.py`` there.
 """
 
 from __future__ import annotations
@@ -54,10 +57,27 @@ def test_the_package_is_typed(pyproject):
     assert "Typing :: Typed" in pyproject["project"]["classifiers"]
 
 
+def test_the_torch_floor_is_the_one_ci_tests(pyproject):
+    """pyproject's `torch>=X` and the torch `make test-oldest` installs are the same version."""
+    (torch_req,) = [r for r in pyproject["project"]["dependencies"] if r.startswith("torch")]
+    floor = re.fullmatch(r"torch>=([\d.]+)", torch_req)[1]
+    tested = re.search(r"^OLDEST_TORCH := torch==([\d.]+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert tested and tested[1] in (floor, f"{floor}.0")
+
+
 def test_the_extras_are_the_ones_the_error_names(pyproject):
     extras = pyproject["project"]["optional-dependencies"]
     for extra, modules in _extras.EXTRAS.items():
         assert set(modules.values()) == _requirement_names(extras[extra]), extra
+
+
+def test_ci_pins_the_integrations_but_never_torch(pyproject):
+    lines = (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert "torch" not in pins
+    assert _requirement_names(pyproject["project"]["optional-dependencies"]["integrations"]) <= set(
+        pins
+    )
 
 
 # -- import qshampoo ---------------------------------------------------------------------------
