@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__, _extras
+
 
 @dataclass(frozen=True)
 class Command:
@@ -458,9 +460,13 @@ COMMANDS: list[Command] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import torch
+
     parser = argparse.ArgumentParser(
         prog="qshampoo", description="Shampoo with 4-bit preconditioners: tools."
     )
+    version = f"%(prog)s {__version__} (torch {torch.__version__})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for c in COMMANDS:
@@ -476,9 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        _extras.check_command(args.command)
         return int(args._run(args) or 0)
-    except UsageError as e:
+    except (UsageError, _extras.MissingExtraError) as e:
         print(f"qshampoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency the check above did not foresee
+        hint = _extras.message_for(e)
+        if hint is None:
+            raise
+        print(f"qshampoo {args.command}: error: {hint}", file=sys.stderr)
         return 2
 
 
