@@ -179,14 +179,14 @@ def run(sizes=(64, 256, 1024), real: bool = True, updates: int = UPDATES, **kw) 
     table = markdown(spectral_rows(sizes=sizes, real=real, updates=updates, **kw))
     storage = root_storage_rows(sizes)
     vq = vq_root_rows(256 if 256 in sizes else sizes[0])
-    decay = kw.get("stat_decay", 0.0)
+    decay, ef = kw.get("stat_decay", 0.0), kw.get("ef_decay", 0.9)
     return (
-        "Inverse 4th root error of each variant (NRE % / AE degrees; lower is better), after\n"
-        f"{updates} statistics updates with the matrix (stat_decay={decay:g}, ef_decay="
-        f"{kw.get('ef_decay', 0.9):g}). VQ: roots by coupled Newton (as Paper B's code). Paper B:\n"
-        "warm-started from the exact eigenvectors (as its Table 1). CQ+EF snapshot: the root of\n"
-        f"the factor stored last; averaged: of the mean factor of the last {min(AVERAGE, updates)}"
-        " updates.\n\n"
+        "Inverse 4th root error of each variant (NRE % / AE degrees; lower is better) after\n"
+        f"{updates} statistics updates with the matrix (stat_decay={decay:g}; CQ+EF: ef_decay="
+        f"{ef:g}).\nVQ: roots by coupled Newton, as Paper B's code. Paper B: warm-started from "
+        "the exact\neigenvectors, as its Table 1. CQ+EF snapshot: the root of the factor stored "
+        f"last;\naveraged: the root of the mean factor stored over the last "
+        f"{min(AVERAGE, updates)} updates.\n\n"
         f"{table}\n\nVQ's root: coupled Newton against eigh with the negative eigenvalues of the\n"
         f"dequantized matrix clamped to 0 (one update, stat_decay=0)\n\n{vq}\n\n"
         "Storing the inverse root in 4 bits: full rows vs lower triangle\n\n"
