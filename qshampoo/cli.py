@@ -263,6 +263,21 @@ def _spectral_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-real", action="store_true", help="skip the preconditioner captured from training"
     )
+    p.add_argument(
+        "--updates",
+        type=int,
+        default=20,
+        help="statistics updates with each matrix before its root is taken (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stat-decay",
+        type=float,
+        default=0.0,
+        help="EMA decay of those updates; 0: the statistics are the matrix (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ef-decay", type=float, default=0.9, help="CQ+EF's ef_decay (default: %(default)s)"
+    )
 
 
 def cmd_spectral(args: argparse.Namespace) -> int:
@@ -272,6 +287,8 @@ def cmd_spectral(args: argparse.Namespace) -> int:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
         raise UsageError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if args.updates < 1 or not 0.0 <= args.stat_decay < 1.0:
+        raise UsageError("--updates must be >= 1 and --stat-decay in [0, 1)")
     print(
         run(
             sizes=sizes,
@@ -279,6 +296,9 @@ def cmd_spectral(args: argparse.Namespace) -> int:
             bits=args.bits,
             block_size=args.block_size,
             codebook=args.codebook,
+            updates=args.updates,
+            stat_decay=args.stat_decay,
+            ef_decay=args.ef_decay,
         )
     )
     return 0
