@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .base import BASES
+from .blocking import DEFAULT_MAX_FACTOR_RATIO, warn_large_factors
 from .checkpoint import STATE_FORMAT_VERSION, with_checksums
 from .distributed import Distributor, make_distributor
 from .dtensor import like_param, local
@@ -132,7 +133,7 @@ class Shampoo(Optimizer):
         stat_interval: int = 100,
         root_interval: int = 500,
         max_preconditioner_dim: int = 1200,
-        max_factor_ratio: float | None = 16.0,
+        max_factor_ratio: float | None = DEFAULT_MAX_FACTOR_RATIO,
         root_method: str = "eigh",
         quant: str = "none",
         bits: int = 4,
@@ -214,6 +215,8 @@ class Shampoo(Optimizer):
         try:  # a group that fails validation must not stay in the optimizer
             validate_group(group)
             validate_params(group["params"])
+            shapes = (p.shape for p in group["params"])
+            warn_large_factors(shapes, group["max_preconditioner_dim"], group["max_factor_ratio"])
             if getattr(self, "_initialized", False):  # groups added after the constructor
                 self._precision.check_setup(self, sharded=self.store.distributor.world > 1)
         except (TypeError, ValueError):

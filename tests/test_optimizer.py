@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -97,15 +98,23 @@ def test_a_long_thin_parameter_is_preconditioned_on_its_short_side(ratio):
     entries gets no factor; the block is preconditioned on the other side alone (one-sided
     Shampoo, G_b R_hat), and every factor stays within that multiple of its block."""
     p = torch.zeros(1500, 3, requires_grad=True)
-    opt = qshampoo.Shampoo(
-        [p],
-        lr=0.1,
-        base="sgd",
-        momentum=0.0,
-        max_factor_ratio=ratio,
-        stat_interval=1,
-        root_interval=1,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = qshampoo.Shampoo(
+            [p],
+            lr=0.1,
+            base="sgd",
+            momentum=0.0,
+            max_factor_ratio=ratio,
+            stat_interval=1,
+            root_interval=1,
+        )
+    # overriding the default so that a factor exceeds 16x its block warns, naming the shape
+    messages = [str(w.message) for w in caught]
+    if ratio is None:
+        assert len(messages) == 1 and "(1500, 3)" in messages[0] and "order 1200" in messages[0]
+    else:
+        assert messages == []
     p.grad = torch.randn(1500, 3, generator=torch.Generator().manual_seed(0))
     opt.step()
     blocks = opt.state[p]["precond"]  # two blocks: 1200 x 3 and 300 x 3
