@@ -115,6 +115,13 @@ class PreconditionerStore:
         self.max_workspace_bytes = max_workspace_bytes
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
 
+    @property
+    def share(self) -> int:
+        """Bytes for each of the two parts of a preconditioning round, its directions and its
+        batches: a quarter of the workspace, so that the steps where nothing is due (all but
+        one in ``root_interval``) stay within half of what a statistics or root step may take."""
+        return self.max_workspace_bytes // 4
+
     # -- creation and views ------------------------------------------------------------------
     def create(self, p: Tensor, st: dict, group: dict) -> None:
         """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this process holds,
@@ -207,9 +214,9 @@ class PreconditionerStore:
         update_roots(factors, hp, self.max_workspace_bytes)
 
     def precondition(self, jobs: list[Job], compiled: bool = False, sink=None) -> list[Tensor]:
-        """``precondition`` within half the workspace (the directions of a round take the
-        other half, ``Distributor.rounds``)."""
-        return precondition(jobs, self.max_workspace_bytes // 2, compiled, sink)
+        """``precondition`` within ``share`` bytes (the directions of a round take as much,
+        ``Distributor.rounds``)."""
+        return precondition(jobs, self.share, compiled, sink)
 
     # -- memory --------------------------------------------------------------------------------
     def sized_jobs(self, p: Tensor, group: dict) -> list[tuple]:
@@ -230,7 +237,7 @@ class PreconditionerStore:
         """What one round of preconditioning allocates: the directions of ``params``, the
         largest batch its ``jobs`` (``sized_jobs`` computed here) form or, after the batches
         have freed theirs, the largest base update."""
-        temps = largest(batches(jobs, _job_key, job_cost, self.max_workspace_bytes // 2), job_cost)
+        temps = largest(batches(jobs, _job_key, job_cost, self.share), job_cost)
         update = max(update_bytes(p, group) for p in params)
         return sum(4 * p.numel() for p in params) + max(temps, update)
 
