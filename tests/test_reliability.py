@@ -1,0 +1,231 @@
+"""A refused or failed call changes nothing (issue 22): ``load_state_dict`` and ``step()``
+are all-or-nothing, param-group values are validated wherever they come from, and the step
+works where ``torch.optim.AdamW`` does (meta tensors, huge finite float64 gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qshampoo
+from qshampoo.checkpoint import with_checksums
+from qshampoo.factors import Factor, PreconditionerError
+from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
+    RICHEST,
+    same,
+    single_thread,
+    snapshot,
+    variant_kwargs,
+)
+
+
+def _two_groups(seed=0, **kw):
+    """An optimizer with two param groups, stepped twice (every statistics and root due)."""
+    torch.manual_seed(seed)
+    a = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(12, 10, requires_grad=True)
+    c = torch.randn(7, requires_grad=True)
+    opt = qshampoo.Shampoo(
+        [{"params": [a, c]}, {"params": [b], "lr": 0.02}],
+        max_preconditioner_dim=16,
+        stat_interval=1,
+        root_interval=1,
+        **variant_kwargs(RICHEST, **kw),
+    )
+    for _ in range(2):
+        for p in (a, b, c):
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    return opt, (a, b, c)
+
+
+def _unchanged(opt, before, params, values) -> None:
+    assert same(snapshot(opt), before)
+    for p, v in zip(params, values, strict=True):
+        assert torch.equal(p, v)
+
+
+# -- load_state_dict: all or nothing ------------------------------------------------------------
+def _one_ranks_state_dict(opt):
+    """What one rank of a 2-rank run saves: some blocks of the first parameter only."""
+    sd = opt.state_dict()
+    blocks = sd["state"][0]["precond"]
+    sd["state"][0]["precond"] = {"0": blocks[0], "3": blocks[3]}
+    sd["param_groups"][0]["lr"] = 0.5  # a value the refused load must not bring in
+    return with_checksums(sd)
+
+
+def test_refused_load_of_one_ranks_state_dict_changes_nothing():
+    opt, params = _two_groups()
+    other, _ = _two_groups(seed=1)
+    sd = _one_ranks_state_dict(other)
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="consolidated_state_dict"):
+        opt.load_state_dict(sd)
+    _unchanged(opt, before, params, values)
+    assert opt.param_groups[0]["lr"] == 1e-3
+    # and the optimizer goes on as if nothing had happened
+    twin, twin_params = _two_groups()
+    for p, q in zip(params, twin_params, strict=True):
+        p.grad = torch.randn(p.shape)
+        q.grad = p.grad.clone()
+    opt.step()
+    twin.step()
+    assert same(snapshot(opt), snapshot(twin))
+
+
+def test_load_state_dict_hooks_see_the_state_as_torch_passes_it():
+    opt, _ = _two_groups()
+    sd = opt.state_dict()
+    seen = {}
+
+    def pre(optimizer, state_dict):
+        seen["pre"] = len(state_dict["state"])
+
+    def post(optimizer):
+        seen["post"] = len(optimizer.state)
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(post)
+    opt.load_state_dict(sd)
+    assert seen == {"pre": 3, "post": 3}
+
+
+def test_a_pre_hooks_group_values_are_validated_before_anything_changes():
+    opt, params = _two_groups()
+    sd = opt.state_dict()
+    del sd["checksums"]  # a state edited on purpose
+
+    def pre(optimizer, state_dict):
+        state_dict["param_groups"][1]["stat_interval"] = 0
+
+    opt.register_load_state_dict_pre_hook(pre)
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"invalid stat_interval=0: must be an integer >= 1"):
+        opt.load_state_dict(sd)
+    _unchanged(opt, before, params, values)
+
+
+# -- step(): all or nothing ---------------------------------------------------------------------
+def test_nonfinite_raise_in_a_later_group_changes_no_group():
+    opt, params = _two_groups()
+    opt.param_groups[1]["nonfinite"] = "raise"
+    a, b, c = params
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    b.grad[0, 0] = float("nan")
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    _unchanged(opt, before, params, values)
+
+
+def _poison(opt, p):
+    """Infinite statistics in every block of ``p`` (as a bug or a bit flip would leave them;
+    inf, not NaN, so that torch.equal can tell the state unchanged)."""
+    for block in opt.state[p]["precond"]:
+        for f in block.values():
+            for k, v in f.items():
+                if torch.is_tensor(v) and v.is_floating_point() and not k.startswith("root"):
+                    if k not in ("quant_error", "cholesky_damping"):
+                        v.fill_(torch.inf)
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_preconditioner_error_in_a_later_group_changes_no_group(limit):
+    opt, params = _two_groups(max_consecutive_failures=limit)
+    a, b, c = params
+    _poison(opt, b)  # group 1's factors fail from now on
+    for _ in range(limit - 1):
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(PreconditionerError):
+        opt.step()
+    _unchanged(opt, before, params, values)
+
+
+def test_preconditioner_error_at_the_first_step_leaves_no_state(monkeypatch):
+    def always_fails(self, ok, damping=None):  # every root fails
+        self._record("root", False, damping)
+
+    monkeypatch.setattr(Factor, "record_root_result", always_fails)
+    w = torch.randn(6, 5, requires_grad=True)
+    opt = qshampoo.Shampoo([w], stat_interval=1, root_interval=1, max_consecutive_failures=1)
+    w.grad = torch.randn(6, 5)
+    with pytest.raises(PreconditionerError):
+        opt.step()
+    assert len(opt.state) == 0 and opt.diagnostics()["factors"] == []
+
+
+# -- param-group values written mid-run -------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("stat_interval", 0, "invalid stat_interval=0: must be an integer >= 1"),
+        ("lr", -1.0, "invalid lr=-1.0: must be >= 0"),
+        ("betas", (0.9, 1.5), "invalid betas"),
+        ("bits", 3, "bits changed after the optimizer state was created"),
+    ],
+)
+def test_group_values_written_mid_run_are_validated_before_any_change(key, value, message):
+    opt, params = _two_groups()
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    opt.param_groups[1][key] = value
+    before, values = snapshot(opt), [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    _unchanged(opt, before, params, values)
+
+
+def test_group_values_written_mid_run_give_the_constructors_message():
+    w = torch.randn(5, 4, requires_grad=True)
+    with pytest.raises(ValueError) as made:
+        qshampoo.Shampoo([w], stat_interval=0)
+    opt = qshampoo.Shampoo([w])
+    opt.param_groups[0]["stat_interval"] = 0
+    w.grad = torch.randn(5, 4)
+    with pytest.raises(ValueError) as stepped:
+        opt.step()
+    assert str(stepped.value) == str(made.value)
+
+
+# -- where torch.optim.AdamW steps, so does Shampoo ------------------------------------------------
+@pytest.mark.parametrize("kw", [{}, dict(stat_interval=1, root_interval=1)])
+def test_step_on_meta_parameters(kw):
+    params = [
+        torch.empty(6, 5, device="meta", requires_grad=True),
+        torch.empty(5, device="meta", requires_grad=True),
+    ]
+    opt = qshampoo.Shampoo(params, **kw)
+    adamw = torch.optim.AdamW([torch.empty(6, 5, device="meta", requires_grad=True)], foreach=False)
+    for p in [*params, *adamw.param_groups[0]["params"]]:
+        p.grad = torch.empty(p.shape, device="meta")
+    adamw.step()  # what torch does
+    for _ in range(2):
+        opt.step()
+    assert opt.state[params[0]]["step"] == 2
+    assert opt.state[params[0]]["base"]["exp_avg"].device.type == "meta"
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_huge_finite_float64_gradients_are_stepped_as_adamw_does(precondition):
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    v = w.detach().clone().requires_grad_()
+    opt = qshampoo.Shampoo([w], lr=1e-2, precondition=precondition)
+    ref = torch.optim.AdamW([v], lr=1e-2, weight_decay=0.0)
+    for _ in range(3):
+        g = torch.randn(6, 5, dtype=torch.float64) * 1e20  # ||G||^2 overflows float32
+        w.grad, v.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    assert opt.state[w]["step"] == 3 and opt.diagnostics()["nonfinite_steps"] == 0
+    assert torch.isfinite(w).all()
+    # AdamW's steps (the roots are still the identity, and grafting keeps the norm), up to
+    # Shampoo's float32 moments
+    torch.testing.assert_close(w, v, rtol=1e-6, atol=1e-8)
