@@ -186,7 +186,7 @@ class Shampoo(Optimizer):
             self, make_distributor(distributed, process_group), check_workspace(max_workspace_bytes)
         )
         self._initialized = False
-        #: id(param group) -> (its values' key when validated, ...); see _check_groups
+        #: id(param group) -> (the group, its layout, a copy of its values) when last validated
         self._validated: dict[int, tuple] = {}
         super().__init__(params, defaults)
         self._initialized = True
@@ -310,23 +310,23 @@ class Shampoo(Optimizer):
         changed (a tensor ``lr`` when it is replaced, not when an LR scheduler writes into it:
         reading it would synchronise with its device)."""
         for group in self.param_groups:
-            values = _values(group)
-            key = _key(values)
-            if self._validated.get(id(group), (None,))[0] == key:
+            cached = self._validated.get(id(group))
+            if cached is not None and _unchanged(group, cached[2]):
                 continue
             validate_group(group)
-            for p in group["params"]:
-                st = self.state.get(p)
-                if st:
-                    changed = [k for k in LAYOUT_KEYS if st["layout"][k] != group[k]]
+            layout = layout_of(group)
+            if cached is None or cached[1] != layout:  # (not when only, say, lr changed)
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    changed = [k for k in LAYOUT_KEYS if st and st["layout"][k] != group[k]]
                     if changed:
                         raise ValueError(
                             f"{', '.join(changed)} changed after the optimizer state was "
                             "created; these decide how the state is stored. Create a new "
                             "optimizer to change them."
                         )
-            # the group and its values are kept, so that no id in the key is reused
-            self._validated[id(group)] = (key, group, values)
+            # the group is kept, so that its id is not reused while cached
+            self._validated[id(group)] = (group, layout, _values(group))
 
     def _undo_point(self, gathered: list[tuple | None]) -> Callable[[], None] | None:
         """What puts back the state this step's ``_advance`` may change (step counters, skip
@@ -538,9 +538,9 @@ class Shampoo(Optimizer):
         included, runs before anything changes: when it raises, the state and the param
         groups are as they were. Hooks (``register_load_state_dict_pre_hook`` /
         ``_post_hook``) are called as ``torch.optim`` calls them, the pre-hooks before the
-        checks (what they change is checked too). Under ``bits="auto"`` each factor keeps the width it
-        was saved with; if that exceeds this optimizer's ``memory_budget``, the precision
-        policy re-plans at once.
+        checks (what they change is checked too). Under ``bits="auto"`` each factor keeps the
+        width it was saved with; if that exceeds this optimizer's ``memory_budget``, the
+        precision policy re-plans at once.
 
         ``torch.optim.Optimizer`` would cast every saved tensor to its parameter's dtype, which
         would turn 4-bit codes into floats under bf16 parameters; here tensors are only moved to
@@ -736,16 +736,17 @@ def _values(group: dict) -> dict:
     return {k: v for k, v in group.items() if k != "params"}
 
 
-def _key(obj: Any) -> Any:
-    """``obj`` (a group's values) comparable with ``==`` without reading a tensor's value: a
-    tensor stands for its identity."""
-    if isinstance(obj, Tensor):
-        return ("tensor", id(obj))
-    if isinstance(obj, dict):
-        return tuple((k, _key(v)) for k, v in obj.items())
-    if isinstance(obj, (tuple, list)):
-        return (type(obj), tuple(_key(v) for v in obj))
-    return obj
+def _unchanged(group: dict, values: dict) -> bool:
+    """Whether ``group`` holds the same ``values`` (a copy of its values taken earlier): the
+    same objects, or equal ones. A tensor only as the same object: comparing values would
+    read it on the host."""
+    if len(group) != len(values) + 1:
+        return False
+    for k, v in values.items():
+        now = group.get(k, values)
+        if now is not v and (isinstance(now, Tensor) or isinstance(v, Tensor) or now != v):
+            return False
+    return True
 
 
 def _base_kwargs(group: dict) -> dict:

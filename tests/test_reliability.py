@@ -12,6 +12,7 @@ from qshampoo.checkpoint import with_checksums
 from qshampoo.factors import Factor, PreconditionerError
 from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
     RICHEST,
+    count_syncs,
     same,
     single_thread,
     snapshot,
@@ -229,3 +230,54 @@ def test_huge_finite_float64_gradients_are_stepped_as_adamw_does(precondition):
     # AdamW's steps (the roots are still the identity, and grafting keeps the norm), up to
     # Shampoo's float32 moments
     torch.testing.assert_close(w, v, rtol=1e-6, atol=1e-8)
+
+
+# -- host synchronisations of the optimizer shell (issue 22 item 7, issue 19 item 2) ----------
+#: the shell: what orchestrates the step (the factor and quantization code is apart)
+SHELL = ("qshampoo/optimizer.py", "qshampoo/store.py", "qshampoo/base.py", "qshampoo/layout.py")
+
+
+def _syncs_per_step(opt, params, steps: int = 4) -> list:
+    """The host reads of each of ``steps`` steps (statistics at steps 2, 4; roots at 4)."""
+    out = []
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        with count_syncs() as where:
+            opt.step()
+        out.append(where)
+    return out
+
+
+def _shell(where) -> dict:
+    return {k: n for k, n in where.items() if k[1].startswith(SHELL)}
+
+
+@pytest.mark.parametrize("quant", ["none", RICHEST])
+def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
+    """Apart from the non-finite check's one read per step (all groups at once), the
+    optimizer shell adds no host synchronisation, in a plain step or a statistics and roots
+    step: the group validation, the undo point, the schedule. (A tensor ``lr`` is read at
+    every eager base update, as ``torch.optim.AdamW``'s non-capturable step reads it.)"""
+    params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
+    opt = qshampoo.Shampoo(
+        [{"params": params[:1]}, {"params": params[1:], "lr": 2e-3}],
+        stat_interval=2,
+        root_interval=4,
+        max_consecutive_failures=1,  # an undo point at every due step
+        **variant_kwargs(quant),
+    )
+    for where in _syncs_per_step(opt, params):
+        assert _shell(where) == {("tolist", "qshampoo/optimizer.py:_finite_flags"): 1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22 item 7 not done: the non-finite check reads one flag per parameter on "
+    "the host (qshampoo/optimizer.py:_finite_flags); the skip is decided there",
+)
+def test_a_plain_step_does_not_synchronise():
+    params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
+    opt = qshampoo.Shampoo(params, stat_interval=100, root_interval=100)
+    for where in _syncs_per_step(opt, params, steps=3):  # nothing due
+        assert _shell(where) == {}
