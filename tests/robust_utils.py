@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import os
-import traceback
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from qshampoo.factors import FACTORS
 
@@ -77,55 +71,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-#: operators that read a device value on the host (a synchronisation on an accelerator)
-SYNC_OPS = {
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.item.default,
-    torch.ops.aten.nonzero.default,
-    torch.ops.aten.is_nonzero.default,
-}
-
-
-class _SyncCounter(TorchDispatchMode):
-    def __init__(self, where: collections.Counter):
-        super().__init__()
-        self.where = where
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in SYNC_OPS:
-            self.where[(func.name(), _caller())] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _caller() -> str:
-    """``file:function`` of the innermost qshampoo frame of the current stack."""
-    for frame in reversed(traceback.extract_stack()):
-        parts = frame.filename.split(os.sep)
-        if "qshampoo" in parts[:-1]:
-            inner = parts[len(parts) - 1 - parts[::-1].index("qshampoo") :]
-            return f"{'/'.join(inner)}:{frame.name}"
-    return "?"
-
-
-@contextlib.contextmanager
-def count_syncs():
-    """Count the host reads of device values made inside the block, by where they are made
-    (the innermost ``qshampoo`` frame): a Counter of ``(operator, "qshampoo/file.py:function")``.
-
-    The operators of ``SYNC_OPS``, and ``Tensor.tolist`` (which reads a CPU tensor without
-    dispatching an operator, and copies a device tensor to the host)."""
-    where: collections.Counter = collections.Counter()
-    tolist = torch.Tensor.tolist
-
-    def counted(self):
-        where[("tolist", _caller())] += 1
-        return tolist(self)
-
-    torch.Tensor.tolist = counted
-    try:
-        with _SyncCounter(where):
-            yield where
-    finally:
-        torch.Tensor.tolist = tolist

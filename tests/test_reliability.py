@@ -10,9 +10,9 @@ import torch
 import qshampoo
 from qshampoo.checkpoint import with_checksums
 from qshampoo.factors import Factor, PreconditionerError
+from qshampoo.syncs import count_syncs
 from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
     RICHEST,
-    count_syncs,
     same,
     single_thread,
     snapshot,
