@@ -13,6 +13,7 @@ from qshampoo.factors import Factor, PreconditionerError
 from qshampoo.syncs import count_syncs
 from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
     RICHEST,
+    all_finite,
     same,
     single_thread,
     snapshot,
@@ -230,6 +231,22 @@ def test_huge_finite_float64_gradients_are_stepped_as_adamw_does(precondition):
     # AdamW's steps (the roots are still the identity, and grafting keeps the norm), up to
     # Shampoo's float32 moments
     torch.testing.assert_close(w, v, rtol=1e-6, atol=1e-8)
+
+
+def test_huge_float64_gradient_leaves_the_statistics_out_and_finite():
+    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    opt = qshampoo.Shampoo([w], stat_interval=1, root_interval=1, **variant_kwargs(RICHEST))
+    w.grad = torch.randn(6, 5, dtype=torch.float64)
+    opt.step()
+    precond = snapshot(opt)[1]
+    precond = [x for x in precond if "precond" in x[0]]
+    before = w.detach().clone()
+    w.grad = torch.randn(6, 5, dtype=torch.float64) * 1e20  # G G^T overflows float32
+    opt.step()
+    assert not torch.equal(w, before) and torch.isfinite(w).all()  # stepped
+    after = [x for x in snapshot(opt)[1] if "precond" in x[0]]
+    assert same(after, precond)  # statistics (and roots of them) left as they were
+    assert all_finite(opt) and opt.state[w]["step"] == 2
 
 
 # -- host synchronisations of the optimizer shell (issue 22 item 7, issue 19 item 2) ----------
