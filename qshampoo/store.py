@@ -189,14 +189,15 @@ class PreconditionerStore:
                         if f is not None:
                             yield FactorEntry(i, g, p, b, side, f)
 
-    def place_loaded(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
-        """Fit a loaded parameter state's preconditioner to this process: keep the blocks it
-        holds (refusing missing ones), or make fresh factors where the state has none
-        (``qshampoo.distributed.drop_preconditioners``)."""
+    def place_loaded(self, i: Any, p: Tensor, st: dict, group: dict) -> bool:
+        """Fit a loaded parameter state (a copy, not in the optimizer yet) to this process:
+        keep the blocks it holds, refusing missing ones with ``ValueError``. Returns True when
+        the state has no preconditioner (``qshampoo.distributed.drop_preconditioners``): fresh
+        factors are to be made (``create``) once it is loaded."""
         if st.get("precond") is None:
-            self.create(p, st, group)
-        else:
-            st["precond"] = self.distributor.held_blocks(i, p, st["precond"], group)
+            return True
+        st["precond"] = self.distributor.held_blocks(i, p, st["precond"], group)
+        return False
 
     def describe(self, p: Tensor) -> str:
         """``parameter #i (param group g, shape (...))``: where a parameter sits."""
