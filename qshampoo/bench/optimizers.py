@@ -11,6 +11,7 @@ the entries ``opt.<name>`` of :mod:`qshampoo.bench.text`, in every report langua
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -166,10 +167,11 @@ def check(name: str, hyperparameters: dict) -> None:
         build(name, [p], **hyperparameters)
     except OptimizerUnavailable:
         pass  # reported by availability()
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # ValueError mostly; a malformed value can raise anything
         raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
+@functools.cache  # a peer that compiles its step takes tens of seconds
 def availability(name: str, device: str | torch.device = "cpu", probe: bool = True) -> str | None:
     """``None`` when ``name`` can be built here, else the reason it cannot.
 

@@ -167,13 +167,16 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
             "grad": pair(n, b, "grad", True),
             "ttq": None,
         }
-        if b and meta.get("budgets"):
+        if b and meta.get("budgets") and n == k["candidate"]:
             clock = "cpu_s" if tkey == "cpu_ms_per_step" else "train_s"
             row["ttq"] = ttq_summary(time_to_quality(results, n, b, hib, clock))
         if ref and n != ref:
             row["vs_reference"] = pair(n, ref, "metric")
             row["memory_vs_reference"] = pair(ref, n, "peak", True)
             row["time_vs_reference"] = pair(n, ref, "ms", True)
+        if n == k["candidate"]:  # the cheaper alternatives a user would consider (registry: peer)
+            peers = [p for p in names if p in optim_mod.REGISTRY and optim_mod.spec(p).peer]
+            row["vs_peers"] = {p: pair(n, p, "metric") for p in peers}
         rows[n] = row
     return {**k, "rows": rows, "events": {n: events(summary[n]["stability"]) for n in names}}
 
@@ -259,6 +262,9 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
         evidence.append(_quality_phrase(row["vs_reference"], label[ref], meta, lang))
     if row["quality"]:
         evidence.append(_quality_phrase(row["quality"], label[b], meta, lang))
+    for peer, p in (row.get("vs_peers") or {}).items():
+        if p is not None:
+            evidence.append(_quality_phrase(p, label[peer], meta, lang))
     mref = row.get("memory_vs_reference")
     if mref and mref["mean"] >= 1.1:
         evidence.append(t("ev.memory_vs", lang, ratio=mref["mean"], other=label[ref]))

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from ..peak import reset_process_peak as reset_peak_rss
 from . import optimizers as optim_mod
@@ -202,13 +203,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _to(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
+    """Every tensor of ``batch`` (nested lists, tuples, dicts) on ``device``."""
+    return tree_map(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, batch)
 
 
 @torch.no_grad()

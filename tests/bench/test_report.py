@@ -201,3 +201,12 @@ def test_markdown_and_html_come_from_the_same_blocks(tmp_path):
     assert md == "# T\n\n**bold** and `code` <tag>\n\n| a |\n|---|\n| 1 |\n"
     assert '<p class="decision"><strong>bold</strong> and <code>code</code> &lt;tag&gt;' in page
     assert re.search(r"<table><tr><th>a</th></tr><tr><td>1</td></tr></table>", page)
+
+
+def test_the_sentence_compares_the_candidate_with_the_cheaper_alternatives(results):
+    """A peer from the registry (4-bit AdamW) gets its paired comparison in the sentence."""
+    peer = [fake_run("torchao-adamw4bit", s, 0.79 + 0.001 * s, state=300) for s in range(3)]
+    meta = {**META, "optimizers": ["adamw", "shampoo", "shampoo4bit", "torchao-adamw4bit"]}
+    _, k, text = rendered(results + peer, meta)
+    assert "points better than torchao 4-bit AdamW [95 % CI " in text
+    assert set(k["rows"]["shampoo4bit"]["vs_peers"]) == {"torchao-adamw4bit"}
