@@ -60,7 +60,7 @@ h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 .tile h3{margin:0;font-size:1em}.note{color:#666;font-size:.8em;margin-bottom:6px}
 .row{margin:4px 0;font-size:.9em}.row .v{font-size:1.1em;font-weight:600}
 .row.strong .v{font-size:1.5em;color:#1b6ca8}.row .d{color:#555;display:block;font-size:.85em}
-table{border-collapse:collapse;font-size:.85em;margin:8px 0}
+table{border-collapse:collapse;font-size:.85em;margin:8px 0;display:block;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}img{max-width:100%}
 """
 
