@@ -184,7 +184,8 @@ def availability(name: str, device: str | torch.device = "cpu", probe: bool = Tr
         if probe:
             opt.step()
     except Exception as e:  # not installed, or e.g. a CUDA-only kernel on a CPU tensor
-        return str(e) if isinstance(e, OptimizerUnavailable) else f"{type(e).__name__}: {e}"
+        reason = str(e) if isinstance(e, OptimizerUnavailable) else f"{type(e).__name__}: {e}"
+        return reason.strip().splitlines()[0] if reason.strip() else type(e).__name__
     return None
 
 

@@ -95,10 +95,12 @@ def events(st: dict) -> dict[str, int]:
 
 def roles(names: list[str]) -> dict[str, str | None]:
     """Who is compared with whom, from the registry (never from the names): ``baseline``, the
-    first optimizer that is not Shampoo (AdamW by default); ``reference``, 32-bit Shampoo;
-    ``candidate``, the first Shampoo stored in fewer bits (else the first Shampoo)."""
+    first optimizer that is not Shampoo nor a peer (AdamW by default; a peer only when nothing
+    else is); ``reference``, 32-bit Shampoo; ``candidate``, the first Shampoo stored in fewer
+    bits (else the first Shampoo)."""
     reg = optim_mod.REGISTRY
-    baseline = next((n for n in names if n in reg and reg[n].bits is None), None)
+    others = [n for n in names if n in reg and reg[n].bits is None]
+    baseline = next((n for n in others if not reg[n].peer), others[0] if others else None)
     reference = next((n for n in names if n in reg and reg[n].bits == 32), None)
     quant = [n for n in names if optim_mod.quantized(n)]
     return {
