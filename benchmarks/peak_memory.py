@@ -80,6 +80,10 @@ def _reset(device: torch.device) -> None:
         raise RuntimeError("cannot reset the process's peak memory here (needs Linux /proc)")
 
 
+def _tensors(state: dict) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(list(state.values())) if isinstance(t, torch.Tensor)]
+
+
 def _trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -116,8 +120,8 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
     first_s = time.perf_counter() - start
     _reset(dev)
     held = process_rss() if dev.type == "cpu" else torch.cuda.memory_allocated(dev)
-    state = [t for t in tree_leaves(list(opt.state.values())) if isinstance(t, torch.Tensor)]
-    with TensorPeak(existing=state) as tp:
+    # the state tensors go in as a temporary list: holding them would keep replaced ones alive
+    with TensorPeak(existing=_tensors(opt.state)) as tp:
         start = time.perf_counter()
         opt.step()
         if dev.type == "cuda":

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__, _extras
+
 
 @dataclass(frozen=True)
 class Command:
@@ -242,6 +244,11 @@ def _spectral_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-real", action="store_true", help="skip the preconditioner captured from training"
     )
+    text = "statistics updates with each matrix before its root is taken (default: %(default)s)"
+    p.add_argument("--updates", type=int, default=20, help=text)
+    text = "EMA decay of those updates; 0: the statistics are the matrix (default: %(default)s)"
+    p.add_argument("--stat-decay", type=float, default=0.0, help=text)
+    p.add_argument("--ef-decay", type=float, default=0.9, help="CQ+EF's (default: %(default)s)")
 
 
 def cmd_spectral(args: argparse.Namespace) -> int:
@@ -253,8 +260,13 @@ def cmd_spectral(args: argparse.Namespace) -> int:
         sizes = ()
     if not sizes or min(sizes) < 1:
         raise UsageError(f"--sizes takes matrix orders >= 1, comma-separated, got {args.sizes!r}")
-    _check_shampoo(bits=args.bits, block_size=args.block_size, codebook=args.codebook)
+    if args.updates < 1:
+        raise UsageError(f"--updates must be >= 1, got {args.updates}")
+    if not 0.0 <= args.stat_decay < 1.0:
+        raise UsageError(f"--stat-decay must be in [0, 1), got {args.stat_decay}")
     kw = {"bits": args.bits, "block_size": args.block_size, "codebook": args.codebook}
+    _check_shampoo(**kw, ef_decay=args.ef_decay)
+    kw.update(updates=args.updates, stat_decay=args.stat_decay, ef_decay=args.ef_decay)
     print(run(sizes=sizes, real=not args.no_real, **kw))
     return 0
 
@@ -318,7 +330,11 @@ COMMANDS: list[Command] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import torch
+
     parser = Parser(prog="qshampoo", description="Shampoo with 4-bit preconditioners: tools.")
+    version = f"%(prog)s {__version__} (torch {torch.__version__})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for c in COMMANDS:
@@ -336,9 +352,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     args.argv = argv
     try:
+        _extras.check_command(args.command)
         return int(args._run(args) or 0)
-    except UsageError as e:
+    except (UsageError, _extras.MissingExtraError) as e:
         print(f"qshampoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency the check above did not foresee
+        hint = _extras.message_for(e)
+        if hint is None:
+            raise
+        print(f"qshampoo {args.command}: error: {hint}", file=sys.stderr)
         return 2
 
 

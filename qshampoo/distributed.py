@@ -30,7 +30,7 @@ from .checkpoint import with_checksums
 from .dtensor import is_dtensor, is_shard_state, like_param, local, shard_key
 from .layout import param_blocking
 from .memory import factor_bytes
-from .store import block_list, held_dict, job_cost, update_bytes
+from .store import block_list, held_dict
 from .workspace import batches
 
 
@@ -153,36 +153,49 @@ class Distributor:
         Items are done in rounds whose directions and batch temporaries fit in the store's
         workspace, so the directions of all parameters are never held at once.
         """
-        for rnd, _ in self.rounds([p for p, _, _ in items], group, store):
-            jobs, where = [], []
+        for rnd in self.rounds([p for p, _, _ in items], group, store):
+            jobs, where, directions = [], [], {}
             for j in rnd:
                 _, g, pre = items[j]
+                if len(pre.blocks) > 1:
+                    directions[j] = g.new_empty(pre.blocking.shape2d, dtype=torch.float32)
                 for b, job in pre.jobs(g):
                     jobs.append(job)
                     where.append((j, b))
-            done: dict[int, dict[int, Tensor]] = {j: {} for j in rnd}
-            for (j, b), d in zip(where, store.precondition(jobs, compiled), strict=True):
-                done[j][b] = d
+
+            def sink(k: int, block: Tensor, where=where, directions=directions) -> None:
+                j, b = where[k]
+                if j in directions:  # written into its place; the batch's output can go
+                    directions[j][items[j][2].blocking.slices[b]] = block
+                else:  # the parameter's only block: its direction
+                    directions[j] = block
+
+            store.precondition(jobs, compiled, sink)
             del jobs
             for j in rnd:
-                _, g, pre = items[j]
-                direction = pre.assemble(done.pop(j), g.shape)
-                finish(j, direction)
-                del direction
+                finish(j, directions.pop(j).view(items[j][1].shape))
 
-    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
-        """Consecutive positions of ``params`` (of one group) preconditioned together, and the
-        bytes each round takes (its directions and jobs, ``store.direction_cost``): as many as
-        fit in the workspace (one parameter alone if it needs more)."""
-        cost = {j: store.direction_cost(p, group) for j, p in enumerate(params)}
-        found = batches(
-            range(len(params)), lambda _: None, cost.__getitem__, store.max_workspace_bytes
+    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[list[int]]:
+        """Consecutive positions of ``params`` (of one group) preconditioned together: as many
+        parameters as their directions fit in half the workspace (one alone if it needs more);
+        the batches of their jobs take the other half."""
+        return batches(
+            range(len(params)),
+            lambda _: None,
+            lambda j: 4 * params[j].numel(),
+            store.max_workspace_bytes // 2,
         )
-        return [(rnd, sum(cost[j] for j in rnd)) for rnd in found]
+
+    def _round_bytes(self, params: list[Tensor], group: dict, store: Any) -> int:
+        jobs = [job for p in params for job in store.sized_jobs(p, group)]
+        return store.round_bytes(params, group, jobs)
 
     def plan(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
-        """The rounds ``precondition`` forms for ``params`` (positions, bytes)."""
-        return self.rounds(params, group, store)
+        """The rounds ``precondition`` forms for ``params``, each with the bytes it takes."""
+        return [
+            (rnd, self._round_bytes([params[j] for j in rnd], group, store))
+            for rnd in self.rounds(params, group, store)
+        ]
 
     def base_update(self, update, p: Tensor, direction: Tensor, state: dict, step, **kw) -> None:
         """Apply the base optimizer's ``update`` to ``p`` along ``direction`` (a DTensor's
@@ -262,51 +275,57 @@ class BlockSplit(Distributor):
         if not split:
             return
         shared = [items[j] for j in split]
-        for rnd, _ in self.rounds([p for p, _, _ in shared], group, store):
+        for rnd in self.rounds([p for p, _, _ in shared], group, store):
             done = self._exchange([shared[j] for j in rnd], store, compiled)
             for j, d in zip(rnd, done, strict=True):
                 finish(split[j], d)
                 del d
 
-    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
+    def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[list[int]]:
         """As ``Distributor.rounds`` for parameters split across ranks, the same on every rank
-        (from shapes and the assignment alone). A round takes its full directions, the
-        exchange's send buffer and the gathered buffers of every rank (each padded to the
-        rank that owns the most of the round), and the jobs of the busiest rank."""
+        (from shapes and the assignment alone): a round's directions, the exchange's send
+        buffer and the gathered buffers of every rank (each padded to the rank that owns the
+        most of the round) fit in half the workspace; the batches of this rank's jobs take
+        the other half."""
         if not params or self._owners.get(params[0]) is None:
             return super().rounds(params, group, store)
-        out: list[tuple[list[int], int]] = []
+        half = store.max_workspace_bytes // 2
+        found: list[list[int]] = []
         rnd: list[int] = []
-        entries, jobs, directions = [0] * self.world, [0] * self.world, 0
-        spent = 0
+        entries, directions = [0] * self.world, 0
         for j, p in enumerate(params):
-            mine_entries, mine_jobs = [0] * self.world, [0] * self.world
-            for job, r in zip(store.sized_jobs(p, group), self._owners[p], strict=True):
-                n, m = job[1]
-                mine_entries[r] += n * m
-                mine_jobs[r] += job_cost(job)
-            e = [a + b for a, b in zip(entries, mine_entries, strict=True)]
-            w = [a + b for a, b in zip(jobs, mine_jobs, strict=True)]
-            own = 4 * p.numel() + update_bytes(p)  # its direction and its base update
-            d = directions + own
-            cost = d + 4 * (self.world + 1) * max(e) + max(w)
-            if rnd and cost > store.max_workspace_bytes:
-                out.append((rnd, spent))
-                rnd = []
-                e, w, d = mine_entries, mine_jobs, own
-                cost = d + 4 * (self.world + 1) * max(e) + max(w)
+            mine = [0] * self.world
+            for (_, (n, m), _), r in zip(store.sized_jobs(p, group), self._owners[p], strict=True):
+                mine[r] += n * m
+            e = [a + b for a, b in zip(entries, mine, strict=True)]
+            d = directions + 4 * p.numel()
+            if rnd and d + 4 * (self.world + 1) * max(e) > half:
+                found.append(rnd)
+                rnd, e, d = [], mine, 4 * p.numel()
             rnd.append(j)
-            entries, jobs, directions, spent = e, w, d, cost
+            entries, directions = e, d
         if rnd:
-            out.append((rnd, spent))
-        return out
+            found.append(rnd)
+        return found
+
+    def _round_bytes(self, params: list[Tensor], group: dict, store: Any) -> int:
+        if self._owners.get(params[0]) is None:
+            return super()._round_bytes(params, group, store)
+        entries, jobs = [0] * self.world, []
+        for p in params:
+            for job, r in zip(store.sized_jobs(p, group), self._owners[p], strict=True):
+                entries[r] += job[1][0] * job[1][1]
+                if r == self.rank:
+                    jobs.append(job)
+        exchange = 4 * (self.world + 1) * max(entries)
+        return store.round_bytes(params, group, jobs) + exchange
 
     def plan(self, params: list[Tensor], group: dict, store: Any) -> list[tuple[list[int], int]]:
         split = [j for j, p in enumerate(params) if self._owners.get(p) is not None]
         mine = [j for j, p in enumerate(params) if self._owners.get(p) is None]
         out = []
         for part in (mine, split):
-            for rnd, nbytes in self.rounds([params[j] for j in part], group, store):
+            for rnd, nbytes in super().plan([params[j] for j in part], group, store):
                 out.append(([part[k] for k in rnd], nbytes))
         return out
 
@@ -325,12 +344,17 @@ class BlockSplit(Distributor):
         device = items[0][1].device
         send = torch.zeros(width, dtype=torch.float32, device=device)
         jobs = [job for _, g, pre in items for _, job in pre.jobs(g)]
-        offset = 0
-        for block in store.precondition(jobs, compiled):
-            send[offset : offset + block.numel()].view_as(block).copy_(block)
-            offset += block.numel()
-        del jobs
+        starts, offset = [], 0
+        for _, g, _ in jobs:
+            starts.append(offset)
+            offset += g.numel()
         assert offset == sizes[self.rank], "owned blocks do not match the plan"
+
+        def sink(k: int, block: Tensor, send=send) -> None:  # into place; the batch can go
+            send[starts[k] : starts[k] + block.numel()].view_as(block).copy_(block)
+
+        store.precondition(jobs, compiled, sink)
+        del jobs
         recv = torch.empty(self.world * width, dtype=torch.float32, device=device)
         dist.all_gather_into_tensor(recv, send, group=self.group)
         del send

@@ -69,9 +69,12 @@ class TensorPeak(TorchDispatchMode):
     count negatively once freed inside the block, so a state tensor replaced by a new one of
     the same size nets to zero, as it does in the process's memory.
 
-        with TensorPeak(existing=state_tensors) as tp:
+        with TensorPeak(existing=state_tensors(opt)) as tp:  # no other reference kept
             opt.step()
         tp.peak  # bytes
+
+    Pass ``existing`` as a temporary: a reference held elsewhere keeps a replaced tensor
+    alive, and it is then (rightly) still counted.
     """
 
     def __init__(self, existing=()):

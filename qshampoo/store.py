@@ -206,8 +206,10 @@ class PreconditionerStore:
     def update_roots(self, factors: list[Factor], hp: StepHyper) -> None:
         update_roots(factors, hp, self.max_workspace_bytes)
 
-    def precondition(self, jobs: list[Job], compiled: bool = False) -> list[Tensor]:
-        return precondition(jobs, self.max_workspace_bytes, compiled)
+    def precondition(self, jobs: list[Job], compiled: bool = False, sink=None) -> list[Tensor]:
+        """``precondition`` within half the workspace (the directions of a round take the
+        other half, ``Distributor.rounds``)."""
+        return precondition(jobs, self.max_workspace_bytes // 2, compiled, sink)
 
     # -- memory --------------------------------------------------------------------------------
     def sized_jobs(self, p: Tensor, group: dict) -> list[tuple]:
@@ -224,11 +226,13 @@ class PreconditionerStore:
             out.append((left, (rows.stop - rows.start, cols.stop - cols.start), right))
         return out
 
-    def direction_cost(self, p: Tensor, group: dict) -> int:
-        """Bytes preconditioning ``p`` adds to its round here: its direction, the jobs of all
-        its blocks and its base update."""
-        jobs = sum(job_cost(job) for job in self.sized_jobs(p, group))
-        return 4 * p.numel() + jobs + update_bytes(p)
+    def round_bytes(self, params: list[Tensor], group: dict, jobs: list[tuple]) -> int:
+        """What one round of preconditioning allocates: the directions of ``params``, the
+        largest batch its ``jobs`` (``sized_jobs`` computed here) form or, after the batches
+        have freed theirs, the largest base update."""
+        temps = largest(batches(jobs, _job_key, job_cost, self.max_workspace_bytes // 2), job_cost)
+        update = max(update_bytes(p, group) for p in params)
+        return sum(4 * p.numel() for p in params) + max(temps, update)
 
     def workspace(self) -> int:
         """The most bytes a step allocates on top of the state, for the current parameters:
@@ -241,15 +245,15 @@ class PreconditionerStore:
             params = [p for p in group["params"] if param_blocking(p, group) is not None]
             for p in group["params"]:
                 if param_blocking(p, group) is None:
-                    most = max(most, update_bytes(p))
+                    most = max(most, update_bytes(p, group, preconditioned=False))
                 held = self.distributor.held(p)
                 for b, (left, shape, right) in enumerate(self.sized_jobs(p, group)):
                     if held is None or b in held:
                         for f in (left, right):
                             if f is not None:
-                                factors.append((f, _block_copy(p, shape, f.order)))
-            for _, spent in self.distributor.plan(params, group, self):
-                most = max(most, spent)
+                                factors.append((f, _block_copy(p, shape)))
+            for _, nbytes in self.distributor.plan(params, group, self):
+                most = max(most, nbytes)
         for phase in ("statistics", "roots"):
 
             def cost(item, phase=phase):
@@ -281,14 +285,20 @@ class SizedFactor:
         return (self.cls, self.order, self.config.bits)
 
 
-def update_bytes(p: Tensor) -> int:
-    """Temporaries of one parameter's grafting and base update: up to three fp32 tensors of
-    its size (AdamW's denominator or SGD's decayed direction; an fp32 copy of a narrower
-    parameter, and of its gradient when it is not preconditioned)."""
-    return 3 * 4 * p.numel()
+def update_bytes(p: Tensor, group: dict, preconditioned: bool = True) -> int:
+    """Temporaries of one parameter's grafting and base update, fp32 tensors of its size:
+    AdamW's denominator (SGD: the decayed direction, and Nesterov's), an fp32 copy of a
+    narrower parameter, and, not preconditioned, the gradient as fp32 (a copy if narrower, or
+    negated to maximize)."""
+    wide = p.dtype in (torch.float32, torch.float64)
+    count = 1 if group["base"] == "adamw" else 1 + bool(group["nesterov"])
+    count += not wide
+    if not preconditioned:
+        count += (not wide) or bool(group["maximize"])
+    return 4 * p.numel() * count
 
 
-def _block_copy(p: Tensor, shape: tuple[int, int], order: int) -> int:
+def _block_copy(p: Tensor, shape: tuple[int, int]) -> int:
     """An fp32 copy of one block for its gram, when the gradient is narrower than fp32."""
     return 0 if p.dtype in (torch.float32, torch.float64) else 4 * shape[0] * shape[1]
 
@@ -336,12 +346,20 @@ def update_roots(factors: list[Factor], hp: StepHyper, budget: int) -> None:
         type(batch[0]).compute_roots(batch, hp)
 
 
-def precondition(jobs: list[Job], budget: int, compiled: bool = False) -> list[Tensor]:
+def precondition(
+    jobs: list[Job], budget: int, compiled: bool = False, sink=None
+) -> list[Tensor] | None:
     """``L_hat G_b R_hat`` of each ``(left, G_b, right)`` job (a side left out multiplies by
     nothing), as 2-D fp32 tensors; same-format jobs in batches whose temporaries (the dense
     roots, ``Factor.workspace_bytes("precondition")``, and three ``(n, m)`` products) fit in
-    ``budget`` bytes. ``compiled``: dequantize with the ``torch.compile``d kernel."""
+    ``budget`` bytes. ``compiled``: dequantize with the ``torch.compile``d kernel.
+
+    Returns the blocks in job order, or, with ``sink``, calls ``sink(i, block)`` as each batch
+    is done (a view of the batch's output: copy it to let the batch go) and returns None.
+    """
     out: list[Tensor] = [None] * len(jobs)  # type: ignore[list-item]
+    if sink is None:
+        sink = out.__setitem__
     for batch in batches(
         range(len(jobs)),
         key=lambda i: _job_key(jobs[i]),
@@ -355,13 +373,14 @@ def precondition(jobs: list[Job], budget: int, compiled: bool = False) -> list[T
         if right is not None:
             G = torch.bmm(G, type(right).dense_roots([jobs[i][2] for i in batch], compiled))
         for j, i in enumerate(batch):
-            out[i] = G[j]
-    return out
+            sink(i, G[j])
+        del G
+    return out if sink == out.__setitem__ else None
 
 
 def _job_key(job) -> tuple:
     left, g, right = job
-    shape = tuple(g.shape)
+    shape = tuple(g.shape) if isinstance(g, Tensor) else tuple(g)
     return (
         None if left is None else left.batch_key(),
         shape,

@@ -17,9 +17,10 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: the default ``max_workspace_bytes``: one statistics or root batch of the largest factor
-#: (order 1200, the default ``max_preconditioner_dim``) fits in it
-DEFAULT_MAX_WORKSPACE = 64 << 20
+#: the default ``max_workspace_bytes``: about what one statistics or root update of the largest
+#: factor (order 1200, the default ``max_preconditioner_dim``) needs; smaller factors are
+#: batched up to it
+DEFAULT_MAX_WORKSPACE = 32 << 20
 
 
 def batches(
@@ -55,6 +56,6 @@ def check_workspace(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
             f"invalid max_workspace_bytes={value!r}: must be a number of bytes (an int >= 1); "
-            f"the default is {DEFAULT_MAX_WORKSPACE} (64 MiB)"
+            f"the default is {DEFAULT_MAX_WORKSPACE} (32 MiB)"
         )
     return value

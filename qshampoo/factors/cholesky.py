@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 
 from ..linalg import lower_gram
-from ..quant import decode, encode, pack, unpack
+from ..quant import decode, encode, num_chunks, pack, unpack, zero_codes
 from ..roots import DAMPING_RETRIES
-from .base import StepHyper, cholesky_with_retry
+from .base import StepHyper, assign, cholesky_with_retry
 from .quantized import QuantizedFactor
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -64,15 +64,21 @@ class CholeskyFactor(QuantizedFactor):
     kind = "cholesky"
     #: whether the quantization residual is fed back (CQ+EF)
     error_feedback = False
-    #: measured by benchmarks/temporaries.py (at most 4.85 and 4.03 at orders 64-600)
-    TEMPORARIES = {"statistics": 5.25, "roots": 4.5, "precondition": 1.75}
+    #: measured by benchmarks/temporaries.py: at most 4.2 and 4.0 at orders 130-1200 (plus
+    #: ``OVERHEAD``, which covers the 4.85 at order 64)
+    TEMPORARIES = {"statistics": 4.3, "roots": 4.1, "precondition": 1.75}
 
-    def init_statistics(self, statistics: Tensor) -> None:
-        n = self.order
-        self.state["chol_diag"] = statistics.diagonal().sqrt()
-        self.state["cholesky_damping"] = torch.zeros((), device=statistics.device)
-        zero = torch.zeros(n, n, device=statistics.device)
-        self.requantize(zero, zero if self.keeps_error_state() else None, ef_decay=0.0)
+    def init_statistics(self, eps: float, device: torch.device) -> None:
+        n, N = self.order, self.order * (self.order - 1) // 2
+        self.state["chol_diag"] = torch.full((n,), eps, device=device).sqrt_()
+        self.state["cholesky_damping"] = torch.zeros((), device=device)
+        # C = sqrt(eps) I: zero strict lower triangle (and error state), codes of zero
+        k = 2 if self.keeps_error_state() else 1
+        self.state["codes"] = zero_codes(k * N, self.config.codebook, self.state["bits"], device)
+        chunks = num_chunks((n, n), layout="tril", block_size=self.config.block_size)
+        self.state["c_scales"] = torch.zeros(chunks, device=device)
+        if k == 2:
+            self.state["e_scales"] = torch.zeros(chunks, device=device)
 
     def keeps_error_state(self) -> bool:
         """Whether the factor, at its current width, carries an error-feedback state: CQ+EF
@@ -178,10 +184,11 @@ class CholeskyFactor(QuantizedFactor):
         codes = c_codes[..., None] if e_codes is None else torch.stack([c_codes, e_codes], -1)
         packed = pack(codes.flatten(-2), factors[0].state["bits"])
         for f, c, p in zip(factors, _rows(c_scales), _rows(packed), strict=True):
-            f.state["c_scales"], f.state["codes"] = c, p
+            assign(f.state, "c_scales", c)
+            assign(f.state, "codes", p)
         if e_scales is not None:
             for f, e in zip(factors, _rows(e_scales), strict=True):
-                f.state["e_scales"] = e
+                assign(f.state, "e_scales", e)
 
     def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
         """``requantize_batch`` for this factor alone: ``X``, ``E`` and the result ``(n, n)``."""
@@ -224,7 +231,7 @@ class CholeskyFactor(QuantizedFactor):
         # lower triangular: the strict parts are C with the diagonals zeroed, in place
         diag = C.diagonal(dim1=-2, dim2=-1).clone()
         for f, d in zip(factors, _rows(diag), strict=True):
-            f.state["chol_diag"] = d
+            assign(f.state, "chol_diag", d)
         c_norm = torch.linalg.vector_norm(C, dim=(-2, -1))
         strict = C
         strict.diagonal(dim1=-2, dim2=-1).zero_()
@@ -238,7 +245,7 @@ class CholeskyFactor(QuantizedFactor):
         # the diagonal is exact, so the error lives in the strict lower part
         err = torch.linalg.vector_norm(strict.sub_(stored), dim=(-2, -1))
         for f, e in zip(factors, err / c_norm.clamp_min(_TINY), strict=True):
-            f.state["quant_error"] = e
+            assign(f.state, "quant_error", e)
 
     # -- precision ---------------------------------------------------------------------------
     def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:
@@ -303,5 +310,6 @@ class CholeskyEFFactor(CholeskyFactor):
 
     kind = "cholesky_ef"
     error_feedback = True
-    #: the error state is decoded too (measured at most 6.91, benchmarks/temporaries.py)
-    TEMPORARIES = {"statistics": 7.5, "roots": 4.5, "precondition": 1.75}
+    #: the error state is decoded too: at most 5.66 at orders 130-1200 (6.9 at order 64, within
+    #: ``OVERHEAD``), benchmarks/temporaries.py
+    TEMPORARIES = {"statistics": 5.8, "roots": 4.1, "precondition": 1.75}

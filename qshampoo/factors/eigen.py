@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..quant import dequantize
 from ..roots import retry_failed
-from .base import Factor, StepHyper
+from .base import Factor, StepHyper, assign
 from .quantized import QuantizedFactor
 
 
@@ -42,12 +42,12 @@ class EigenFactor(QuantizedFactor):
     kind = "eigen"
     #: one factor at a time, Bjorck steps and a QR (measured at most 10.4 and 5.0 at orders
     #: 64-600, benchmarks/temporaries.py)
-    TEMPORARIES = {"statistics": 11.0, "roots": 5.5, "precondition": 1.75}
+    TEMPORARIES = {"statistics": 10.5, "roots": 5.1, "precondition": 1.75}
 
-    def init_statistics(self, statistics: Tensor) -> None:
-        # statistics is eps * I: eigenvectors I, eigenvalues eps
-        self.state["eigvals"] = statistics.diagonal().clone()
-        self.put("vecs", self.quantize(torch.eye(self.order, device=statistics.device)))
+    def init_statistics(self, eps: float, device: torch.device) -> None:
+        # eps * I: eigenvectors I, eigenvalues eps
+        self.state["eigvals"] = torch.full((self.order,), eps, device=device)
+        self.put("vecs", self.quantize(torch.eye(self.order, device=device)))
 
     def eigenvectors(self) -> Tensor:
         n = self.order
@@ -62,7 +62,7 @@ class EigenFactor(QuantizedFactor):
         A = (U * self.state["eigvals"]) @ U.mT
         A.lerp_(gram, 1.0 - hp.stat_decay)
         Q, _ = torch.linalg.qr(A @ U)
-        self.state["eigvals"] = (Q * (A @ Q)).sum(0)  # diag(Q^T A Q)
+        assign(self.state, "eigvals", (Q * (A @ Q)).sum(0))  # diag(Q^T A Q)
         q = self.quantize(Q)
         self.put("vecs", q)
         self.record_quant_error(Q, dequantize(q))
@@ -83,7 +83,7 @@ class EigenFactor(QuantizedFactor):
             lambda i, eps, _: _ok(_eigen_root(U[i].double(), lam[i].double(), eps)),
         )
         for f, d in zip(factors, damping, strict=True):
-            f.state["root_damping"] = d
+            assign(f.state, "root_damping", d)
         return roots, ok
 
     def dense_statistics(self) -> dict[str, Tensor]:

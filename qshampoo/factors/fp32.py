@@ -11,9 +11,9 @@ from .base import Factor, StepHyper
 class Fp32Factor(Factor):
     kind = "none"
 
-    def init_state(self, statistics: Tensor, root: Tensor) -> None:
-        self.state["stat"] = statistics
-        self.state["root"] = root
+    def init_state(self, eps: float, device: torch.device) -> None:
+        self.state["stat"] = torch.eye(self.order, device=device).mul_(eps)
+        self.state["root"] = torch.eye(self.order, device=device)
 
     #: the gram is all a statistics update allocates; a batch of dense roots is a stacked copy
     #: (measured: benchmarks/temporaries.py)

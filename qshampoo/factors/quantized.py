@@ -10,26 +10,50 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..quant import SUPPORTED_BITS, QuantizedTensor, dequantize, dequantize_symmetric, quantize
-from .base import Factor
+from ..quant import (
+    SUPPORTED_BITS,
+    QuantizedTensor,
+    dequantize,
+    dequantize_symmetric,
+    quantize,
+    quantized_zeros,
+)
+from .base import Factor, assign
 
 
 class QuantizedFactor(Factor):
     """Base of the low-bit variants: ``state["bits"]`` and the quantized root."""
 
     #: a dense root is decoded into a new matrix through half a matrix of code values
-    TEMPORARIES = {"statistics": 8.5, "roots": 5.5, "precondition": 1.75}
+    #: (the defaults of VQ: measured at most 8.29 and 4.95 at orders 64-1200,
+    #: benchmarks/temporaries.py)
+    TEMPORARIES = {"statistics": 8.5, "roots": 5.0, "precondition": 1.75}
 
-    def init_state(self, statistics: Tensor, root: Tensor) -> None:
+    def init_state(self, eps: float, device: torch.device) -> None:
         self.state["bits"] = self.config.bits
-        self.state["quant_error"] = torch.zeros((), device=root.device)
+        self.state["quant_error"] = torch.zeros((), device=device)
         if self.config.adaptive:
-            self.state.update(new_precision_state(root.device))
-        self.store_root(root)
-        self.init_statistics(statistics)
+            self.state.update(new_precision_state(device))
+        # the root I: a zero strict lower triangle, ones on the diagonal
+        ones = torch.ones(self.order, device=device)
+        self.put("root", self.zeros((self.order, self.order), "tril", ones))
+        self.init_statistics(eps, device)
 
-    def init_statistics(self, statistics: Tensor) -> None:
+    def init_statistics(self, eps: float, device: torch.device) -> None:
+        """The stored statistics ``eps * I``."""
         raise NotImplementedError
+
+    def zeros(self, shape: tuple[int, int], layout: str, diag: Tensor | None) -> QuantizedTensor:
+        """The quantized form of zeros of ``shape`` (with ``diag``), at this factor's format."""
+        return quantized_zeros(
+            shape,
+            diag,
+            layout=layout,
+            block_size=self.config.block_size,
+            codebook=self.config.codebook,
+            bits=self.state["bits"],
+            device=diag.device if diag is not None else None,
+        )
 
     @property
     def bits(self) -> int:
@@ -65,7 +89,7 @@ class QuantizedFactor(Factor):
         """Keep ``signal`` (a 0-d tensor, no host sync) for the precision policy and count the
         statistics update; a no-op unless the factor is adaptive."""
         if self.adaptive:
-            self.state["precision_signal"] = signal
+            assign(self.state, "precision_signal", signal)
             self.state["bits_age"] += 1
 
     def precision_probe(self, x: Tensor, layout: str, exact_diagonal: bool = False) -> Tensor:
@@ -92,10 +116,10 @@ class QuantizedFactor(Factor):
     # -- stored low-bit tensors -----------------------------------------------------------
     def put(self, name: str, q: QuantizedTensor) -> None:
         """Keep ``q``'s tensors in the state as ``{name}_codes``, ``_scales``, ``_diag``."""
-        self.state[f"{name}_codes"] = q.codes
-        self.state[f"{name}_scales"] = q.scales
+        assign(self.state, f"{name}_codes", q.codes)
+        assign(self.state, f"{name}_scales", q.scales)
         if q.diag is not None:
-            self.state[f"{name}_diag"] = q.diag
+            assign(self.state, f"{name}_diag", q.diag)
 
     def get(self, name: str, layout: str, shape: tuple[int, ...]) -> QuantizedTensor:
         return QuantizedTensor(
@@ -158,7 +182,7 @@ class QuantizedFactor(Factor):
 
     def record_quant_error(self, exact: Tensor, stored: Tensor) -> None:
         """Relative Frobenius error of what is stored, ``||x - D(Q(x))|| / ||x||`` (no sync)."""
-        self.state["quant_error"] = _relative_error(exact, stored)
+        assign(self.state, "quant_error", _relative_error(exact, stored))
 
 
 def _relative_error(exact: Tensor, stored: Tensor) -> Tensor:

@@ -9,6 +9,8 @@ from .blockwise import (
     encode,
     num_chunks,
     quantize,
+    quantized_zeros,
+    zero_codes,
 )
 from .codebooks import CODEBOOK_NAMES, SUPPORTED_BITS, codebook, max_rounding_error
 from .packing import pack, packed_numel, unpack
@@ -28,5 +30,7 @@ __all__ = [
     "pack",
     "packed_numel",
     "quantize",
+    "quantized_zeros",
     "unpack",
+    "zero_codes",
 ]

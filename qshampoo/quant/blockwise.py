@@ -298,6 +298,44 @@ def quantize(
     )
 
 
+def zero_code(codebook: str, bits: int) -> int:
+    """The index of the codebook entry 0.0 (every codebook has one): the code of a zero."""
+    return int((_codebook(codebook, bits) == 0).nonzero()[0])
+
+
+def zero_codes(count: int, codebook: str, bits: int, device=None) -> torch.Tensor:
+    """``count`` codes of zero, packed: what quantizing zeros stores, without quantizing."""
+    code = torch.full((count,), zero_code(codebook, bits), dtype=torch.uint8, device=device)
+    return pack(code, bits)
+
+
+def quantized_zeros(
+    shape,
+    diag: torch.Tensor | None = None,
+    *,
+    layout: str = "full",
+    block_size: int = 64,
+    codebook: str = "linear2",
+    bits: int = 4,
+    device=None,
+) -> QuantizedTensor:
+    """``quantize`` of a zero tensor of ``shape`` (with ``diag`` as its exact diagonal, if
+    given), built directly: zero codes and zero scales, no temporary of the tensor's size."""
+    shape = tuple(shape)
+    n = _num_elements(shape, layout)
+    scales = torch.zeros(num_chunks(shape, layout=layout, block_size=block_size), device=device)
+    return QuantizedTensor(
+        codes=zero_codes(n, codebook, bits, device),
+        scales=scales,
+        diag=diag,
+        shape=shape,
+        layout=layout,
+        block_size=block_size,
+        codebook=codebook,
+        bits=bits,
+    )
+
+
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Reconstruct an fp32 tensor of ``q.shape`` from ``q`` (on ``q.codes``' device)."""
     if not isinstance(q, QuantizedTensor):

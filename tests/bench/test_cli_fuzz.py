@@ -66,6 +66,9 @@ VALUES = {
     "--models": ["", "gpt5", "llama-130m"],
     "--sizes": ["0", "-4", "8", "x", "1,2", ""],
     "--codebook": ["nf4", "linear2", "dynamic_tree"],
+    "--updates": ["0", "-1", "1", "20", "x"],
+    "--stat-decay": ["0", "0.9", "1", "-0.1", "nan", "x"],
+    "--ef-decay": ["0", "0.9", "1", "2", "nan", "x"],
 }
 SWITCHES = ["--resume", "--overwrite", "--validation", "--no-isolate", "--no-progress", "--list"]
 FLAGS = {
@@ -74,7 +77,8 @@ FLAGS = {
     "sweep": ["--task", "--grid", "--optimizer", "--references", "--reuse", "--seeds", "--steps"]
     + ["--epochs", "--device", "--hp", "--out", "--lang"],
     "memory": ["--bits", "--block-size", "--max-preconditioner-dim", "--models"],
-    "spectral": ["--sizes", "--bits", "--block-size", "--codebook"],
+    "spectral": ["--sizes", "--bits", "--block-size", "--codebook", "--updates", "--stat-decay"]
+    + ["--ef-decay"],
 }
 
 
