@@ -64,16 +64,16 @@ def _factory(module: str, *attrs: str, **defaults) -> Callable[..., torch.optim.
     return make
 
 
-def _shampoo(quant: str, **defaults) -> Callable[..., torch.optim.Optimizer]:
-    """A factory of ``qshampoo.Shampoo(quant=quant)``; ``defaults`` apply unless overridden."""
+def _shampoo(quant: str, cls: str = "Shampoo", **defaults) -> Callable[..., torch.optim.Optimizer]:
+    """A factory of ``qshampoo.<cls>(quant=quant)``; ``defaults`` apply unless overridden."""
 
     def make(params, **kw):
-        from ..optimizer import Shampoo
+        from .. import optimizer
 
         kw = {**defaults, **kw}
-        if kw.get("bits") != "auto":
+        if cls == "Shampoo" and kw.get("bits") != "auto":
             kw.pop("memory_budget", None)  # one hyperparameter dict serves the whole family
-        return Shampoo(params, quant=quant, **kw)
+        return getattr(optimizer, cls)(params, quant=quant, **kw)
 
     return make
 
@@ -85,8 +85,8 @@ def _specs() -> list[OptimizerSpec]:
     layout = {"self", "params", "quant", "distributed", "process_group", "precision_config"}
     shampoo_keys = frozenset(inspect.signature(Shampoo.__init__).parameters) - layout
 
-    def shampoo(name, stored, quant, description, **defaults):
-        factory = _shampoo(quant, **defaults)
+    def shampoo(name, stored, quant, description, cls="Shampoo", **defaults):
+        factory = _shampoo(quant, cls, **defaults)
         return OptimizerSpec(name, "adam", description, factory, shampoo_keys, bits=stored)
 
     def peer(name, module, attr, precond=(), alias=()):
@@ -101,7 +101,16 @@ def _specs() -> list[OptimizerSpec]:
         OptimizerSpec("adamw", "adam", "torch.optim.AdamW", adamw, ADAM_KEYS),
         OptimizerSpec("sgd", "sgd", "torch.optim.SGD with momentum 0.9", sgd, SGD_KEYS),
         shampoo("shampoo", 32, "none", "32-bit Shampoo grafted onto AdamW"),
-        shampoo("shampoo4bit", 4, "cholesky_ef", "4-bit Cholesky factors + error feedback (CQ+EF)"),
+        # what a user gets: Shampoo4bit's defaults (CQ+EF, bits="auto" within 1/8), and Paper A's
+        shampoo("shampoo4bit", 4, "cholesky_ef", "qshampoo.Shampoo4bit()", "Shampoo4bit"),
+        shampoo(
+            "shampoo4bit-paper",
+            4,
+            "cholesky_ef",
+            "Shampoo4bit(paper=True)",
+            "Shampoo4bit",
+            paper=True,
+        ),
         shampoo("shampoo4bit-naive", 4, "naive", "4-bit, the matrices themselves (VQ)"),
         shampoo("shampoo4bit-eigen", 4, "eigen", "4-bit eigenvectors (Paper B)"),
         shampoo("shampoo4bit-cholesky", 4, "cholesky", "4-bit Cholesky factors, no error feedback"),

@@ -184,6 +184,7 @@ def shakespeare_data(data_dir, batch_size: int, validation: bool = False) -> Tas
 # Learning rates chosen by benchmarks/tune_lr.py (see benchmarks/RESULTS_lr.md). Not tuned: the
 # adaptive and 8-bit variants, which take the 4-bit CQ+EF value (docs/adaptive_precision.md).
 _UNTUNED = ("shampoo4bit-auto", "shampoo8bit", "shampoo8bit-cholesky")
+_UNTUNED += ("shampoo4bit-paper",)  # the 4-bit CQ+EF the rates were tuned with
 _SHAMPOOS = ("shampoo", "shampoo4bit", "shampoo4bit-cholesky", "shampoo4bit-eigen", *_UNTUNED)
 TUNED_LR: dict[str, dict[str, float]] = {
     "fashion-mnist": {

@@ -15,6 +15,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "opt.sgd": ("SGD", "SGD"),
     "opt.shampoo": ("32-bit Shampoo", "32ビット Shampoo"),
     "opt.shampoo4bit": ("4-bit Shampoo", "4ビット Shampoo"),
+    "opt.shampoo4bit-paper": ("4-bit Shampoo (Paper A)", "4ビット Shampoo(論文Aの設定)"),
     "opt.shampoo4bit-naive": ("naive 4-bit Shampoo", "単純4ビット Shampoo"),
     "opt.shampoo4bit-eigen": ("4-bit Shampoo (eigenvectors)", "4ビット Shampoo(固有ベクトル)"),
     "opt.shampoo4bit-cholesky": (
@@ -305,11 +306,14 @@ TEXT: dict[str, tuple[str, str]] = {
     ),
     "gl.names": (
         "**32-bit Shampoo**: Shampoo with its preconditioners in fp32. **4-bit Shampoo**: the "
-        "same, stored as 4-bit Cholesky factors with error feedback (arXiv 2412.10663). **Naive "
-        "4-bit Shampoo**: the matrices themselves quantized to 4 bits.",
+        "same, stored as 4-bit Cholesky factors with error feedback (arXiv 2412.10663), 8 bits "
+        "for the factors where 4 cost the most within 1/8 of 32-bit's bytes "
+        "(`qshampoo.Shampoo4bit`'s default; *Paper A*: 4 bits everywhere). **Naive 4-bit "
+        "Shampoo**: the matrices themselves quantized to 4 bits.",
         "**32ビット Shampoo**: 前処理行列を fp32 で保持する Shampoo。**4ビット Shampoo**: 同じもの"
-        "を誤差補償付きの4ビット Cholesky 因子で保持(arXiv 2412.10663)。**単純4ビット Shampoo**: "
-        "行列そのものを4ビットに量子化。",
+        "を誤差補償付きの4ビット Cholesky 因子で保持(arXiv 2412.10663)し、32ビットの 1/8 の容量内で"
+        "4ビットの影響が最も大きい因子は8ビットで保持(`qshampoo.Shampoo4bit` の既定。*論文A*: "
+        "すべて4ビット)。**単純4ビット Shampoo**: 行列そのものを4ビットに量子化。",
     ),
     "skipped": ("Not available here: {what}.", "この環境で使えなかったもの: {what}。"),
     "lr_source": ("Learning rates: {source}.", "学習率: {source}。"),
