@@ -314,7 +314,8 @@ def tiles(meta: dict, summary: dict, k: dict, lang: str) -> list[dict]:
         out["time"].append((label[n], tm and f"{tm['mean']:.2f}×" or "—", detail, strong))
         ev = k["events"][n]
         ratio = "—" if g is None else f"{g['mean']:.2f}× " + _ci(g, meta, lang, True)
-        detail = t("tile.events", lang, events=_events_text(ev, lang) or "0", ratio=ratio)
+        listed = _events_text(ev, lang)  # the value already says "0 events"
+        detail = t("tile.events" if listed else "tile.grad_peak", lang, events=listed, ratio=ratio)
         out["stability"].append(
             (label[n], t("plot.events", lang, n=sum(ev.values())), detail, strong)
         )

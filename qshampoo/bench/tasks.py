@@ -100,12 +100,15 @@ class Task:
         task's (its family's shared ones, the tuned learning rate, Shampoo's intervals), then
         ``overrides`` (``--hp``: those for ``*``, then those for ``optimizer``), then
         ``defaults`` for the keys still unset."""
-        family = optim_mod.spec(optimizer).family
-        hp: dict[str, Any] = dict(self.sgd_hparams if family == "sgd" else self.hparams)
-        hp["lr"] = self.lr.get(optimizer, FAMILY_LR[family])
+        spec = optim_mod.spec(optimizer)
+        hp: dict[str, Any] = dict(self.sgd_hparams if spec.family == "sgd" else self.hparams)
+        # a peer (8-/4-bit AdamW, SOAP) without a rate of its own takes AdamW's, the rate of the
+        # optimizer it replaces
+        fallback = self.lr.get("adamw") if spec.peer and spec.family == "adam" else None
+        hp["lr"] = self.lr.get(optimizer, fallback or FAMILY_LR[spec.family])
         if optim_mod.is_shampoo(optimizer):
             t1, t2 = shampoo_intervals(steps)
-            base = "adamw" if family == "adam" else "sgd"
+            base = "adamw" if spec.family == "adam" else "sgd"
             hp = {"base": base, "stat_interval": t1, "root_interval": t2, **hp}
         overrides = overrides or {}
         hp.update({**overrides.get("*", {}), **overrides.get(optimizer, {})})

@@ -133,6 +133,7 @@ TEXT: dict[str, tuple[str, str]] = {
         "events: {events}; gradient-norm peak {ratio}",
         "事象: {events}、勾配ノルムのピーク {ratio}",
     ),
+    "tile.grad_peak": ("gradient-norm peak {ratio}", "勾配ノルムのピーク {ratio}"),
     # events
     "event.nonfinite": ("{n} non-finite steps", "非有限ステップ {n} 回"),
     "event.spikes": ("{n} loss spikes", "損失スパイク {n} 回"),
@@ -232,8 +233,9 @@ TEXT: dict[str, tuple[str, str]] = {
     # the rules (appendix)
     "rules": (
         "The candidate is the first 4-bit optimizer run ({candidate}), the baseline the first that "
-        "is not Shampoo ({baseline}). Each difference is paired by seed (same seed = same "
-        "initialisation and data order) with a 95 % Student-t interval over the seeds. "
+        "is neither Shampoo nor a peer from another library ({baseline}). Each difference is "
+        "paired by seed (same seed = same initialisation and data order) with a 95 % Student-t "
+        "interval over the seeds. "
         "*Prefer 32-bit Shampoo* when that one ends at least as well and the candidate saves "
         "less than 10 % of its optimizer memory at peak. "
         "*Do not adopt* when the candidate had a non-finite step, a root or Cholesky failure, a "
@@ -244,8 +246,9 @@ TEXT: dict[str, tuple[str, str]] = {
         "includes no difference: *adopt to train faster* if every seed reached the baseline's "
         "final {metric} with a shorter schedule in less training time, else *no gain*. With one "
         "seed: *undecided*.",
-        "候補は最初の4ビットオプティマイザ({candidate})、基準は Shampoo 以外で最初のもの"
-        "({baseline})。差はシードごとに対応させ(同じシード = 同じ初期値とデータ順)、シード間の"
+        "候補は最初の4ビットオプティマイザ({candidate})、基準は Shampoo でも他ライブラリの"
+        "代替でもない最初のもの({baseline})。差はシードごとに対応させ(同じシード = 同じ初期値と"
+        "データ順)、シード間の"
         "スチューデント t による95%信頼区間を付ける。32ビット Shampoo が同等以上で終わり、候補が"
         "節約するピークメモリが10%未満なら*32ビット Shampoo を推奨*。候補に非有限ステップ、逆根・"
         "Cholesky の失敗、発散、または基準より多い損失スパイクがあった場合、あるいは{metric}が基準"

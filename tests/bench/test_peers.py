@@ -48,7 +48,6 @@ def test_peers_join_the_comparison_or_are_skipped_in_one_line(tmp_path, stub_tor
     names = ["adamw", "shampoo4bit", "torchao-adamw4bit", "soap"]
     config = SuiteConfig(optimizers=names, seeds=[0, 1], out=str(tmp_path / "rep"), steps=12)
     config.isolate, config.progress, config.budgets = False, False, ()
-    config.overrides = {"*": {"lr": 3e-3}}  # the peer has no tuned learning rate of its own
     out = run_suite(get_task("digits"), config, log=lines.append)
 
     skips = [line for line in lines if line.startswith("skipping optimizer")]
@@ -60,7 +59,11 @@ def test_peers_join_the_comparison_or_are_skipped_in_one_line(tmp_path, stub_tor
     assert "| torchao 4-bit AdamW |" in md  # the plain label from the one registry of names
     assert "than torchao 4-bit AdamW [95 % CI " in md  # the candidate is compared with the peer
     assert "`soap` (`import pytorch_optimizer` failed" in md
-    # The stub is AdamW: same seed, same steps, same numbers; the baseline stays AdamW.
+    # The stub is AdamW at AdamW's tuned rate (a peer has none of its own): same seed, same
+    # steps, same numbers; and the baseline stays AdamW.
+    hp = {r["optimizer"]: r["hparams"] for r in doc["runs"]}
+    assert hp["torchao-adamw4bit"] == hp["adamw"]
+    assert hp["adamw"]["lr"] == get_task("digits").lr["adamw"]
     finals = {(r["optimizer"], r["seed"]): r["final"]["metric"] for r in doc["runs"]}
     assert all(finals[("torchao-adamw4bit", s)] == finals[("adamw", s)] for s in (0, 1))
 
