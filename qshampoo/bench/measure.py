@@ -76,10 +76,13 @@ class StepWatch:
         if self._measured(self.calls):
             self._state0 = optim_mod.state_bytes(self.name, opt)["total"]
             device = params[0].device if params else torch.device("cpu")
+            spec = optim_mod.REGISTRY.get(self.name)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 self._mode = ("cuda", device, torch.cuda.memory_allocated(device))
+            elif spec is not None and not spec.watchable:
+                self._mode = ("state only",)  # a compiled step: its temporaries are not seen
             else:
                 self._mode = TensorPeak(existing=_state_tensors(opt))
                 self._mode.__enter__()
@@ -89,10 +92,12 @@ class StepWatch:
             if isinstance(self._mode, TensorPeak):
                 self._mode.__exit__(None, None, None)
                 temp = self._mode.peak
-            else:
+            elif self._mode[0] == "cuda":
                 _, device, before = self._mode
                 torch.cuda.synchronize(device)
                 temp = torch.cuda.max_memory_allocated(device) - before
+            else:
+                temp = 0
             self._mode = None
             state = optim_mod.state_bytes(self.name, opt)["total"]
             # the step's temporaries on top of the state it started with; at the first step

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qshampoo.bench import optimizers as om
+from qshampoo.bench.measure import StepWatch
 from qshampoo.bench.suite import SuiteConfig, run_suite
 from qshampoo.bench.summary import roles
 from qshampoo.bench.tasks import get_task
@@ -96,6 +97,7 @@ def test_real_low_bit_adamw_when_installed(name):
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(256, 256))
     opt = om.build(name, [p], lr=1e-3)
+    watch = StepWatch(opt, name)  # what a run measures (torchao's compiled step: state only)
     before = p.detach().clone()
     for _ in range(2):
         p.grad = torch.randn_like(p)
@@ -104,3 +106,21 @@ def test_real_low_bit_adamw_when_installed(name):
     rep = om.state_bytes(name, opt)
     assert rep["preconditioners"] == 0
     assert 0 < rep["total"] < 0.5 * 8 * p.numel()  # 4 or 8 bits per moment, plus scales
+    assert watch.optimizer_peak()["peak"] >= rep["total"]
+
+
+def test_a_compiled_step_is_measured_by_its_state(stub_torchao):
+    """torchao compiles its step with fullgraph=True, which cannot run under the dispatch mode
+    that counts a CPU step's temporaries: the registry says so and only the state is counted."""
+    assert not om.spec("torchao-adamw4bit").watchable and om.spec("adamw").watchable
+    peaks = {}
+    for name in ("adamw", "torchao-adamw4bit"):  # the stub is AdamW: same state, same step
+        p = torch.nn.Parameter(torch.ones(64, 64))
+        opt = om.build(name, [p], lr=1e-3)
+        watch = StepWatch(opt, name)
+        for _ in range(2):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        peaks[name] = watch.optimizer_peak()
+    assert peaks["adamw"]["state"] == peaks["torchao-adamw4bit"]["state"]
+    assert peaks["adamw"]["workspace"] > 0 and peaks["torchao-adamw4bit"]["workspace"] == 0
