@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import BASES
+from .base import BASES, in_chunks
 from .blocking import DEFAULT_MAX_FACTOR_RATIO, warn_large_factors
 from .checkpoint import STATE_FORMAT_VERSION, with_checksums
 from .distributed import Distributor, make_distributor
@@ -244,6 +244,7 @@ class Shampoo(Optimizer):
         each as soon as its direction is known (so that the directions of all parameters are
         never held at once)."""
         _, update = BASES[group["base"]]
+        update = in_chunks(update, self.store.share)
         kwargs = _base_kwargs(group)
         dist = self.store.distributor
         sign = -1.0 if group["maximize"] else 1.0

@@ -92,7 +92,7 @@ def test_no_fp32_matrix_survives_in_quantized_state(quant):
 @pytest.mark.parametrize("quant", ["none", *QUANTIZED])
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_memory_report_equals_formula(quant, bits):
-    shapes = [(96, 64), (10, 96), (96,), (64, 3, 3, 3), (130, 70)]
+    shapes = [(96, 64), (10, 96), (96,), (64, 3, 3, 3), (130, 70), (300, 4)]  # (300, 4): one side
     params = [torch.zeros(s, requires_grad=True) for s in shapes]
     opt = qshampoo.Shampoo(params, quant=quant, bits=bits, block_size=32, min_quant_numel=900)
     for p in params:
