@@ -22,7 +22,8 @@ optimizer, for two kinds of step:
 - ``idle``: nothing is due (intervals beyond the run) — every other step.
 
     python benchmarks/peak_memory.py                                  # ViT-Small and LLaMA-130M
-    python benchmarks/peak_memory.py --models vit-small-cifar100 --optimizers adamw,none,naive
+    python benchmarks/peak_memory.py --models vit-small-cifar100 \
+        --optimizers adamw,none,cholesky_ef,naive
     python benchmarks/peak_memory.py --device cuda --out /tmp/peak.md
 """
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .batches import ClassificationBatches
-from .suite import SuiteConfig, parse_seeds, run_suite
+from .suite import SuiteConfig, run_suite
 from .tasks import Task, TaskData
 
 Data = Any  # (inputs, targets) tensors, a map-style Dataset, or a DataLoader (its dataset is used)
@@ -50,14 +50,13 @@ def _as_xy(data: Data, what: str) -> tuple[Any, Any]:
     """``(x, y)`` tensors, or ``(dataset, None)`` for a map-style dataset."""
     if isinstance(data, torch.utils.data.DataLoader):
         data = data.dataset
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
+        data = data.tensors
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
         if len(x) != len(y):
             raise ValueError(f"{what}: {len(x)} inputs but {len(y)} targets")
         return x, y
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[0], data.tensors[1]
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return data, None
     raise TypeError(
@@ -66,21 +65,11 @@ def _as_xy(data: Data, what: str) -> tuple[Any, Any]:
     )
 
 
-def _split(x, y, fraction: float):
-    """The last ``fraction`` of the samples as a validation split."""
-    n = len(x)
-    cut = n - max(1, int(round(n * fraction)))
-    if y is not None:
-        return (x[:cut], y[:cut]), (x[cut:], y[cut:])
-    return (
-        torch.utils.data.Subset(x, range(cut)),
-        None,
-    ), (torch.utils.data.Subset(x, range(cut, n)), None)
-
-
 @dataclass
 class UserData:
-    """``data_fn`` of a user task: the user's data, batched the harness's deterministic way."""
+    """``data_fn`` of a user task: the user's data, batched the harness's deterministic way.
+    With ``validation``, the test set is ``validation_data`` or the last ``validation_fraction``
+    of the training data."""
 
     train: Data
     test: Data
@@ -90,17 +79,21 @@ class UserData:
 
     def __call__(self, validation: bool = False) -> TaskData:
         x, y = _as_xy(self.train, "train_data")
-        if validation:
-            if self.validation_data is not None:
-                tx, ty = _as_xy(self.validation_data, "validation_data")
-            else:
-                (x, y), (tx, ty) = _split(x, y, self.validation_fraction)
-        else:
+        if not validation:
             tx, ty = _as_xy(self.test, "test_data")
+        elif self.validation_data is not None:
+            tx, ty = _as_xy(self.validation_data, "validation_data")
+        else:
+            n = len(x)
+            cut = n - max(1, int(round(n * self.validation_fraction)))
+            if y is None:
+                Subset = torch.utils.data.Subset  # noqa: N806
+                x, tx, ty = Subset(x, range(cut)), Subset(x, range(cut, n)), None
+            else:
+                x, y, tx, ty = x[:cut], y[:cut], x[cut:], y[cut:]
         train = ClassificationBatches(x, y, batch_size=self.batch_size)
         test = ClassificationBatches(tx, ty, batch_size=self.batch_size, drop_last=False)
-        info = {"train_size": len(x), "test_size": len(tx)}
-        return TaskData(train, test, info)
+        return TaskData(train, test, {"train_size": len(x), "test_size": len(tx)})
 
 
 def make_task(
@@ -110,54 +103,33 @@ def make_task(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     *,
-    name: str = "custom",
-    description: str | None = None,
-    metric_name: str | None = None,
-    higher_is_better: bool | None = None,
-    percent: bool = False,
-    steps: int = 500,
-    batch_size: int = 64,
-    eval_every: int | None = None,
-    eval_limit: int | None = None,
-    eval_batch_size: int = 256,
     lr: float | dict[str, float] | None = None,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
-    optimizers: Sequence[str] = ("adamw", "shampoo", "shampoo4bit"),
     validation_data: Data | None = None,
+    **fields,
 ) -> Task:
-    """A :class:`~qshampoo.bench.tasks.Task` from your pieces (see :func:`compare`)."""
-    if metric_fn is None:
-        metric_name = metric_name or "test loss"
-        higher_is_better = False if higher_is_better is None else higher_is_better
-    else:
-        metric_name = metric_name or "metric"
-        higher_is_better = True if higher_is_better is None else higher_is_better
-    lrs: dict[str, float] = {}
-    if isinstance(lr, dict):
-        lrs = {k: float(v) for k, v in lr.items()}
-    elif lr is not None:
-        lrs = {k: float(lr) for k in optimizers}
+    """A :class:`~qshampoo.bench.tasks.Task` from your pieces (the arguments: :func:`compare`);
+    ``fields`` are the Task's (``name``, ``metric_name``, ``steps``, ``batch_size`` ...)."""
+    fields = {"name": "custom", "eval_batch_size": 256, **fields}
+    fields.setdefault("description", f"user task {fields['name']!r}")
+    fields.setdefault("metric_name", "test loss" if metric_fn is None else "metric")
+    if fields.get("higher_is_better") is None:
+        fields["higher_is_better"] = metric_fn is not None
+    optimizers = tuple(fields.pop("optimizers", ("adamw", "shampoo", "shampoo4bit")))
+    lrs = dict(lr) if isinstance(lr, dict) else {} if lr is None else dict.fromkeys(optimizers, lr)
+    batch_size = fields.setdefault("batch_size", 64)
     return Task(
-        name=name,
-        description=description or f"user task {name!r}",
         model_fn=_IgnoreInfo(model_fn),
         data_fn=UserData(train_data, test_data, batch_size, validation_data),
         loss_fn=loss_fn,
         metric_fn=metric_fn,
-        metric_name=metric_name,
-        higher_is_better=higher_is_better,
-        percent=percent,
-        steps=steps,
-        batch_size=batch_size,
-        eval_every=eval_every,
-        eval_limit=eval_limit,
-        eval_batch_size=eval_batch_size,
-        lr=lrs,
+        lr={k: float(v) for k, v in lrs.items()},
         hparams={"betas": betas, "eps": 1e-8, "weight_decay": weight_decay},
         sgd_hparams={"momentum": 0.9, "weight_decay": weight_decay},
-        optimizers=tuple(optimizers),
+        optimizers=optimizers,
         lr_source="given to qshampoo.bench.compare" if lrs else "family defaults (not tuned)",
+        **fields,
     )
 
 
@@ -172,85 +144,48 @@ def compare(
     seeds: int | Sequence[int] = 2,
     steps: int | None = None,
     epochs: float | None = None,
-    batch_size: int = 64,
-    lr: float | dict[str, float] | None = None,
-    weight_decay: float = 0.0,
     hparams: dict[str, dict[str, Any]] | None = None,
-    metric_name: str | None = None,
-    higher_is_better: bool | None = None,
-    percent: bool = False,
-    eval_every: int | None = None,
-    eval_limit: int | None = None,
-    eval_batch_size: int = 256,
-    name: str = "custom",
-    description: str | None = None,
     out: str | Path = "report/custom",
     device: str = "auto",
     resume: bool = False,
+    overwrite: bool = False,
     isolate: bool | str = "auto",
     progress: bool = True,
     budgets: Sequence[float] = (),
     lang: str = "en",
+    **task_options,
 ) -> Path:
     """Train ``model_fn()`` with each optimizer and seed; write the report; return its folder.
 
-    Args:
-        model_fn: returns a fresh, untrained model (called once per run, after seeding).
-        train_data, test_data: ``(inputs, targets)`` tensors, a map-style ``Dataset`` yielding
-            ``(input, target)`` pairs, or a ``DataLoader`` (only its dataset is used: the harness
-            batches deterministically itself, so that runs are reproducible and resumable).
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> scalar mean loss of a batch.
-        metric_fn: ``metric_fn(model(inputs), targets)`` -> the batch's mean metric (number or
-            0-d tensor); averaged over the test set weighted by batch size. ``None``: the loss.
-        optimizers: names from ``qshampoo bench --list``; unavailable ones are skipped.
-        seeds: a count (seeds ``0..n-1``) or a list. A seed fixes init and data order.
-        steps / epochs: the budget per run (default one epoch).
-        lr: one learning rate for all, or ``{optimizer: lr}``; fair comparisons tune each the
-            same way (see :func:`qshampoo.bench.tuning.tune_lr`).
-        hparams: extra keywords per optimizer, ``{"shampoo4bit": {"ef_decay": 0.0}}``; the key
-            ``"*"`` applies to all.
-        metric_name, higher_is_better, percent: how the metric is named, ranked and shown.
-        out: the report folder. ``resume``: reuse / continue the runs already there.
-        isolate: run each training in a fresh process (``"auto"``: when everything pickles).
-        budgets: time to quality: fractions of the steps that every optimizer but the baseline
-            also trains as shorter full schedules (e.g. ``(0.5, 0.7, 0.85)``; ``()``: none).
-        lang: the report's language, ``"en"`` or ``"ja"``.
+    ``model_fn()`` returns a fresh model (called once per run, after seeding); the data are
+    ``(inputs, targets)`` tensors, a map-style ``Dataset`` of pairs, or a ``DataLoader`` (only its
+    dataset is used: the harness batches deterministically, so runs are reproducible and
+    resumable); ``loss_fn(model(x), y)`` is a batch's mean loss and ``metric_fn`` its mean metric
+    (``None``: the loss). ``seeds`` is a count or a list; ``steps`` / ``epochs`` the budget per
+    run (default one epoch); ``hparams`` extra keywords per optimizer (``"*"``: all); ``resume``
+    reuses the runs in ``out`` with the same settings, ``overwrite`` trains them again (else they
+    are refused); ``budgets`` the fractions of the steps trained for the time to quality;
+    ``task_options`` go to :func:`make_task` (``batch_size``, ``lr``, ``weight_decay``,
+    ``metric_name``, ``percent``, ``eval_every`` ...). The arguments: ``docs/harness.md``.
     """
+    task_options.setdefault("steps", steps or 500)
     task = make_task(
-        model_fn,
-        train_data,
-        test_data,
-        loss_fn,
-        metric_fn,
-        name=name,
-        description=description,
-        metric_name=metric_name,
-        higher_is_better=higher_is_better,
-        percent=percent,
-        steps=steps or 500,
-        batch_size=batch_size,
-        eval_every=eval_every,
-        eval_limit=eval_limit,
-        eval_batch_size=eval_batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        optimizers=optimizers,
+        model_fn, train_data, test_data, loss_fn, metric_fn, optimizers=optimizers, **task_options
     )
-    if steps is None and epochs is None:
-        epochs = 1.0
     config = SuiteConfig(
         optimizers=list(optimizers),
-        seeds=parse_seeds(seeds),
+        seeds=seeds,
         out=str(out),
         steps=steps,
-        epochs=epochs,
+        epochs=1.0 if steps is None and epochs is None else epochs,
         device=device,
         resume=resume,
+        overwrite=overwrite,
         isolate=isolate,
         progress=progress,
-        eval_every=eval_every,
+        eval_every=task.eval_every,
         overrides=dict(hparams or {}),
-        command=f"qshampoo.bench.compare(name={name!r}, ...)",
+        command=f"qshampoo.bench.compare(name={task.name!r}, ...)",
         budgets=tuple(budgets),
         lang=lang,
     )

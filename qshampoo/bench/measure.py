@@ -1,20 +1,12 @@
-"""What a run measures around its optimizer: memory at the step's peak, gradient and update norms.
+"""What a run measures around its optimizer, through the optimizer's step hooks — so the
+harness's loop and a user's loop (:class:`~qshampoo.bench.recorder.Recorder`) measure alike:
 
-:class:`StepWatch` hooks into any ``torch.optim.Optimizer`` (``register_step_pre_hook`` /
-``register_step_post_hook``), so the harness's own loop and a user's loop (through
-:class:`~qshampoo.bench.recorder.Recorder`) measure the same way:
-
-- **What the optimizer adds at its peak**: the bytes of its state plus the most bytes of
-  temporaries one ``step()`` holds at once. On CUDA the allocator counts the temporaries
-  (``max_memory_allocated`` after ``reset_peak_memory_stats``, library workspaces included); on
-  other devices ``qshampoo.peak.TensorPeak`` counts the tensors the step creates, net of the
-  state it replaces (deterministic; it does not see a LAPACK workspace inside one operator).
-  Measured at a few steps: the second, and the first two where Shampoo's roots are due
-  (``step % root_interval == 0``), its worst steps.
-  On a small model the process's resident memory cannot show this: PyTorch's own footprint and the
-  allocator's slack are larger than the optimizer (both are recorded too).
-- **Norms**: the total gradient norm of every step and the update's norm relative to the
-  parameters' (``‖Δθ‖ / ‖θ‖``) after it.
+- **What the optimizer adds at its peak** (bytes): its state plus the most temporaries one
+  ``step()`` holds at once, at the second step and the first two where Shampoo's roots are due
+  (its worst steps). On CUDA the allocator counts them (``max_memory_allocated``); elsewhere
+  ``qshampoo.peak.TensorPeak`` counts the tensors the step creates, net of the state it replaces
+  (deterministic; a LAPACK workspace inside one operator is not seen).
+- **Norms**: every step's gradient norm and the update's norm over the parameters' (‖Δθ‖/‖θ‖).
 """
 
 from __future__ import annotations
@@ -82,12 +74,15 @@ class StepWatch:
         if self.norms:  # the gradient is read after the step: a closure may compute it inside
             self._before = [p.detach().clone() for p in params]
         if self._measured(self.calls):
-            self._state0 = optim_mod.state_bytes(self.name, opt)["total"] if self.name else 0
+            self._state0 = optim_mod.state_bytes(self.name, opt)["total"]
             device = params[0].device if params else torch.device("cpu")
+            spec = optim_mod.REGISTRY.get(self.name)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 self._mode = ("cuda", device, torch.cuda.memory_allocated(device))
+            elif spec is not None and not spec.watchable:
+                self._mode = ("state only",)  # a compiled step: its temporaries are not seen
             else:
                 self._mode = TensorPeak(existing=_state_tensors(opt))
                 self._mode.__enter__()
@@ -97,12 +92,14 @@ class StepWatch:
             if isinstance(self._mode, TensorPeak):
                 self._mode.__exit__(None, None, None)
                 temp = self._mode.peak
-            else:
+            elif self._mode[0] == "cuda":
                 _, device, before = self._mode
                 torch.cuda.synchronize(device)
                 temp = torch.cuda.max_memory_allocated(device) - before
+            else:
+                temp = 0
             self._mode = None
-            state = optim_mod.state_bytes(self.name, opt)["total"] if self.name else 0
+            state = optim_mod.state_bytes(self.name, opt)["total"]
             # the step's temporaries on top of the state it started with; at the first step
             # the state itself is created inside the step and counted with the temporaries
             self.samples.append({"step": self.calls, "state": state, "peak": self._state0 + temp})
@@ -120,24 +117,13 @@ class StepWatch:
         if not self.samples:
             return {"peak": None, "state": None, "workspace": None}
         worst = max(self.samples, key=lambda s: s["peak"])
-        return {
-            "peak": worst["peak"],
-            "state": worst["state"],
-            "workspace": max(0, worst["peak"] - worst["state"]),
-        }
+        return {**worst, "workspace": max(0, worst["peak"] - worst["state"])}
+
+    _STATE = ("calls", "rss_before", "samples", "grad_norms", "update_ratios")
 
     def state_dict(self) -> dict:
-        return {
-            "calls": self.calls,
-            "rss_before": self.rss_before,
-            "samples": self.samples,
-            "grad_norms": self.grad_norms,
-            "update_ratios": self.update_ratios,
-        }
+        return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        self.calls = int(state["calls"])
-        self.rss_before = state["rss_before"]
-        self.samples = list(state["samples"])
-        self.grad_norms = list(state["grad_norms"])
-        self.update_ratios = list(state["update_ratios"])
+        for k in self._STATE:
+            setattr(self, k, state[k])

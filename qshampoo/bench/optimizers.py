@@ -1,20 +1,21 @@
-"""Optimizers by name, and adapters that read their memory and diagnostics.
+"""The one registry of optimizers — names, how to build them, their family and stored bits — and
+the adapters that read any optimizer's memory and diagnostics.
 
-Every optimizer is built as ``build(name, param_groups, **hyperparameters)``. The qshampoo
-optimizers and the peers are imported lazily, so a missing package only makes its names
-unavailable (:func:`availability` says why); it never breaks the harness.
-
-``family`` groups optimizers whose hyperparameters mean the same thing: the ``"adam"`` family
-(AdamW and everything grafted onto or derived from it) shares betas/eps and a learning-rate range;
-``"sgd"`` is SGD with momentum.
+Every optimizer is built as ``build(name, param_groups, **hyperparameters)``. qshampoo and the
+peers (torchao, bitsandbytes, pytorch-optimizer) are imported lazily, so a missing package only
+makes its names unavailable (:func:`availability` says why); it never breaks the harness.
+``family`` groups optimizers whose hyperparameters mean the same thing: ``"adam"`` (AdamW and
+everything grafted onto or derived from it) and ``"sgd"``. Plain labels ("4-bit Shampoo") are
+the entries ``opt.<name>`` of :mod:`qshampoo.bench.text`, in every report language.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,152 +30,109 @@ class OptimizerSpec:
     family: str  # "adam" or "sgd": which hyperparameter defaults apply
     description: str
     factory: Callable[..., torch.optim.Optimizer]
-    # Keywords the factory understands; the others in a task's hyperparameters are dropped.
-    accepts: frozenset[str] = field(default_factory=frozenset)
+    accepts: frozenset[str]  # keywords the factory takes; build() drops the others
     peer: bool = False
     # For optimizers without memory_report(): state keys that hold preconditioners.
-    precond_keys: frozenset[str] = field(default_factory=frozenset)
+    precond_keys: frozenset[str] = frozenset()
     # qshampoo's Shampoo: the bits its preconditioners are stored in (32: fp32); None: not
     # Shampoo. What the report compares is decided from this, never from the name.
     bits: int | None = None
+    # False for a step that torch.compile's with fullgraph (torchao's): it cannot run under the
+    # dispatch mode that counts a CPU step's temporaries, so only its state is measured there.
+    watchable: bool = True
 
 
-_ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
-_SGD_KEYS = frozenset({"lr", "momentum", "weight_decay", "nesterov"})
+ADAM_KEYS = frozenset({"lr", "betas", "eps", "weight_decay"})
+SGD_KEYS = frozenset({"lr", "momentum", "weight_decay", "nesterov"})
 
 
-def _shampoo_keys() -> frozenset[str]:
-    """Every keyword of ``qshampoo.Shampoo`` that is a hyperparameter (not process layout)."""
-    from ..optimizer import Shampoo
-
-    names = inspect.signature(Shampoo.__init__).parameters
-    # quant is what the optimizer names (shampoo, shampoo4bit, ...) choose
-    layout = {"self", "params", "quant", "distributed", "process_group", "precision_config"}
-    return frozenset(names) - layout
-
-
-def _import(module: str, what: str):
+def _class(module: str, *attrs: str) -> type:
+    """The first of ``module.attrs`` that exists; :class:`OptimizerUnavailable` if none does."""
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except Exception as e:  # ImportError, or a broken install raising anything else
-        raise OptimizerUnavailable(f"{what}: `import {module}` failed ({e})") from e
+        raise OptimizerUnavailable(f"`import {module}` failed ({e})") from e
+    for a in attrs:
+        if hasattr(mod, a):
+            return getattr(mod, a)
+    raise OptimizerUnavailable(f"{module} has no {attrs[0]}")
 
 
-def _shampoo(quant: str, **defaults) -> Callable[..., torch.optim.Optimizer]:
-    """A factory of ``qshampoo.Shampoo(quant=quant)``; ``defaults`` apply unless overridden."""
+def _factory(module: str, *attrs: str, **defaults) -> Callable[..., torch.optim.Optimizer]:
+    """Build ``module.attrs[0]`` (or the next that exists) with ``defaults`` unless overridden."""
 
     def make(params, **kw):
-        cls = getattr(_import("qshampoo", "qshampoo"), "Shampoo", None)
-        if cls is None:
-            raise OptimizerUnavailable("qshampoo.Shampoo is not implemented in this checkout")
-        kw = {**defaults, **kw}
-        if kw.get("bits") != "auto":
-            kw.pop("memory_budget", None)  # one hyperparameter dict serves the whole family
-        return cls(params, quant=quant, **kw)
+        return _class(module, *attrs)(params, **{**defaults, **kw})
 
     return make
 
 
-def _adamw(params, **kw):
-    return torch.optim.AdamW(params, **kw)
-
-
-def _sgd(params, **kw):
-    kw.setdefault("momentum", 0.9)
-    return torch.optim.SGD(params, **kw)
-
-
-def _peer(module: str, what: str, *attrs: str) -> Callable[..., torch.optim.Optimizer]:
-    """A factory of the first of ``module.attrs`` that exists (a peer's optimizer class)."""
+def _shampoo(quant: str, cls: str = "Shampoo", **defaults) -> Callable[..., torch.optim.Optimizer]:
+    """A factory of ``qshampoo.<cls>(quant=quant)``; ``defaults`` apply unless overridden."""
 
     def make(params, **kw):
-        mod = _import(module, what)
-        cls = next((getattr(mod, a) for a in attrs if hasattr(mod, a)), None)
-        if cls is None:
-            raise OptimizerUnavailable(f"{module} has no {attrs[0]}")
-        return cls(params, **kw)
+        from .. import optimizer
+
+        kw = {**defaults, **kw}
+        if cls == "Shampoo" and kw.get("bits") != "auto":
+            kw.pop("memory_budget", None)  # one hyperparameter dict serves the whole family
+        return getattr(optimizer, cls)(params, quant=quant, **kw)
 
     return make
 
 
 def _specs() -> list[OptimizerSpec]:
-    sk = _shampoo_keys()
+    from ..optimizer import Shampoo
 
-    def shampoo(name, stored_bits, description, quant, **defaults):
+    # every keyword of Shampoo that is a hyperparameter; quant is what the names choose
+    layout = {"self", "params", "quant", "distributed", "process_group", "precision_config"}
+    shampoo_keys = frozenset(inspect.signature(Shampoo.__init__).parameters) - layout
+
+    def shampoo(name, stored, quant, description, cls="Shampoo", **defaults):
+        factory = _shampoo(quant, cls, **defaults)
+        return OptimizerSpec(name, "adam", description, factory, shampoo_keys, bits=stored)
+
+    def peer(name, module, attr, precond=(), alias=(), watchable=True):
+        factory = _factory(module, attr, *alias)
+        description = f"{module.split('.')[0]}'s {attr} (peer, when installed)"
+        keys = frozenset(precond)
         return OptimizerSpec(
-            name, "adam", description, _shampoo(quant, **defaults), sk, bits=stored_bits
+            name, "adam", description, factory, ADAM_KEYS, True, keys, watchable=watchable
         )
 
+    adamw = _factory("torch.optim", "AdamW")
+    sgd = _factory("torch.optim", "SGD", momentum=0.9)
     return [
-        OptimizerSpec("adamw", "adam", "torch.optim.AdamW", _adamw, _ADAM_KEYS),
-        OptimizerSpec("sgd", "sgd", "torch.optim.SGD with momentum 0.9", _sgd, _SGD_KEYS),
-        shampoo("shampoo", 32, "32-bit Shampoo grafted onto AdamW", "none"),
+        OptimizerSpec("adamw", "adam", "torch.optim.AdamW", adamw, ADAM_KEYS),
+        OptimizerSpec("sgd", "sgd", "torch.optim.SGD with momentum 0.9", sgd, SGD_KEYS),
+        shampoo("shampoo", 32, "none", "32-bit Shampoo grafted onto AdamW"),
+        # what a user gets: Shampoo4bit's defaults (CQ+EF, bits="auto" within 1/8), and Paper A's
+        shampoo("shampoo4bit", 4, "cholesky_ef", "qshampoo.Shampoo4bit()", "Shampoo4bit"),
         shampoo(
-            "shampoo4bit",
+            "shampoo4bit-paper",
             4,
-            "4-bit Shampoo: Cholesky factors + error feedback (Paper A, CQ+EF)",
             "cholesky_ef",
+            "Shampoo4bit(paper=True)",
+            "Shampoo4bit",
+            paper=True,
         ),
-        shampoo(
-            "shampoo4bit-naive", 4, "4-bit Shampoo quantizing the matrices themselves (VQ)", "naive"
-        ),
-        shampoo(
-            "shampoo4bit-eigen", 4, "4-bit Shampoo with quantized eigenvectors (Paper B)", "eigen"
-        ),
-        shampoo(
-            "shampoo4bit-cholesky",
-            4,
-            "4-bit Shampoo with Cholesky factors, no error feedback (CQ)",
-            "cholesky",
-        ),
+        shampoo("shampoo4bit-naive", 4, "naive", "4-bit, the matrices themselves (VQ)"),
+        shampoo("shampoo4bit-eigen", 4, "eigen", "4-bit eigenvectors (Paper B)"),
+        shampoo("shampoo4bit-cholesky", 4, "cholesky", "4-bit Cholesky factors, no error feedback"),
         shampoo(
             "shampoo4bit-auto",
             4,
-            "CQ+EF with adaptive precision: 8 bits (CQ) for the factors where 4 bits cost the "
-            "most, within memory_budget (default 1/7 of 32-bit's preconditioner bytes)",
             "cholesky_ef",
+            "CQ+EF with 8 bits for the factors where 4 cost the most, within memory_budget",
             bits="auto",
             memory_budget=1 / 7,
         ),
-        shampoo(
-            "shampoo8bit",
-            8,
-            "8-bit Shampoo: Cholesky factors + error feedback (CQ+EF) in 8 bits",
-            "cholesky_ef",
-            bits=8,
-        ),
-        shampoo(
-            "shampoo8bit-cholesky",
-            8,
-            "8-bit Shampoo: Cholesky factors in 8 bits, no error feedback (CQ)",
-            "cholesky",
-            bits=8,
-        ),
-        OptimizerSpec(
-            "torchao-adamw4bit",
-            "adam",
-            "torchao.optim.AdamW4bit (peer)",
-            _peer("torchao.optim", "torchao", "AdamW4bit", "_AdamW4bit"),
-            _ADAM_KEYS,
-            peer=True,
-        ),
-        OptimizerSpec(
-            "bnb-adamw8bit",
-            "adam",
-            "bitsandbytes.optim.AdamW8bit (peer)",
-            _peer("bitsandbytes.optim", "bitsandbytes", "AdamW8bit"),
-            _ADAM_KEYS,
-            peer=True,
-        ),
-        OptimizerSpec(
-            "soap",
-            "adam",
-            "pytorch_optimizer.SOAP (peer)",
-            _peer("pytorch_optimizer", "pytorch-optimizer", "SOAP"),
-            _ADAM_KEYS,
-            peer=True,
-            precond_keys=frozenset({"GG", "Q"}),
-        ),
+        shampoo("shampoo8bit", 8, "cholesky_ef", "CQ+EF in 8 bits", bits=8),
+        shampoo("shampoo8bit-cholesky", 8, "cholesky", "CQ in 8 bits", bits=8),
+        peer("torchao-adamw4bit", "torchao.optim", "AdamW4bit", ("_AdamW4bit",), watchable=False),
+        peer("torchao-adamw8bit", "torchao.optim", "AdamW8bit", ("_AdamW8bit",), watchable=False),
+        peer("bnb-adamw8bit", "bitsandbytes.optim", "AdamW8bit"),
+        peer("soap", "pytorch_optimizer", "SOAP", precond=("GG", "Q")),
     ]
 
 
@@ -188,6 +146,13 @@ def label(name: str, lang: str = "en") -> str:
     return t(f"opt.{name}", lang) if f"opt.{name}" in TEXT else name
 
 
+def spec(name: str) -> OptimizerSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
 def is_shampoo(name: str) -> bool:
     return name in REGISTRY and REGISTRY[name].bits is not None
 
@@ -197,32 +162,30 @@ def quantized(name: str) -> bool:
     return is_shampoo(name) and REGISTRY[name].bits < 32
 
 
-def names() -> list[str]:
-    return list(REGISTRY)
-
-
-def spec(name: str) -> OptimizerSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(REGISTRY)}") from None
+def effective(name: str, hyperparameters: dict) -> dict:
+    """The part of ``hyperparameters`` that optimizer ``name`` takes (what :func:`build` passes)."""
+    return {k: v for k, v in hyperparameters.items() if k in spec(name).accepts}
 
 
 def build(name: str, params, **hyperparameters) -> torch.optim.Optimizer:
-    """Construct optimizer ``name`` over ``params`` (tensors or param groups).
-
-    Keywords the optimizer does not take (e.g. ``stat_interval`` for AdamW) are dropped, so one
-    hyperparameter dict can serve a whole family.
-    """
+    """Construct optimizer ``name`` over ``params`` (tensors or param groups). Keywords it does
+    not take (e.g. ``stat_interval`` for AdamW) are dropped, so one dict serves a family."""
     return spec(name).factory(params, **effective(name, hyperparameters))
 
 
-def effective(name: str, hyperparameters: dict) -> dict:
-    """The part of ``hyperparameters`` that optimizer ``name`` takes (what :func:`build` passes)."""
-    accepts = spec(name).accepts
-    return {k: v for k, v in hyperparameters.items() if k in accepts}
+def check(name: str, hyperparameters: dict) -> None:
+    """Raise ``ValueError`` (one line, naming the keyword) when optimizer ``name`` refuses
+    ``hyperparameters``: the optimizer's own validation, before any run is started."""
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    try:
+        build(name, [p], **hyperparameters)
+    except OptimizerUnavailable:
+        pass  # reported by availability()
+    except Exception as e:  # ValueError mostly; a malformed value can raise anything
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
+@functools.cache  # a peer that compiles its step takes tens of seconds
 def availability(name: str, device: str | torch.device = "cpu", probe: bool = True) -> str | None:
     """``None`` when ``name`` can be built here, else the reason it cannot.
 
@@ -234,10 +197,9 @@ def availability(name: str, device: str | torch.device = "cpu", probe: bool = Tr
         opt = build(name, [p], lr=1e-3)
         if probe:
             opt.step()
-    except OptimizerUnavailable as e:
-        return str(e)
-    except Exception as e:  # e.g. a CUDA-only kernel on a CPU tensor
-        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # not installed, or e.g. a CUDA-only kernel on a CPU tensor
+        reason = str(e) if isinstance(e, OptimizerUnavailable) else f"{type(e).__name__}: {e}"
+        return reason.strip().splitlines()[0] if reason.strip() else type(e).__name__
     return None
 
 
@@ -246,25 +208,19 @@ def availability(name: str, device: str | torch.device = "cpu", probe: bool = Tr
 # --------------------------------------------------------------------------------------------
 
 
-def tensor_bytes(t) -> int:
-    """Bytes a tensor really stores. Tensor subclasses that wrap others (torchao's quantized
-    state) are counted through their inner tensors."""
-    if not isinstance(t, torch.Tensor):
-        return 0
-    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
-        inner, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in inner)
-    return t.numel() * t.element_size()
-
-
-def _nested_bytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return tensor_bytes(obj)
+def tensor_bytes(obj) -> int:
+    """Bytes the tensors in ``obj`` (a tensor, or dicts / lists / tuples of them) really store.
+    Tensor subclasses that wrap others (torchao's quantized state) count their inner tensors."""
     if isinstance(obj, dict):
-        return sum(_nested_bytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_nested_bytes(v) for v in obj)
-    return 0
+        return sum(tensor_bytes(v) for v in obj)
+    if not isinstance(obj, torch.Tensor):
+        return 0
+    if type(obj) is not torch.Tensor and hasattr(obj, "__tensor_flatten__"):
+        inner, _ = obj.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(obj, n)) for n in inner)
+    return obj.numel() * obj.element_size()
 
 
 def memory_report(
@@ -286,35 +242,24 @@ def memory_report(
     pre = base = 0
     for state in opt.state.values():
         for key, value in state.items():
-            n = _nested_bytes(value)
             if key in precond_keys:
-                pre += n
+                pre += tensor_bytes(value)
             else:
-                base += n
+                base += tensor_bytes(value)
     return {"preconditioners": pre, "base_state": base, "total": pre + base}
 
 
 def state_bytes(name: str, opt: torch.optim.Optimizer) -> dict[str, int]:
     """:func:`memory_report` with the registry's knowledge of optimizer ``name``."""
-    return memory_report(opt, spec(name).precond_keys)
-
-
-DIAGNOSTIC_DEFAULTS = {
-    "nonfinite_steps": 0,
-    "root_failures": 0,
-    "cholesky_failures": 0,
-    "quant_error": None,
-}
+    return memory_report(opt, REGISTRY[name].precond_keys if name in REGISTRY else frozenset())
 
 
 def diagnostics(opt: torch.optim.Optimizer) -> dict:
     """The optimizer's ``diagnostics()`` with the keys the report uses always present."""
-    out = dict(DIAGNOSTIC_DEFAULTS)
     own = getattr(opt, "diagnostics", None)
-    if callable(own):
-        out.update(own())
+    out = {"quant_error": None, **(own() if callable(own) else {})}
     for k in ("nonfinite_steps", "root_failures", "cholesky_failures"):
-        out[k] = int(out[k] or 0)
-    q = out.get("quant_error")
-    out["quant_error"] = None if q is None else float(q)
+        out[k] = int(out.get(k) or 0)
+    if out["quant_error"] is not None:
+        out["quant_error"] = float(out["quant_error"])
     return out

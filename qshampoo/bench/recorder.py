@@ -1,19 +1,9 @@
-"""Record your own training loop, and write the harness's report from its runs.
-
-Plain PyTorch::
-
-    rec = qshampoo.bench.Recorder("report/mine", optimizer="shampoo4bit", seed=0)
-    rec.watch(opt)                       # hooks into opt.step(): memory, gradient / update norms
-    for batch in data:
-        loss = ...; loss.backward(); opt.step(); opt.zero_grad()
-        rec.step(loss)                   # the training loss of this step
-        if step % 100 == 0:
-            rec.eval(accuracy(model))    # a periodic evaluation
-    rec.finish(accuracy(model))          # writes runs/shampoo4bit/seed0/result.json + the report
+"""Record your own training loop (:class:`Recorder`, or the Hugging Face and Lightning callbacks)
+and write the harness's report from its runs; the format of a run's ``result.json``.
 
 Run the script once per optimizer and seed into the same folder: every ``finish`` rewrites
-``report.md`` / ``report.html`` from all the runs there. :class:`HFCallback` (Hugging Face
-``Trainer``) and :class:`LightningCallback` do the same from inside those trainers.
+``report.md`` / ``report.html`` from all the runs there (``docs/harness.md``,
+``examples/recorder_loop.py``).
 """
 
 from __future__ import annotations
@@ -114,11 +104,9 @@ class Recorder:
         while not hasattr(opt, "_optimizer_step_pre_hooks") and hasattr(opt, "optimizer"):
             opt = opt.optimizer  # a trainer's wrapper (accelerate's AcceleratedOptimizer)
         self.opt = opt
-        name = self.optimizer if self.optimizer in optim_mod.REGISTRY else ""
-        self.watch_ = StepWatch(opt, name or self.optimizer, norms=self.norms)
+        self.watch_ = StepWatch(opt, self.optimizer, norms=self.norms)
         if not self.hparams:
-            group = opt.param_groups[0]
-            self.hparams = {k: v for k, v in group.items() if k != "params"}
+            self.hparams = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
         self._last = time.perf_counter()
         return self
 
@@ -159,22 +147,15 @@ class Recorder:
 
     # ---- checkpoints ----
 
+    _STATE = ("losses", "evals", "train_s", "eval_s", "cpu_s", "memory")
+
     def state_dict(self) -> dict:
-        return {
-            "losses": self.losses,
-            "evals": self.evals,
-            "train_s": self.train_s,
-            "eval_s": self.eval_s,
-            "cpu_s": self.cpu_s,
-            "memory": self.memory,
-            "watch": self.watch_.state_dict() if self.watch_ else None,
-        }
+        state = {k: getattr(self, k) for k in self._STATE}
+        return {**state, "watch": self.watch_.state_dict() if self.watch_ else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses, self.evals = list(state["losses"]), list(state["evals"])
-        self.train_s, self.eval_s = float(state["train_s"]), float(state["eval_s"])
-        self.cpu_s = float(state.get("cpu_s", 0.0))
-        self.memory.update(state.get("memory", {}))
+        for k in self._STATE:
+            setattr(self, k, state[k])
         if self.watch_ is not None and state.get("watch"):
             self.watch_.load_state_dict(state["watch"])
 
@@ -185,24 +166,17 @@ class Recorder:
         "loss"}`` of the final model (default: the last evaluation)."""
         last = self.evals[-1] if self.evals else {"metric": float("nan"), "loss": None}
         final = final or {"metric": last["metric"], "loss": last["loss"]}
-        diag = optim_mod.diagnostics(self.opt) if self.opt is not None else {}
-        w = self.watch_
-        steps = len(self.losses)
-        state = (
-            optim_mod.state_bytes(self.optimizer, self.opt)
-            if self.opt is not None and self.optimizer in optim_mod.REGISTRY
-            else optim_mod.memory_report(self.opt)
-            if self.opt is not None
-            else {"preconditioners": 0, "base_state": 0, "total": 0}
-        )
-        peak = w.optimizer_peak() if w else {"peak": None, "state": None, "workspace": None}
+        opt, w, steps = self.opt, self.watch_, len(self.losses)
+        diag = optim_mod.diagnostics(opt) if opt is not None else {}
+        state = optim_mod.state_bytes(self.optimizer, opt) if opt is not None else {}
+        peak = w.optimizer_peak() if w else {}
         cuda = None
-        if self.opt is not None and torch.cuda.is_available():
-            device = next((p.device for g in self.opt.param_groups for p in g["params"]), None)
+        if opt is not None and torch.cuda.is_available():
+            device = next((p.device for g in opt.param_groups for p in g["params"]), None)
             if device is not None and device.type == "cuda":
                 cuda = torch.cuda.max_memory_allocated(device)
         before = w.rss_before if w else None
-        spikes = stability.loss_spikes(self.losses)
+        grads, updates = (w.grad_norms, w.update_ratios) if w else ([], [])
         return {
             "format": FORMAT_VERSION,
             "task": self.task,
@@ -218,8 +192,8 @@ class Recorder:
             "memory": {
                 "optimizer_state": state,
                 # state + the most temporaries one step held (see qshampoo.bench.measure)
-                "optimizer_peak_bytes": peak["peak"],
-                "step_workspace_bytes": peak["workspace"],
+                "optimizer_peak_bytes": peak.get("peak"),
+                "step_workspace_bytes": peak.get("workspace"),
                 "peak_rss_bytes": peak_rss(),
                 "rss_start_bytes": self.memory.get("rss_start_bytes"),
                 "rss_added_bytes": None if before is None else peak_rss() - before,
@@ -238,18 +212,13 @@ class Recorder:
                 "optimizer_nonfinite_steps": diag.get("nonfinite_steps", 0),
                 "root_failures": diag.get("root_failures", 0),
                 "cholesky_failures": diag.get("cholesky_failures", 0),
-                "loss_spikes": len(spikes),
+                "loss_spikes": len(spikes := stability.loss_spikes(self.losses)),
                 "spike_steps": [s + 1 for s in spikes],
-                "grad_norm_ratio": stability.peak_ratio(w.grad_norms) if w else None,
-                "update_ratio_max": max(stability.finite(w.update_ratios), default=None)
-                if w
-                else None,
+                "grad_norm_ratio": stability.peak_ratio(grads),
+                "update_ratio_max": max(stability.finite(updates), default=None),
                 "diverged": bool(extra.pop("diverged", False)),
             },
-            "norms": {
-                "grad": w.grad_norms if w else [],
-                "update_ratio": w.update_ratios if w else [],
-            },
+            "norms": {"grad": grads, "update_ratio": updates},
             "diagnostics": jsonable(diag),
             **extra,
         }

@@ -1,11 +1,13 @@
-"""The report a comparison or a sweep leaves behind: ``report.md``, ``report.html`` (one
-self-contained page: plots embedded, no network), ``results.json`` and the PNG plots.
+"""The report of a comparison (``qshampoo bench``) or a sweep (``qshampoo sweep``): ``report.md``,
+``report.html`` (the same page, self-contained: plots embedded, no network), ``results.json`` and
+the PNG plots.
 
-A comparison's report starts with one recommendation sentence, derived from the measurements by
-the rules in ``docs/harness.md`` (and the report's appendix), then four KPI tiles relative to the
-baseline (AdamW) with paired 95 % intervals, then one KPI figure; everything else is in the
-appendix. Its text comes from :mod:`qshampoo.bench.text`, in English or Japanese. A report is a
-list of blocks that :func:`to_markdown` and :func:`to_html` both render, so the two never differ.
+A comparison's page starts with one recommendation sentence derived from the measurements by the
+rules in ``docs/harness.md``, then four KPI tiles relative to the baseline (AdamW) with paired
+95 % intervals, then the KPI figure; a sweep's page with its findings and the quality of every
+setting. Then the appendix: tables, plots, glossary, hyperparameters, how it was run. A page is a
+list of blocks that :func:`render` writes both as Markdown and as HTML, so the two never differ;
+every string comes from :mod:`qshampoo.bench.text`, in English or Japanese.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from . import optimizers as optim_mod
 from .machine import machine_info, versions
-from .plots import bench_plots, sweep_plots
+from .plots import write_plots
 from .recorder import RESULT, write_json
 from .stability import SPIKE_MADS, SPIKE_RISE, SPIKE_WINDOW
 from .summary import (
@@ -31,9 +33,9 @@ from .summary import (
     fmt_value,
     metric_scale,
     paired,
-    paired_diff,
     pooled_noise,
     roles,
+    runs_of,
     stats_of,
     summarize_runs,
     time_key,
@@ -44,49 +46,9 @@ from .summary import (
 from .text import t
 
 # --------------------------------------------------------------------------------------------
-# Blocks: ("h", level, text), ("p", text), ("table", head, rows), ("img", file, alt),
-# ("tiles", [{"title", "note", "rows": [(label, value, detail, strong)]}])
+# Rendering. Blocks: ("h", level, text), ("p", text), ("table", head, rows), ("img", file, alt),
+# ("tiles", [{"title", "note", "rows": [(label, value, detail, strong)]}], corner)
 # --------------------------------------------------------------------------------------------
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    lines = []
-    for b in blocks:
-        if b[0] == "h":
-            lines += ["#" * b[1] + " " + b[2], ""]
-        elif b[0] == "p":
-            lines += [b[1], ""]
-        elif b[0] == "img":
-            lines += [f"![{b[2]}]({b[1]})", ""]
-        elif b[0] == "table":
-            lines += [_md_table(b[1], b[2]), ""]
-        elif b[0] == "tiles":  # one row per tile, one column per optimizer
-            tiles = b[1]
-            names = [r[0] for r in tiles[0]["rows"]]
-            rows = [
-                [f"**{tl['title']}** ({tl['note']})"]
-                + [
-                    (f"**{v}**" if strong else v) + (f"; {d}" if d else "")
-                    for _, v, d, strong in tl["rows"]
-                ]
-                for tl in tiles
-            ]
-            lines += [_md_table([b[2], *names], rows), ""]
-    return "\n".join(lines)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(out + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
-def _inline(text: str) -> str:
-    """Markdown's bold, italics and code in ``text`` as HTML."""
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
-
 
 CSS = """
 body{font-family:system-ui,'Segoe UI',Helvetica,Arial,'IPAGothic','Noto Sans CJK JP',sans-serif;
@@ -98,47 +60,76 @@ h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 .tile h3{margin:0;font-size:1em}.note{color:#666;font-size:.8em;margin-bottom:6px}
 .row{margin:4px 0;font-size:.9em}.row .v{font-size:1.1em;font-weight:600}
 .row.strong .v{font-size:1.5em;color:#1b6ca8}.row .d{color:#555;display:block;font-size:.85em}
-table{border-collapse:collapse;font-size:.85em;margin:8px 0}
+table{border-collapse:collapse;font-size:.85em;margin:8px 0;display:block;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}img{max-width:100%}
 """
 
 
-def to_html(blocks: list[tuple], out: Path, title: str, lang: str) -> str:
-    body = []
-    for b in blocks:
-        if b[0] == "h":
-            body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            cls = ' class="decision"' if b[1].startswith("**") and not body[1:] else ""
-            body.append(f"<p{cls}>{_inline(b[1])}</p>")
-        elif b[0] == "img":
-            data = base64.b64encode((out / b[1]).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">')
-        elif b[0] == "table":
-            head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in b[2]
-            )
-            body.append(f"<table><tr>{head}</tr>{rows}</table>")
-        elif b[0] == "tiles":
-            tiles = []
-            for tl in b[1]:
-                rows = "".join(
-                    f'<div class="row{" strong" if strong else ""}">{_inline(name)} '
-                    f'<span class="v">{_inline(v)}</span><span class="d">{_inline(d)}</span></div>'
-                    for name, v, d, strong in tl["rows"]
-                )
-                tiles.append(
-                    f'<div class="tile"><h3>{_inline(tl["title"])}</h3>'
-                    f'<div class="note">{_inline(tl["note"])}</div>{rows}</div>'
-                )
-            body.append(f'<div class="tiles">{"".join(tiles)}</div>')
-    return (
-        f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>\n"
+def _inline(text: str) -> str:
+    """Markdown's bold, italics and code in ``text`` as HTML."""
+    text = html.escape(str(text), quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
+
+
+def _md_table(head: list, rows: list[list]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(out + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def _html_table(head: list, rows: list[list]) -> str:
+    def cells(tag, row):
+        return "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in row)
+
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f"<table><tr>{cells('th', head)}</tr>{body}</table>"
+
+
+def _html_tile(tile: dict) -> str:
+    rows = "".join(
+        f'<div class="row{" strong" if strong else ""}">{_inline(name)} '
+        f'<span class="v">{_inline(v)}</span><span class="d">{_inline(d)}</span></div>'
+        for name, v, d, strong in tile["rows"]
     )
+    title, note = _inline(tile["title"]), _inline(tile["note"])
+    return f'<div class="tile"><h3>{title}</h3><div class="note">{note}</div>{rows}</div>'
+
+
+def render(blocks: list[tuple], out: Path, lang: str) -> tuple[str, str]:
+    """``blocks`` as Markdown and as one HTML page whose images are embedded from ``out``."""
+    md, body = [], []
+    for kind, *a in blocks:
+        if kind == "h":
+            md.append("#" * a[0] + " " + a[1])
+            body.append(f"<h{a[0]}>{_inline(a[1])}</h{a[0]}>")
+        elif kind == "p":
+            md.append(a[0])
+            decision = a[0].startswith("**") and len(body) == 1  # the sentence under the title
+            cls = ' class="decision"' if decision else ""
+            body.append(f"<p{cls}>{_inline(a[0])}</p>")
+        elif kind == "img":
+            md.append(f"![{a[1]}]({a[0]})")
+            data = base64.b64encode((out / a[0]).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(a[1])}" src="data:image/png;base64,{data}">')
+        elif kind == "table":
+            md.append(_md_table(*a))
+            body.append(_html_table(*a))
+        elif kind == "tiles":  # Markdown: one row per tile, one column per optimizer
+            tiles, corner = a
+            rows = [
+                [f"**{tl['title']}** ({tl['note']})"]
+                + [(f"**{v}**" if s else v) + (f"; {d}" if d else "") for _, v, d, s in tl["rows"]]
+                for tl in tiles
+            ]
+            md.append(_md_table([corner, *(r[0] for r in tiles[0]["rows"])], rows))
+            body.append(f'<div class="tiles">{"".join(map(_html_tile, tiles))}</div>')
+    title = html.escape(blocks[0][2])
+    page = (
+        f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
+    return "\n\n".join(md) + "\n", page
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,8 +143,7 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
     names = list(summary)
     k = roles(names)
     b, ref, hib = k["baseline"], k["reference"], meta["higher_is_better"]
-    tkey = time_key(meta)[0]  # CPU time per step with one thread on a CPU: the compute itself
-    runs = {n: [r for r in results if r["optimizer"] == n and "budget" not in r] for n in names}
+    tkey = time_key(meta)  # CPU time per step with one thread on a CPU: the compute itself
     get = {
         "metric": lambda r: r["final"]["metric"],
         "peak": lambda r: r["memory"].get("optimizer_peak_bytes"),
@@ -164,7 +154,7 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
     def pair(a, other, what, ratio=False):
         if other is None:
             return None
-        return paired(by_seed(runs[a], get[what]), by_seed(runs[other], get[what]), ratio)
+        return paired(*(by_seed(runs_of(results, n), get[what]) for n in (a, other)), ratio)
 
     rows = {}
     for n in names:
@@ -177,19 +167,28 @@ def kpis(meta: dict, summary: dict, results: list[dict]) -> dict:
             "grad": pair(n, b, "grad", True),
             "ttq": None,
         }
-        if b and meta.get("budgets"):
+        if b and meta.get("budgets") and n == k["candidate"]:
             clock = "cpu_s" if tkey == "cpu_ms_per_step" else "train_s"
             row["ttq"] = ttq_summary(time_to_quality(results, n, b, hib, clock))
         if ref and n != ref:
             row["vs_reference"] = pair(n, ref, "metric")
             row["memory_vs_reference"] = pair(ref, n, "peak", True)
             row["time_vs_reference"] = pair(n, ref, "ms", True)
+        if n == k["candidate"]:  # the cheaper alternatives a user would consider (registry: peer)
+            peers = [p for p in names if p in optim_mod.REGISTRY and optim_mod.spec(p).peer]
+            row["vs_peers"] = {p: pair(n, p, "metric") for p in peers}
         rows[n] = row
     return {**k, "rows": rows, "events": {n: events(summary[n]["stability"]) for n in names}}
 
 
+def _digits(meta: dict) -> int:
+    """Percentages to 0.01 points, losses to 1e-4 (settings of a language model differ by a few
+    thousandths)."""
+    return 2 if meta.get("percent") else 4
+
+
 def _signed(x: float, meta: dict) -> str:
-    return f"{x * metric_scale(meta):+.{2 if meta.get('percent') else 4}f}"
+    return f"{x * metric_scale(meta):+.{_digits(meta)}f}"
 
 
 def _ci(p: dict, meta: dict, lang: str, ratio: bool = False) -> str:
@@ -206,11 +205,10 @@ def _ci(p: dict, meta: dict, lang: str, ratio: bool = False) -> str:
 def _quality_phrase(p: dict, other: str, meta: dict, lang: str) -> str:
     """``"1.55 points better than AdamW [95 % CI +0.90, +2.20]"``."""
     gain = p["mean"] if meta["higher_is_better"] else -p["mean"]
-    digits = 2 if meta.get("percent") else 4
     return t(
         "ev.diff",
         lang,
-        diff=f"{abs(gain) * metric_scale(meta):.{digits}f}",
+        diff=f"{abs(gain) * metric_scale(meta):.{_digits(meta)}f}",
         unit=t("unit.points", lang) if meta.get("percent") else "",
         dir=t("dir.better" if gain >= 0 else "dir.worse", lang),
         other=other,
@@ -222,13 +220,13 @@ def _events_text(ev: dict[str, int], lang: str) -> str:
     return ", ".join(t(f"event.{k}", lang, n=v) for k, v in ev.items() if v)
 
 
-def _ttq_text(ttq: dict, fields: dict, lang: str, key: str) -> str:
+def _ttq_text(ttq: dict, fields: dict, lang: str) -> str:
     """Time to quality: the median budget and time ratio when every seed reached the target."""
     if ttq["reached"] == ttq["seeds"]:
-        return t(key, lang, budget=100 * ttq["budget"], time=ttq["time_ratio"], **fields)
+        return t("ev.ttq", lang, budget=100 * ttq["budget"], time=ttq["time_ratio"], **fields)
     if ttq["reached"]:
-        return t(key + "_some", lang, n=ttq["reached"], seeds=ttq["seeds"], **fields)
-    return t(key + "_no", lang, **fields)
+        return t("ev.ttq_some", lang, n=ttq["reached"], seeds=ttq["seeds"], **fields)
+    return t("ev.ttq_no", lang, **fields)
 
 
 def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
@@ -258,12 +256,15 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
     else:
         verdict = "rec.no_gain"
     evidence = []
-    if qr in ("same", "unknown") and row["vs_reference"] and qr == "same":
+    if qr == "same":
         evidence.append(t("ev.same_as", lang, metric=meta["metric_name"], other=label[ref]))
     elif qr:
         evidence.append(_quality_phrase(row["vs_reference"], label[ref], meta, lang))
     if row["quality"]:
         evidence.append(_quality_phrase(row["quality"], label[b], meta, lang))
+    for peer, p in (row.get("vs_peers") or {}).items():
+        if p is not None:
+            evidence.append(_quality_phrase(p, label[peer], meta, lang))
     mref = row.get("memory_vs_reference")
     if mref and mref["mean"] >= 1.1:
         evidence.append(t("ev.memory_vs", lang, ratio=mref["mean"], other=label[ref]))
@@ -275,16 +276,17 @@ def recommendation(meta: dict, summary: dict, k: dict, lang: str = "en") -> str:
     if row["time"]:
         evidence.append(t("ev.time", lang, ratio=row["time"]["mean"], **fields))
     if ttq:
-        evidence.append(_ttq_text(ttq, fields, lang, "ev.ttq"))
-    n_seeds, steps = len(summary[c]["seeds"]), meta["steps"]
+        evidence.append(_ttq_text(ttq, fields, lang))
     if any(ev.values()):
         evidence.append(t("ev.unstable", lang, events=_events_text(ev, lang)))
     else:
-        evidence.append(t("ev.stable", lang, seeds=n_seeds, steps=steps))
-    sep = "、" if lang == "ja" else ", "
-    v = t(verdict, lang, **fields)
+        evidence.append(t("ev.stable", lang, seeds=len(summary[c]["seeds"]), steps=meta["steps"]))
     return t(
-        "rec.sentence", lang, verdict=f"**{v}**", candidate=label[c], evidence=sep.join(evidence)
+        "rec.sentence",
+        lang,
+        verdict=f"**{t(verdict, lang, **fields)}**",
+        candidate=label[c],
+        evidence=("、" if lang == "ja" else ", ").join(evidence),
     )
 
 
@@ -308,15 +310,16 @@ def tiles(meta: dict, summary: dict, k: dict, lang: str) -> list[dict]:
         out["memory"].append((label[n], m and f"{m['mean']:.2f}×" or "—", detail, strong))
         detail = _ci(tm, meta, lang, True) if tm else ""
         if row["ttq"]:
-            detail += "; " + _ttq_text(row["ttq"], fields, lang, "tile.ttq")
+            detail += "; " + _ttq_text(row["ttq"], fields, lang)
         out["time"].append((label[n], tm and f"{tm['mean']:.2f}×" or "—", detail, strong))
         ev = k["events"][n]
         ratio = "—" if g is None else f"{g['mean']:.2f}× " + _ci(g, meta, lang, True)
-        detail = t("tile.events", lang, events=_events_text(ev, lang) or "0", ratio=ratio)
+        listed = _events_text(ev, lang)  # the value already says "0 events"
+        detail = t("tile.events" if listed else "tile.grad_peak", lang, events=listed, ratio=ratio)
         out["stability"].append(
             (label[n], t("plot.events", lang, n=sum(ev.values())), detail, strong)
         )
-    cpu = "_cpu" if time_key(meta)[0] == "cpu_ms_per_step" else ""
+    cpu = "_cpu" if time_key(meta) == "cpu_ms_per_step" else ""
     titles = {
         "quality": (meta["metric_name"], "tile.quality_note"),
         "memory": (t("tile.memory", lang), "tile.memory_note"),
@@ -330,14 +333,75 @@ def tiles(meta: dict, summary: dict, k: dict, lang: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# A sweep: every setting against the default one and the references
+# --------------------------------------------------------------------------------------------
+
+
+def sweep_comparisons(meta: dict, summary: dict, results: list[dict]) -> None:
+    """Each setting against the default setting and each reference, seed by seed, with the
+    run-to-run noise pooled over the whole sweep (recorded in ``meta["noise"]``)."""
+    metric = {e: by_seed(runs_of(results, e), lambda r: r["final"]["metric"]) for e in summary}
+    noise = pooled_noise(metric)
+    meta["noise"] = {"sigma": None if noise[0] is None else math.sqrt(noise[0]), "dof": noise[1]}
+    default = next((e for e, s in summary.items() if s["default"]), None)
+    refs = [e for e, s in summary.items() if s["reference"]]
+    for e, s in summary.items():
+        if not s["reference"]:
+            same = default in (None, e)
+            s["vs_default"] = None if same else paired(metric[e], metric[default], noise=noise)
+            s["vs_references"] = {r: paired(metric[e], metric[r], noise=noise) for r in refs}
+
+
+def findings(meta: dict, summary: dict, lang: str = "en") -> str:
+    """Sentences from the numbers: the best setting, each setting against the default, the best
+    and the default against each reference, stability events."""
+    points = {e: s for e, s in summary.items() if not s["reference"]}
+    fin = {e: s for e, s in points.items() if math.isfinite(s["metric"]["mean"])}
+    if not fin:
+        return t("sw.none", lang)
+    hib, scale = meta["higher_is_better"], metric_scale(meta)
+    best = max(fin, key=lambda e: (1 if hib else -1) * fin[e]["metric"]["mean"])
+    value = f"{fin[best]['metric']['mean'] * scale:.{_digits(meta)}f}"
+    value += "%" if meta.get("percent") else ""
+    parts = [t("sw.best", lang, metric=meta["metric_name"], best=best, value=value)]
+    default = next((e for e, s in points.items() if s["default"]), None)
+    if default is None:
+        parts.append(t("sw.no_default", lang))
+    else:
+        groups: dict[str, list[str]] = {"better": [], "worse": [], "same": []}
+        for e, s in fin.items():
+            groups.get(verdict_of(s.get("vs_default"), hib), []).append(e)
+        verdicts = "; ".join(
+            t(f"sw.{v}", lang, entries=", ".join(es)) for v, es in groups.items() if es
+        )
+        parts.append(t("sw.vs_default", lang, default=default, verdicts=verdicts or "—"))
+    for r in (r for r, s in summary.items() if s["reference"]):
+        for e in dict.fromkeys(x for x in (best, default) if x in fin):
+            if p := fin[e]["vs_references"].get(r):
+                phrase = _quality_phrase(p, optim_mod.label(r, lang), meta, lang)
+                parts.append(t("sw.vs", lang, setting=e, phrase=phrase))
+    troubled = [
+        f"{s['label']}: {_events_text(events(s['stability']), lang)}"
+        for s in summary.values()
+        if any(events(s["stability"]).values())
+    ]
+    parts.append(
+        t("sw.unstable", lang, events="; ".join(troubled)) if troubled else t("sw.stable", lang)
+    )
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
 # The appendix
 # --------------------------------------------------------------------------------------------
 
 
-def _mib(stats: dict | None) -> str:
-    if not stats or not math.isfinite(stats["mean"]):
-        return "—"
-    return f"{stats['mean'] / 2**20:.2f}"
+def _entry_column(meta: dict, lang: str) -> str:
+    return t("col.setting" if meta.get("kind") == "sweep" else "col.optimizer", lang)
+
+
+def _mib(n: float | None) -> str:
+    return "—" if n is None or not math.isfinite(n) else f"{n / 2**20:.2f}"
 
 
 def _second(meta: dict, s: dict, lang: str) -> tuple[str, str] | None:
@@ -352,98 +416,97 @@ def _second(meta: dict, s: dict, lang: str) -> tuple[str, str] | None:
     return None
 
 
+def _delta(meta: dict, p: dict | None) -> str:
+    """A sweep's ``this − default``, with its 95 % interval; bold when it excludes 0."""
+    if p is None:
+        return "—"
+    scale, d = metric_scale(meta), _digits(meta)
+    text = f"{p['mean'] * scale:+.{d}f}"
+    if p["lo"] is not None:
+        text += f" [{p['lo'] * scale:+.{d}f}, {p['hi'] * scale:+.{d}f}]"
+    return f"**{text}**" if verdict_of(p) in ("better", "worse") else text
+
+
 def results_table(meta: dict, summary: dict, k: dict, lang: str = "en") -> tuple[list, list]:
-    """One row per optimizer, one unit per column."""
-    scale = metric_scale(meta)
-    fields = {
-        "baseline": summary[k["baseline"]]["label"] if k["baseline"] else "—",
-        "metric": meta["metric_name"],
-    }
-    metric = meta["metric_name"] + (" (%)" if meta.get("percent") else "")
-    first = next(iter(summary.values()))
-    second = _second(meta, first, lang)
-    head = [
-        t("col.optimizer", lang),
-        metric,
-        *([second[0]] if second else []),
-        t("col.peak", lang),
-        t("col.state", lang),
-        t("col.rss", lang),
-        t("col.ms", lang),
-        t("col.train_s", lang),
+    """One row per entry, one unit per column."""
+    sweep, scale, tkey = meta.get("kind") == "sweep", metric_scale(meta), time_key(meta)
+    baseline = summary[k["baseline"]]["label"] if k.get("baseline") else "—"
+    second = _second(meta, next(iter(summary.values())), lang)
+
+    def ttq(n, s):
+        q = (k["rows"].get(n) or {}).get("ttq")
+        if n == k.get("baseline") or not q or not q["reached"]:
+            return "100" if n == k.get("baseline") else "—"
+        return f"{100 * q['budget']:.0f} ({q['reached']}/{q['seeds']})"
+
+    def qerr(n, s):
+        q = s["quant_error"]
+        return "—" if q["first"] is None else f"{q['first']:.3f} → {q['last']:.3f}"
+
+    metric_name, grad = meta["metric_name"], "grad_norm_ratio"
+    metric = metric_name + (" (%)" if meta.get("percent") else "")
+    time = "col.cpu_ms" if tkey == "cpu_ms_per_step" else "col.ms"
+    budgets = bool(meta.get("budgets")) and not sweep
+    columns = [
+        (_entry_column(meta, lang), lambda n, s: s["label"]),
+        (metric, lambda n, s: fmt_mean_std(s["metric"], scale, _digits(meta))),
+        *([(second[0], lambda n, s: _second(meta, s, lang)[1])] if second else []),
+        *(
+            [(t("col.delta", lang), lambda n, s: _delta(meta, s.get("vs_default")))]
+            if sweep
+            else []
+        ),
+        (t("col.peak", lang), lambda n, s: _mib(s["optimizer_peak_bytes"]["mean"])),
+        (t("col.state", lang), lambda n, s: _mib(s["state_bytes"]["total"])),
+        (t("col.precond", lang), lambda n, s: _mib(s["state_bytes"]["preconditioners"])),
+        (t("col.rss", lang), lambda n, s: _mib(s["peak_rss_bytes"]["mean"])),
+        (t(time, lang), lambda n, s: fmt_mean_std(s[tkey], 1.0, 1)),
+        (t("col.train_s", lang), lambda n, s: fmt_mean_std(s["train_s"], 1.0, 1)),
+        *([(t("col.ttq", lang, baseline=baseline, metric=metric_name), ttq)] if budgets else []),
+        (t("col.spikes", lang), lambda n, s: events(s["stability"])["spikes"]),
+        (t("col.nonfinite", lang), lambda n, s: events(s["stability"])["nonfinite"]),
+        (t("col.failures", lang), lambda n, s: events(s["stability"])["failures"]),
+        (t("col.gradratio", lang), lambda n, s: fmt_mean_std(s["stability"][grad], 1.0, 1)),
+        (t("col.qerr", lang), qerr),
     ]
-    if meta.get("budgets"):
-        head.append(t("col.ttq", lang, **fields))
-    head += [
-        t("col.spikes", lang),
-        t("col.nonfinite", lang),
-        t("col.failures", lang),
-        t("col.gradratio", lang),
-        t("col.qerr", lang),
-    ]
-    rows = []
-    for n, s in summary.items():
-        ev, q = events(s["stability"]), s["quant_error"]
-        row = [
-            s["label"],
-            fmt_mean_std(s["metric"], scale),
-            *([_second(meta, s, lang)[1]] if second else []),
-            _mib(s["optimizer_peak_bytes"]),
-            f"{s['state_bytes']['total'] / 2**20:.2f}",
-            _mib(s["peak_rss_bytes"]),
-            fmt_mean_std(s["ms_per_step"], 1.0, 1),
-            fmt_mean_std(s["train_s"], 1.0, 1),
-        ]
-        if meta.get("budgets"):
-            ttq = (k["rows"].get(n) or {}).get("ttq")
-            row.append(
-                "100"
-                if n == k["baseline"]
-                else "—"
-                if not ttq or not ttq["reached"]
-                else f"{100 * ttq['budget']:.0f} ({ttq['reached']}/{ttq['seeds']})"
-            )
-        row += [
-            ev["spikes"],
-            ev["nonfinite"],
-            ev["failures"],
-            fmt_mean_std(s["stability"]["grad_norm_ratio"], 1.0, 1),
-            "—" if q["first"] is None else f"{q['first']:.3f} → {q['last']:.3f}",
-        ]
-        rows.append(row)
-    return head, rows
+    return [h for h, _ in columns], [[f(n, s) for _, f in columns] for n, s in summary.items()]
 
 
-def per_seed_table(meta: dict, summary: dict, shown, digits: int = 2, lang: str = "en"):
+def per_seed_table(meta: dict, summary: dict, lang: str = "en") -> tuple[list, list]:
     """The final metric of every entry at each seed (``—`` where it has none)."""
-    scale, seeds = metric_scale(meta), meta["seeds"]
+    scale, seeds, d = metric_scale(meta), meta["seeds"], _digits(meta)
     rows = []
-    for name, s in summary.items():
+    for s in summary.values():
         by = dict(zip(s["seeds"], s["metric"]["values"], strict=True))
         rows.append(
-            [shown(name, s)]
-            + ["—" if by.get(k) is None else f"{by[k] * scale:.{digits}f}" for k in seeds]
+            [s["label"]] + ["—" if by.get(k) is None else f"{by[k] * scale:.{d}f}" for k in seeds]
         )
-    return [t("col.optimizer", lang)] + [t("col.seed", lang, seed=k) for k in seeds], rows
+    return [_entry_column(meta, lang)] + [t("col.seed", lang, seed=k) for k in seeds], rows
 
 
-def hparams_table(summary: dict, lr_tuned: dict | None = None) -> tuple[list, list]:
-    keys = ["lr", "weight_decay", "betas", "momentum", "stat_interval", "root_interval"]
-    present = [k for k in keys if any(k in s["hparams"] for s in summary.values())]
-    cols = present + sorted(
-        {k for s in summary.values() for k in s["hparams"]} - set(keys) - {"base"}
-    )
-    rows = []
-    for name, s in summary.items():
-        vals = []
-        for k in cols:
-            v = s["hparams"].get(k, "")
-            text = "(" + ", ".join(map(str, v)) + ")" if isinstance(v, list) else fmt_value(v)
-            if k == "lr" and lr_tuned is not None and lr_tuned.get(name) is False:
-                text += " (family default, not tuned)"
-            vals.append(text)
-        rows.append([f"`{name}`", *vals])
-    return ["optimizer", *cols], rows
+def _hp(v) -> str:
+    return "(" + ", ".join(map(_hp, v)) + ")" if isinstance(v, (list, tuple)) else fmt_value(v)
+
+
+def hparams_blocks(meta: dict, summary: dict, lang: str) -> list[tuple]:
+    """The hyperparameters that differ between entries as a table, the shared ones as text."""
+    keys = sorted({k for s in summary.values() for k in s["hparams"]} - {"base"})
+    untuned = meta.get("lr_tuned") or {}
+
+    def cell(name, s, key):
+        text = _hp(s["hparams"][key]) if key in s["hparams"] else ""
+        untuned_lr = key == "lr" and untuned.get(s.get("optimizer", name)) is False
+        return text + (" " + t("hp.untuned", lang) if untuned_lr else "")
+
+    values = {k: {cell(n, s, k) for n, s in summary.items()} for k in keys}
+    shared = [k for k in keys if len(values[k]) == 1 and len(summary) > 1]
+    cols = [k for k in keys if k not in shared]
+    rows = [[s["label"], *(cell(n, s, k) for k in cols)] for n, s in summary.items()]
+    blocks = [("table", [_entry_column(meta, lang), *cols], rows)]
+    if shared:
+        text = ", ".join(f"{k}={next(iter(values[k]))}" for k in shared)
+        blocks.append(("p", t("hp.shared", lang, values=text)))
+    return blocks
 
 
 def _machine_text(meta: dict, machine: dict, vers: dict) -> str:
@@ -456,410 +519,125 @@ def _machine_text(meta: dict, machine: dict, vers: dict) -> str:
     return text + f"; torch {vers.get('torch')}"
 
 
-def _run_lines(meta: dict, machine: dict, vers: dict) -> list[str]:
+def _run_lines(meta: dict, machine: dict, vers: dict, lang: str) -> list[str]:
     """The command, date, machine, versions, load, task and schedule a report comes from."""
-    lines = []
-    if meta.get("command"):
-        lines.append(f"Command: `{meta['command']}`")
+    lines = [t("run.command", lang, command=meta["command"])] if meta.get("command") else []
     git = f" (git {vers['qshampoo_git']})" if vers.get("qshampoo_git") else ""
-    lines.append(
-        f"Date: {meta.get('date', '')}. Machine: {_machine_text(meta, machine, vers)}, "
-        f"qshampoo {vers.get('qshampoo', '?')}{git}; device `{meta.get('device', 'cpu')}`."
-    )
+    fields = {"version": f"{vers.get('qshampoo', '?')}{git}", "device": meta.get("device", "cpu")}
+    fields.update(date=meta.get("date", ""), machine=_machine_text(meta, machine, vers))
+    lines.append(t("run.date", lang, **fields))
     if meta.get("task_description"):
-        lines.append(
-            f"Task: {meta['task_description']}. {meta['steps']} steps of batch "
-            f"{meta.get('batch_size')}, seeds {', '.join(map(str, meta['seeds']))}; learning "
-            f"rate: {100 * meta['warmup']:g}% linear warm-up, cosine decay to "
-            f"{meta['final_lr']:g}× peak. "
-            f"Final numbers on {meta.get('final_eval_what') or 'the test set'}."
-        )
+        fields = {k: meta.get(k) for k in ("task_description", "steps", "batch_size", "final_lr")}
+        fields.update(seeds=", ".join(map(str, meta["seeds"])), warmup=100 * meta["warmup"])
+        fields["where"] = meta.get("final_eval_what") or "the test set"
+        lines.append(t("run.task", lang, **fields))
     load = meta.get("load_average") or {}
     if load.get("start") and load.get("end"):
-        lines.append(
-            f"Machine load (1-minute load average) at start / end: {load['start'][0]:g} / "
-            f"{load['end'][0]:g} on {machine['cores']} cores; other work on the machine "
-            "slows every timing."
-        )
+        start, end = load["start"][0], load["end"][0]
+        lines.append(t("run.load", lang, start=start, end=end, cores=machine["cores"]))
     if meta.get("validation"):
-        lines.append("**Evaluated on a validation split held out of the training data.**")
+        lines.append(t("run.validation", lang))
     if meta.get("overrides"):
-        lines.append(f"Overrides (`--hp`): `{json.dumps(meta['overrides'])}`.")
+        lines.append(t("run.overrides", lang, overrides=json.dumps(meta["overrides"])))
     return lines
 
 
-def bench_blocks(meta, summary, k, machine, vers, plots, lang) -> list[tuple]:
+def page(meta: dict, summary: dict, k: dict, machine: dict, vers: dict, plots, lang) -> list:
+    """The report's blocks, top to bottom."""
+    sweep = meta.get("kind") == "sweep"
     label = {n: s["label"] for n, s in summary.items()}
-    fields = {"baseline": label.get(k["baseline"], "—"), "metric": meta["metric_name"]}
-    blocks = [("h", 1, t("title", lang, task=meta["task"]))]
-    sentence = recommendation(meta, summary, k, lang)
-    if sentence:
-        blocks.append(("p", sentence))
-    if k["rows"] and k["baseline"]:
-        blocks.append(("tiles", tiles(meta, summary, k, lang), t("col.kpi", lang, **fields)))
-    if "kpi.png" in plots:
-        blocks.append(("img", "kpi.png", t("kpi_alt", lang)))
-    blocks.append(
-        (
-            "p",
-            t(
-                "run",
-                lang,
-                task=meta["task"],
-                seeds=len(meta["seeds"]),
-                steps=meta["steps"],
-                machine=_machine_text(meta, machine, vers),
-                minutes=meta.get("wall_s", 0) / 60,
-            ),
-        )
+    fields = {"baseline": label.get(k.get("baseline"), "—"), "metric": meta["metric_name"]}
+    if sweep:
+        optimizer, keys = optim_mod.label(meta["optimizer"], lang), [a["key"] for a in meta["grid"]]
+        title = t("sw.title", lang, task=meta["task"], optimizer=optimizer, keys=", ".join(keys))
+        blocks = [("h", 1, title), ("p", findings(meta, summary, lang))]
+        blocks.append(("img", "quality.png", t("plot.final_std", lang, metric=meta["metric_name"])))
+    else:
+        blocks = [("h", 1, t("title", lang, task=meta["task"]))]
+        if sentence := recommendation(meta, summary, k, lang):
+            blocks.append(("p", sentence))
+        if k["rows"] and k["baseline"]:
+            blocks.append(("tiles", tiles(meta, summary, k, lang), t("col.kpi", lang, **fields)))
+    blocks.append(("img", "kpi.png", t("kpi_alt", lang)))
+    run = {"task": meta["task"], "steps": meta["steps"], "seeds": len(meta["seeds"])}
+    run.update(
+        runs=sum(len(s["seeds"]) for s in summary.values()), minutes=meta.get("wall_s", 0) / 60
     )
-    blocks.append(("h", 2, t("appendix", lang)))
-    blocks += [("h", 3, t("h.results", lang)), ("table", *results_table(meta, summary, k, lang))]
-    blocks += [
-        ("h", 3, t("h.rules", lang)),
-        ("p", t("rules", lang, candidate=label.get(k["candidate"], "—"), **fields)),
-    ]
-    blocks += [
-        ("h", 3, t("h.per_seed", lang, metric=meta["metric_name"])),
-        ("table", *per_seed_table(meta, summary, lambda n, s: s["label"], lang=lang)),
-    ]
-    blocks += [("h", 3, t("h.plots", lang))]
-    blocks += [("img", p, p) for p in plots if p != "kpi.png"]
-    blocks += [("h", 3, t("h.glossary", lang))]
+    blocks.append(("p", t("run", lang, machine=_machine_text(meta, machine, vers), **run)))
+    # A sweep's page is tables and plots; its sections are level 2, as benchmarks/sweep_results.py
+    # reads them. A comparison's sit in an appendix below the decision.
+    lvl = 2 if sweep else 3
+    if not sweep:
+        blocks.append(("h", 2, t("appendix", lang)))
+    blocks += [("h", lvl, t("h.results", lang)), ("table", *results_table(meta, summary, k, lang))]
+    if sweep:
+        noise, unit = meta["noise"], t("unit.points", lang) if meta.get("percent") else ""
+        sigma = f"{(noise['sigma'] or 0) * metric_scale(meta):.{_digits(meta)}f}{unit}"
+        text = t("sw.noise", lang, sigma=sigma, dof=noise["dof"]) if noise["dof"] else None
+        blocks.append(("p", t("sw.method", lang, noise=text or t("sw.noise1", lang))))
+    else:
+        blocks += [("h", lvl, t("h.rules", lang))]
+        blocks.append(("p", t("rules", lang, candidate=label.get(k["candidate"], "—"), **fields)))
+    blocks += [("h", lvl, t("h.per_seed", lang)), ("table", *per_seed_table(meta, summary, lang))]
+    blocks += [("h", lvl, t("h.plots", lang))]
+    blocks += [("img", p, p) for p in plots if p not in ("kpi.png", "quality.png")]
     budgets = ", ".join(f"{100 * f:g}" for f in meta.get("budgets") or []) or "—"
+    spike = {"window": SPIKE_WINDOW, "mads": SPIKE_MADS, "rise": 100 * SPIKE_RISE}
+    blocks += [("h", lvl, t("h.glossary", lang))]
     blocks += [
-        ("p", t("gl.peak", lang)),
-        ("p", t("gl.rss", lang)),
-        ("p", t("gl.time", lang, budgets=budgets, **fields)),
-        ("p", t("gl.spike", lang, window=SPIKE_WINDOW, mads=SPIKE_MADS, rise=100 * SPIKE_RISE)),
-        ("p", t("gl.quant", lang)),
-        ("p", t("gl.names", lang)),
+        ("p", t(key, lang, budgets=budgets, **spike, **fields))
+        for key in ("gl.peak", "gl.rss", "gl.time", "gl.ttq", "gl.spike", "gl.quant", "gl.names")
+        if key != "gl.ttq" or meta.get("budgets")
     ]
-    blocks += [
-        ("h", 3, t("h.hparams", lang)),
-        ("table", *hparams_table(summary, meta.get("lr_tuned"))),
-    ]
+    blocks += [("h", lvl, t("h.hparams", lang)), *hparams_blocks(meta, summary, lang)]
     if meta.get("lr_source"):
         blocks.append(("p", t("lr_source", lang, source=meta["lr_source"])))
     if meta.get("skipped"):
         what = "; ".join(f"`{n}` ({why})" for n, why in meta["skipped"].items())
         blocks.append(("p", t("skipped", lang, what=what)))
-    blocks += [("h", 3, t("h.run", lang))] + [
-        ("p", line) for line in _run_lines(meta, machine, vers)
-    ]
-    shared = [s["label"] for s in summary.values() if not s["isolated"]]
-    if shared:
-        blocks.append(
-            (
-                "p",
-                f"Runs of {', '.join(shared)} shared one process: their process peak "
-                "is measured from a reset high-water mark but can be lowered by memory "
-                "freed by earlier runs.",
-            )
-        )
-    return blocks
-
-
-# --------------------------------------------------------------------------------------------
-# A sweep: per setting and per reference, paired with the default setting
-# --------------------------------------------------------------------------------------------
-
-
-def entry_runs(summary: dict, results: list[dict], k: str) -> list[dict]:
-    """The runs behind the summary entry ``k``: a setting's, or a reference's."""
-    if summary[k]["reference"]:
-        return [r for r in results if r.get("setting") is None and r["optimizer"] == k]
-    return [r for r in results if r.get("setting") == k]
-
-
-def summarize_sweep(meta: dict, results: list[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    entries = [(s["label"], meta["optimizer"], s, False) for s in meta["settings"]]
-    entries += [(n, n, {"values": {}, "default": False}, True) for n in meta["references"]]
-    for key, opt, s, ref in entries:
-        runs = [
-            r
-            for r in results
-            if (r.get("setting") is None and r["optimizer"] == key)
-            or (not ref and r.get("setting") == key)
-        ]
-        if runs:
-            out[key] = {
-                **summarize_runs(runs),
-                "optimizer": opt,
-                "values": s["values"],
-                "default": s["default"],
-                "reference": ref,
-            }
-    default = next((k for k, s in out.items() if s["default"]), None)
-    runs = {k: entry_runs(out, results, k) for k in out}
-    sigma2, dof = pooled_noise(
-        {k: by_seed(rs, lambda r: r["final"]["metric"]) for k, rs in runs.items()}
-    )
-    meta["noise"] = {"sigma": None if sigma2 is None else math.sqrt(sigma2), "dof": dof}
-    for k, s in out.items():
-        if not s["reference"]:
-            s["vs_references"] = {
-                r: paired_diff(runs[k], runs[r], sigma2) for r, e in out.items() if e["reference"]
-            }
-        s["vs_default"] = (
-            None if default in (None, k) else paired_diff(runs[k], runs[default], sigma2)
-        )
-    return out
-
-
-def _digits(meta: dict) -> int:
-    """Percentages to 0.01 points, losses to 1e-4 (settings of a language model differ by a few
-    thousandths)."""
-    return 2 if meta.get("percent") else 4
-
-
-def _better(meta: dict, a: float) -> bool:
-    return a > 0 if meta["higher_is_better"] else a < 0
-
-
-def _paired_phrase(meta: dict, p: dict, other: str | None = None) -> str:
-    """``"0.21 points worse than AdamW (±0.05 points, better on 0 of 3 seeds: beyond seed
-    noise)"``; without ``other`` the comparison's name and the noise verdict are left out."""
-    scale, unit, d = metric_scale(meta), " points" if meta.get("percent") else "", _digits(meta)
-    text = (
-        f"{abs(p['mean']) * scale:.{d}f}{unit} {'better' if _better(meta, p['mean']) else 'worse'}"
-    )
-    if other:
-        text += f" than {other}"
-    if p["noise"] is None:
-        return text + " (one seed)"
-    wins = sum(1 for x in p["diffs"] if _better(meta, x))
-    text += f" (±{p['noise'] * scale:.{d}f}{unit}, better on {wins} of {p['n']} seeds"
-    if other:
-        text += f": {'beyond' if abs(p['mean']) > p['noise'] else 'within'} seed noise"
-    return text + ")"
-
-
-def findings(meta: dict, summary: dict) -> str:
-    """A paragraph from the numbers: the best setting, each setting against the default, the
-    best against the references, the memory and time range, stability events."""
-    label = optim_mod.label
-    points = {k: s for k, s in summary.items() if not s["reference"]}
-    refs = {k: s for k, s in summary.items() if s["reference"]}
-    fin = {k: s for k, s in points.items() if math.isfinite(s["metric"]["mean"])}
-    if not fin:
-        return "No setting finished with a finite result."
-    scale, unit = metric_scale(meta), "%" if meta.get("percent") else ""
-    best = max(
-        fin, key=lambda k: (1 if meta["higher_is_better"] else -1) * fin[k]["metric"]["mean"]
-    )
-    n = len(meta["seeds"])
-    parts = [
-        f"Sweeping {' and '.join(a['key'] for a in meta['grid'])} of {label(meta['optimizer'])} "
-        f"over {len(points)} settings ({meta['steps']} steps, {n} seed{'s' if n > 1 else ''} "
-        f"each), the best mean final {meta['metric_name']} was at {best} "
-        f"({fin[best]['metric']['mean'] * scale:.{_digits(meta)}f}{unit})."
-    ]
-    default = next((k for k, s in points.items() if s["default"]), None)
-    if default is None:
-        parts.append("The current default is not among the settings swept.")
-    elif default in fin:
-        groups: dict[str, list[str]] = {"better": [], "worse": [], "within": []}
-        for k in fin:
-            p = points[k].get("vs_default")
-            if k == default or p is None:
-                continue
-            beyond = p["noise"] is not None and abs(p["mean"]) > p["noise"]
-            where = ("better" if _better(meta, p["mean"]) else "worse") if beyond else "within"
-            groups[where].append(f"{k}: {_paired_phrase(meta, p)}")
-        items = [
-            f"{w} beyond seed noise: " + "; ".join(groups[w])
-            for w in ("better", "worse")
-            if groups[w]
-        ]
-        if groups["within"]:
-            items.append("within seed noise: " + "; ".join(groups["within"]))
-        parts.append(
-            f"Against the default ({default}), seed by seed: " + " — ".join(items) + "."
-            if items
-            else f"The default ({default}) is the only setting that finished."
-        )
-    for name in refs:
-        if not math.isfinite(refs[name]["metric"]["mean"]):
-            continue
-        entries = [(best, f"the best setting ({best})")]
-        if default is not None and default != best:
-            entries.append((default, f"the default ({default})"))
-        texts = [
-            f"{what} was {_paired_phrase(meta, p, label(name))}"
-            for k, what in entries
-            if (p := points[k].get("vs_references", {}).get(name)) is not None
-        ]
-        if texts:
-            parts.append(f"Against {label(name)}, seed by seed: " + "; ".join(texts) + ".")
-    pre = {k: s["state_bytes"]["preconditioners"] for k, s in points.items()}
-    lo, hi = min(pre, key=pre.get), max(pre, key=pre.get)
-    if pre[lo] != pre[hi]:
-        parts.append(
-            f"Preconditioner state ranged from {fmt_bytes(pre[lo])} ({lo}) to "
-            f"{fmt_bytes(pre[hi])} ({hi})."
-        )
-    elif pre[lo]:
-        parts.append(f"Preconditioner state was {fmt_bytes(pre[lo])} at every setting.")
-    tkey, tname = time_key(meta)
-    ms = {k: s[tkey]["mean"] for k, s in points.items()}
-    lo, hi = min(ms, key=ms.get), max(ms, key=ms.get)
-    refs_text = ", ".join(f"{label(k)} {s[tkey]['mean']:.1f}" for k, s in refs.items())
-    parts.append(
-        f"{tname} ranged from {ms[lo]:.1f} ({lo}) to {ms[hi]:.1f} ({hi})"
-        + (f"; references: {refs_text}" if refs else "")
-        + "."
-    )
-    troubled = [
-        f"{k}: " + _events_text(events(s["stability"]), "en")
-        for k, s in summary.items()
-        if any(events(s["stability"]).values())
-    ]
-    parts.append(
-        "Stability events (all seeds): " + "; ".join(troubled) + "."
-        if troubled
-        else "No run had a non-finite step, a loss spike, a root or Cholesky failure, or diverged."
-    )
-    return " ".join(parts)
-
-
-def _sweep_table(meta: dict, summary: dict) -> tuple[list, list]:
-    scale, d = metric_scale(meta), _digits(meta)
-    metric = meta["metric_name"] + (" (%)" if meta.get("percent") else "")
-    second = _second(meta, next(iter(summary.values())), "en")
-    head = [
-        "setting",
-        metric,
-        *([second[0]] if second else []),
-        "Δ vs default, paired (±2 s.e.)",
-        "preconditioner state",
-        "total optimizer state",
-        "ms/step",
-        "CPU ms/step",
-        "wall time (s)",
-        "non-finite / spikes / failures",
-        "4-bit quant. error (last eval)",
-    ]
-    rows = []
-    for name, s in summary.items():
-        p = s.get("vs_default")
-        delta = "(default)" if s["default"] else "—"
-        if p is not None and not s["default"]:
-            delta = f"{p['mean'] * scale:+.{d}f}"
-            if p["noise"] is not None:
-                delta += f" (±{p['noise'] * scale:.{d}f})"
-                delta = f"**{delta}**" if abs(p["mean"]) > p["noise"] else delta
-        ev, q = events(s["stability"]), s["quant_error"]["last"]
-        shown = (f"`{name}` (reference)" if s["reference"] else name) + (
-            " *(default)*" if s["default"] else ""
-        )
-        rows.append(
-            [
-                shown,
-                fmt_mean_std(s["metric"], scale, d),
-                *([_second(meta, s, "en")[1]] if second else []),
-                delta,
-                fmt_bytes(s["state_bytes"]["preconditioners"]),
-                fmt_bytes(s["state_bytes"]["total"]),
-                fmt_mean_std(s["ms_per_step"], 1.0, 1),
-                fmt_mean_std(s["cpu_ms_per_step"], 1.0, 1),
-                fmt_mean_std(s["wall_s"], 1.0, 1),
-                f"{ev['nonfinite']} / {ev['spikes']} / {ev['failures']}",
-                "—" if q is None else f"{q:.3f}",
-            ]
-        )
-    return head, rows
-
-
-def _hp_text(hp: dict) -> str:
-    def one(v):
-        return (
-            "(" + ", ".join(one(x) for x in v) + ")"
-            if isinstance(v, (list, tuple))
-            else fmt_value(v)
-        )
-
-    return ", ".join(f"{k}={one(v)}" for k, v in sorted(hp.items()))
-
-
-def sweep_blocks(meta, summary, machine, vers, plots) -> list[tuple]:
-    keys = ", ".join(a["key"] for a in meta["grid"])
-    grid = " × ".join(
-        f"`{a['key']}` ∈ {{"
-        + ", ".join(
-            fmt_value(v) + (f" ({r})" if (r := a["relative"].get(fmt_value(v))) else "")
-            for v in a["values"]
-        )
-        + "}"
-        for a in meta["grid"]
-    )
-    noise = meta.get("noise") or {}
-    scale, unit = metric_scale(meta), " points" if meta.get("percent") else ""
-    noise_text = (
-        ": not estimable with one seed"
-        if noise.get("sigma") is None
-        else f": σ = {noise['sigma'] * scale:.{_digits(meta)}f}{unit} per run, "
-        f"{noise['dof']} degrees of freedom"
-    )
-    blocks = [("h", 1, f"qshampoo sweep: {meta['task']}, `{meta['optimizer']}` over {keys}")]
-    blocks += [("p", line) for line in _run_lines(meta, machine, vers)]
-    blocks += [
-        (
-            "p",
-            f"Grid: {grid} for `{meta['optimizer']}`; references: "
-            + (", ".join(f"`{r}`" for r in meta["references"]) or "none")
-            + " at their usual settings. Same seed = same initialisation and data order "
-            f"everywhere. Total time of the sweep: {meta['wall_s'] / 60:.1f} min.",
-        )
-    ]
-    blocks += [("h", 2, "Results"), ("table", *_sweep_table(meta, summary))]
-    blocks += [
-        (
-            "p",
-            "*Δ vs default, paired*: the mean over seeds of (this − the setting equal to "
-            "the current defaults, same seed), in the metric's units, ± twice its "
-            "standard error; **bold** when the difference exceeds that (beyond seed "
-            "noise). The run-to-run noise at a fixed seed is estimated once for the whole "
-            "sweep (residual of an additive setting + seed model over every row"
-            + noise_text
-            + "). *CPU ms/step*: the run's CPU time per training step (all "
-            "its threads); with one thread it is the compute itself, which other work on "
-            "the machine inflates far less than the wall-clock *ms/step*. Other columns "
-            "as in `qshampoo bench` (docs/harness.md).",
-        )
-    ]
     if meta.get("reused_runs"):
-        blocks.append(
-            (
-                "p",
-                f"{len(meta['reused_runs'])} runs with identical settings (same "
-                "fingerprint) were taken from earlier folders instead of being "
-                "trained again; their timings are from when they ran.",
-            )
-        )
-    blocks += [("h", 2, "Findings"), ("p", findings(meta, summary)), ("h", 2, "Hyperparameters")]
-    hp = [
-        f"- `{meta['optimizer']}` (every setting, before the grid's values): "
-        f"{_hp_text(meta['base_hparams'])}"
-    ]
-    hp += [
-        f"- `{n}` (reference): {_hp_text(s['hparams'])}"
-        for n, s in summary.items()
-        if s["reference"]
-    ]
-    blocks.append(("p", "\n".join(hp)))
-    if meta.get("lr_source"):
-        blocks.append(("p", f"Learning rates: {meta['lr_source']}."))
-    shown = lambda n, s: f"`{n}`" if s["reference"] else n  # noqa: E731
-    head, rows = per_seed_table(meta, summary, shown, _digits(meta))
-    blocks += [("h", 2, "Per seed"), ("table", ["setting", *head[1:]], rows), ("h", 2, "Plots")]
-    return blocks + [("img", p, p) for p in plots]
+        blocks.append(("p", t("run.reused", lang, n=len(meta["reused_runs"]))))
+    blocks += [("h", lvl, t("h.run", lang))]
+    blocks += [("p", line) for line in _run_lines(meta, machine, vers, lang)]
+    if shared := [s["label"] for s in summary.values() if not s["isolated"]]:
+        blocks.append(("p", t("run.shared", lang, names=", ".join(shared))))
+    return blocks
 
 
 # --------------------------------------------------------------------------------------------
 # Writing a report
 # --------------------------------------------------------------------------------------------
+
+
+def summarize(meta: dict, results: list[dict], lang: str) -> dict[str, dict]:
+    """Per entry — an optimizer of a comparison, a setting or a reference of a sweep — the
+    statistics over its seeds and its label."""
+    if meta.get("kind") == "sweep":
+        entries = [
+            (s["label"], {"values": s["values"], "default": s["default"], "reference": False})
+            for s in meta["settings"]
+        ]
+        entries += [
+            (r, {"values": {}, "default": False, "reference": True}) for r in meta["references"]
+        ]
+    else:
+        entries = [(n, {}) for n in meta["optimizers"]]
+    out = {}
+    for e, extra in entries:
+        if runs := runs_of(results, e):
+            if extra.get("reference"):
+                name = optim_mod.label(e, lang) + t("sw.reference", lang)
+            elif extra:
+                name = e + (t("sw.default", lang) if extra["default"] else "")
+            else:
+                name = optim_mod.label(e, lang)
+            out[e] = {
+                **summarize_runs(runs),
+                **extra,
+                "optimizer": runs[0]["optimizer"],
+                "label": name,
+            }
+    return out
 
 
 def write_report(out, meta: dict, results: list[dict], machine=None, vers=None, lang="en") -> dict:
@@ -870,39 +648,22 @@ def write_report(out, meta: dict, results: list[dict], machine=None, vers=None, 
     meta = {**meta, "lang": lang}
     meta.setdefault("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     machine, vers = machine or machine_info(), vers or versions()
+    summary = summarize(meta, results, lang)
     if meta.get("kind") == "sweep":
         meta["reused_runs"] = [r["reused_from"] for r in results if r.get("reused_from")]
-        summary = summarize_sweep(meta, results)
-        plots = sweep_plots(
-            out, meta, {k: entry_runs(summary, results, k) for k in summary}, summary
-        )
-        blocks, k = sweep_blocks(meta, summary, machine, vers, plots), None
-        conclusion = {"findings": findings(meta, summary)}
-        title = blocks[0][2]
+        sweep_comparisons(meta, summary, results)
+        k = {"rows": {}, "events": {e: events(s["stability"]) for e, s in summary.items()}}
+        conclusion = {"findings": findings(meta, summary, lang)}
     else:
-        summary = {}
-        for n in meta["optimizers"]:
-            runs = [r for r in results if r["optimizer"] == n and "budget" not in r]
-            if runs:
-                summary[n] = {**summarize_runs(runs), "label": optim_mod.label(n, lang)}
         k = kpis(meta, summary, results)
-        plots = bench_plots(out, meta, results, summary, k, lang)
-        blocks = bench_blocks(meta, summary, k, machine, vers, plots, lang)
         conclusion = {"recommendation": recommendation(meta, summary, k, lang)}
-        title = blocks[0][2]
-    doc = {
-        "meta": meta,
-        "machine": machine,
-        "versions": vers,
-        "summary": summary,
-        "kpis": k,
-        **conclusion,
-        "runs": results,
-        "plots": plots,
-    }
+    plots = write_plots(out, meta, summary, results, k, lang)
+    md, page_html = render(page(meta, summary, k, machine, vers, plots, lang), out, lang)
+    doc = {"meta": meta, "machine": machine, "versions": vers, "summary": summary, "kpis": k}
+    doc.update(conclusion, runs=results, plots=plots)
     write_json(out / "results.json", doc)
-    (out / "report.md").write_text(to_markdown(blocks))
-    (out / "report.html").write_text(to_html(blocks, out, title, lang))
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(page_html)
     return doc
 
 
@@ -943,6 +704,5 @@ def rerender(out, lang: str | None = None) -> dict:
     meta = doc["meta"]
     if "wall_s" not in meta:  # written before the comparison and the sweep shared one format
         meta["wall_s"] = meta.get("sweep_wall_s", meta.get("bench_wall_s", 0.0))
-    return write_report(
-        out, meta, doc["runs"], doc["machine"], doc["versions"], lang or meta.get("lang", "en")
-    )
+    lang = lang or meta.get("lang", "en")
+    return write_report(out, meta, doc["runs"], doc["machine"], doc["versions"], lang)

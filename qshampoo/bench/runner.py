@@ -8,18 +8,22 @@ kill at any moment leaves either the previous checkpoint or the new one. Resumin
 results equal to an uninterrupted run's.
 
 With ``isolate=True`` a run executes in a fresh Python process (``multiprocessing`` spawn), so
-its peak resident memory is its own and not the high-water mark of earlier runs.
+its peak resident memory is its own and not the high-water mark of earlier runs. An interrupt
+of the parent (Ctrl-C, or SIGTERM while :func:`sigterm_raises` is in force) ends the child too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import pickle
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from ..peak import reset_process_peak as reset_peak_rss
 from . import optimizers as optim_mod
@@ -41,10 +46,34 @@ class RunInterrupted(Exception):
     """Raised when a run stops before its last step (``stop_after``, used by tests)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill`` and job schedulers send), raised in the main thread so that the
+    interrupt paths run: children are ended, finished runs and checkpoints are kept."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises :class:`Terminated` instead of ending the process at
+    once (which would leave a spawned run training on and writing into the report folder)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @dataclass
 class RunSpec:
-    """Everything that defines one run. ``fingerprint()`` covers the fields that change the
-    numbers, so a checkpoint is only resumed by the run that wrote it."""
+    """Everything that defines one run. :meth:`settings` are the fields that change the numbers;
+    their hash, :meth:`fingerprint`, marks the run's checkpoint and result, so that neither is
+    taken for a run with other settings."""
 
     task: Task
     optimizer: str
@@ -61,7 +90,7 @@ class RunSpec:
     stop_after: int | None = None  # stop (as if killed) after this many steps; for tests
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def fingerprint(self) -> str:
+    def settings(self) -> dict[str, Any]:
         t = self.task
         key = {
             "task": t.name,
@@ -78,12 +107,28 @@ class RunSpec:
         }
         if self.extra.get("validation"):  # evaluated on a held-out split, not the test set
             key["validation"] = True
-        blob = json.dumps(key, sort_keys=True).encode()
+        return key
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def differences(old: dict | None, new: dict) -> str:
+    """What differs between two runs' :meth:`RunSpec.settings`, e.g. ``"steps 20 -> 30"``."""
+    if not old:
+        return "settings not recorded"
+
+    def flat(s: dict) -> dict:
+        return {**s, **{f"hparams.{k}": v for k, v in s.get("hparams", {}).items()}}
+
+    was, now = flat(old), flat(new)
+    keys = sorted(k for k in was.keys() | now.keys() if k != "hparams" and was.get(k) != now.get(k))
+    return ", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in keys)
+
+
 # --------------------------------------------------------------------------------------------
-# Learning-rate schedule (stateless: a function of the step)
+# Learning-rate schedule (stateless: a function of the step), checkpoints, generators
 # --------------------------------------------------------------------------------------------
 
 
@@ -92,14 +137,8 @@ def lr_factor(step: int, steps: int, warmup: float, final: float) -> float:
     w = int(round(warmup * steps))
     if step < w:
         return (step + 1) / w
-    span = max(1, steps - w)
-    progress = min(1.0, (step - w) / span)
+    progress = min(1.0, (step - w) / max(1, steps - w))
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -113,7 +152,7 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path):
+def load_checkpoint(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -157,30 +196,15 @@ def seed_everything(seed: int) -> None:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on tensors with >= 2 dims (weights), none on biases and norm scales."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
 def _to(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _batch_size(target) -> int:
-    if isinstance(target, torch.Tensor):
-        return int(target.numel()) if target.ndim > 1 else int(target.shape[0])
-    return len(target)
+    """Every tensor of ``batch`` (nested lists, tuples, dicts) on ``device``."""
+    return tree_map(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, batch)
 
 
 @torch.no_grad()
@@ -193,7 +217,7 @@ def evaluate(task: Task, model, test, device, limit) -> dict[str, float]:
     for x, y in test.eval_batches(task.eval_batch_size, limit):
         x, y = _to(x, device), _to(y, device)
         out = model(x)
-        n = _batch_size(y)
+        n = int(y.numel()) if y.ndim > 1 else int(y.shape[0])
         loss_sum += float(task.loss_fn(out, y)) * n
         if task.metric_fn is not None:
             metric_sum += float(task.metric_fn(out, y)) * n
@@ -234,44 +258,8 @@ def warm_up(spec: RunSpec, data: TaskData, device: torch.device) -> None:
             model.eval()
             for xe, _ in data.test.eval_batches(spec.task.eval_batch_size, 1):
                 model(_to(xe, device))
-        del model, opt
     finally:
         _set_rng_state(rng, device)
-
-
-def _resume(spec: RunSpec, path: Path, model, opt, rec: Recorder, device) -> tuple[int, bool]:
-    """Load the checkpoint at ``path`` into the run; returns ``(step, diverged)``."""
-    ckpt = _load(path)
-    if ckpt.get("fingerprint") != spec.fingerprint():
-        raise RuntimeError(
-            f"{path} was written by a run with different settings; start a new --out "
-            "folder or run without --resume"
-        )
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    rec.load_state_dict(ckpt["recorder"])
-    _set_rng_state(ckpt["rng"], device)
-    return int(ckpt["step"]), bool(ckpt["diverged"])
-
-
-def _checkpoint(spec: RunSpec, path: Path, step, model, opt, rec: Recorder, diverged, device):
-    state = {"version": FORMAT_VERSION, "fingerprint": spec.fingerprint(), "step": step}
-    state.update(model=model.state_dict(), optimizer=opt.state_dict())
-    state.update(recorder=rec.state_dict(), diverged=diverged, rng=_rng_state(device))
-    atomic_save(state, path)
-
-
-def _progress(spec: RunSpec, step: int):
-    if not spec.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    what = f"{spec.task.name} {spec.optimizer} seed {spec.seed}"
-    if spec.steps != spec.extra.get("full_steps", spec.steps):
-        what += f" ({spec.steps} steps)"
-    return tqdm(
-        total=spec.steps, initial=step, desc=what, unit="step", dynamic_ncols=True, file=sys.stderr
-    )
 
 
 def train_run(spec: RunSpec, data: TaskData | None = None) -> dict:
@@ -282,27 +270,24 @@ def train_run(spec: RunSpec, data: TaskData | None = None) -> dict:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
+        if data is None:
+            data = spec.task.data_fn(validation=bool(spec.extra.get("validation", False)))
         return _train(spec, data)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(spec: RunSpec, data: TaskData | None) -> dict:
-    task, device, run_dir = spec.task, torch.device(spec.device), Path(spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / CHECKPOINT
-    eval_every = task.eval_interval(spec.steps, spec.eval_every)
-    ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
-    if data is None:
-        data = task.data_fn(validation=bool(spec.extra.get("validation", False)))
+def _start(spec: RunSpec, data: TaskData, device: torch.device):
+    """The model, optimizer and recorder at the run's first step, or at its checkpoint's when
+    resuming, and the peak learning rates (the schedule's 1.0, read before a checkpoint's
+    scheduled ones are loaded): ``(model, opt, rec, peak_lrs, step, diverged, resumed_from)``."""
     warm_up(spec, data, device)
     reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     seed_everything(spec.seed)
     model, opt = build(spec, data, device)
-    peak_lrs = [g["lr"] for g in opt.param_groups]
+    task = spec.task
     rec = Recorder(
         optimizer=spec.optimizer,
         seed=spec.seed,
@@ -311,17 +296,41 @@ def _train(spec: RunSpec, data: TaskData | None) -> dict:
         metric_name=task.metric_name,
         higher_is_better=task.higher_is_better,
         percent=task.percent,
-    )
-    rec.watch(opt)
-    step, diverged, resumed_from = 0, False, None
-    if spec.resume and ckpt_path.exists():
-        step, diverged = _resume(spec, ckpt_path, model, opt, rec, device)
-        resumed_from = step
-    elif ckpt_path.exists():
-        ckpt_path.unlink()
+    ).watch(opt)
+    peak_lrs = [g["lr"] for g in opt.param_groups]
+    path = Path(spec.run_dir) / CHECKPOINT
+    if path.exists() and not spec.resume:
+        path.unlink()
+    if not path.exists():
+        return model, opt, rec, peak_lrs, 0, False, None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("fingerprint") != spec.fingerprint():
+        raise ValueError(
+            f"{path} was written by a run with other settings "
+            f"({differences(ckpt.get('settings'), spec.settings())})"
+        )
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    rec.load_state_dict(ckpt["recorder"])
+    _set_rng_state(ckpt["rng"], device)
+    step = int(ckpt["step"])
+    return model, opt, rec, peak_lrs, step, bool(ckpt["diverged"]), step
 
+
+def _train(spec: RunSpec, data: TaskData) -> dict:
+    task, device = spec.task, torch.device(spec.device)
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    eval_every = task.eval_interval(spec.steps, spec.eval_every)
+    ckpt_every = max(1, int(spec.checkpoint_every or eval_every))
+    model, opt, rec, peak_lrs, step, diverged, resumed_from = _start(spec, data, device)
     boost = spec.extra.get("lr_boost")  # (first, last, factor): injected instability, for tests
-    bar = _progress(spec, step)
+    bar = None
+    if spec.progress:
+        from tqdm.auto import tqdm
+
+        what = f"{task.name} {spec.optimizer} seed {spec.seed}"
+        what += f" ({spec.steps} steps)" if "budget" in spec.extra else ""
+        bar = tqdm(total=spec.steps, initial=step, desc=what, unit="step", file=sys.stderr)
     model.train()
     try:
         while step < spec.steps and not diverged:
@@ -351,7 +360,12 @@ def _train(spec: RunSpec, data: TaskData | None) -> dict:
             if bar is not None:
                 bar.update(1)
             if step % ckpt_every == 0 and step < spec.steps and not diverged:
-                _checkpoint(spec, ckpt_path, step, model, opt, rec, diverged, device)
+                state = {"version": FORMAT_VERSION, "fingerprint": spec.fingerprint(), "step": step}
+                state.update(settings=spec.settings(), diverged=diverged, rng=_rng_state(device))
+                state.update(model=model.state_dict(), optimizer=opt.state_dict())
+                atomic_save(
+                    {**state, "recorder": rec.state_dict()}, Path(spec.run_dir) / CHECKPOINT
+                )
     finally:
         if bar is not None:
             bar.close()
@@ -359,7 +373,8 @@ def _train(spec: RunSpec, data: TaskData | None) -> dict:
 
 
 def _finish(spec: RunSpec, data, model, opt, rec: Recorder, diverged, resumed_from) -> dict:
-    """The final evaluation on the whole test set, the result, and the files of a finished run."""
+    """The final evaluation on the whole test set, the result, and the files of a finished run:
+    ``model.pt``, then ``result.json`` (a run is finished when its result is written)."""
     device, run_dir = torch.device(spec.device), Path(spec.run_dir)
     t1 = time.perf_counter()
     final = evaluate(spec.task, model, data.test, device, spec.task.final_eval_limit)
@@ -370,6 +385,7 @@ def _finish(spec: RunSpec, data, model, opt, rec: Recorder, diverged, resumed_fr
         final,
         steps=spec.steps,
         fingerprint=spec.fingerprint(),
+        settings=spec.settings(),
         device=str(device),
         num_params=sum(p.numel() for p in model.parameters()),
         diverged=diverged,
@@ -378,7 +394,7 @@ def _finish(spec: RunSpec, data, model, opt, rec: Recorder, diverged, resumed_fr
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         **{k: spec.extra[k] for k in ("budget", "full_steps") if k in spec.extra},
     )
-    torch.save(model.state_dict(), run_dir / MODEL)
+    atomic_save(model.state_dict(), run_dir / MODEL)
     write_json(run_dir / RESULT, result)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
@@ -386,9 +402,8 @@ def _finish(spec: RunSpec, data, model, opt, rec: Recorder, diverged, resumed_fr
 
 def load_result(run_dir: str | os.PathLike, fingerprint: str | None = None) -> dict | None:
     """A finished run's result, or ``None`` (missing, unreadable or other settings)."""
-    path = Path(run_dir) / RESULT
     try:
-        result = json.loads(path.read_text())
+        result = json.loads((Path(run_dir) / RESULT).read_text())
     except (OSError, ValueError):
         return None
     if fingerprint is not None and result.get("fingerprint") != fingerprint:
@@ -406,6 +421,9 @@ def _child(spec: RunSpec) -> None:
         train_run(spec)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValueError as e:  # a refused setting: one line for the parent to show
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def can_isolate(spec: RunSpec) -> bool:
@@ -416,19 +434,17 @@ def can_isolate(spec: RunSpec) -> bool:
     except Exception:
         return False
     main = sys.modules.get("__main__")
-    if b"__main__" in blob and not getattr(main, "__file__", None):
-        return False
-    return True
+    return b"__main__" not in blob or bool(getattr(main, "__file__", None))
 
 
 def run_isolated(spec: RunSpec) -> dict:
-    """``train_run(spec)`` in a spawned process; returns the result it wrote."""
+    """``train_run(spec)`` in a spawned process; returns the result it wrote. An exception in
+    the parent while it waits (Ctrl-C, :class:`Terminated`) ends the child before it goes on."""
     import multiprocessing as mp
 
     if spec.threads is None:
         spec.threads = torch.get_num_threads()
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_child, args=(spec,), name=f"qshampoo-bench-{spec.optimizer}")
+    proc = mp.get_context("spawn").Process(target=_child, args=(spec,), name="qshampoo-bench")
     # OpenMP worker threads spin while they wait by default; when other work shares the cores,
     # that makes a 2-thread run many times slower than a 1-thread one (measured: 1300 vs 200
     # ms/step on a busy 2-core machine). Passive waiting removes that cliff and costs little on
@@ -444,20 +460,23 @@ def run_isolated(spec: RunSpec) -> dict:
             del os.environ["OMP_WAIT_POLICY"]
     try:
         proc.join()
-    except KeyboardInterrupt:
-        proc.join(timeout=30)
+    except BaseException:
+        # Ctrl-C reached the child too; SIGTERM did not. Either way it stops now: a checkpoint
+        # is always complete (renamed into place), so nothing it leaves is half-written.
+        proc.terminate()
+        proc.join(10)
         if proc.is_alive():
-            proc.terminate()
+            proc.kill()
             proc.join()
         raise
+    what = f"run {spec.optimizer} seed {spec.seed}"
     if proc.exitcode == 130:
         raise KeyboardInterrupt
+    if proc.exitcode == 2:
+        raise ValueError(f"{what} refused its settings (its error is printed above)")
     if proc.exitcode != 0:
-        raise RuntimeError(
-            f"run {spec.optimizer} seed {spec.seed} failed in its process (exit code "
-            f"{proc.exitcode}); its error is printed above"
-        )
+        raise RuntimeError(f"{what} failed in its process (exit code {proc.exitcode}); see above")
     result = load_result(spec.run_dir)
     if result is None:
-        raise RuntimeError(f"run {spec.optimizer} seed {spec.seed} wrote no {RESULT}")
+        raise RuntimeError(f"{what} wrote no {RESULT}")
     return result

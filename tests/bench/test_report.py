@@ -139,11 +139,12 @@ def test_tiles_and_tables(results):
     quality, memory, time, stability = report.tiles(META, summary, k, "en")
     assert quality["rows"][0][:2] == ("4-bit Shampoo", "+9.80 points")
     assert memory["rows"][0][1] == "1.50×" and memory["rows"][1][1] == "8.00×"
-    assert "50 % of steps" in time["rows"][0][2]
+    assert "in 50 % of its steps" in time["rows"][0][2]
     assert stability["rows"][0][1] == "0 events"
     head, rows = report.results_table(META, summary, k)
-    assert head[3] == "optimizer peak (MiB)" and rows[2][3] == "0.00"
-    assert rows[2][8] == "50 (3/3)"  # steps to AdamW's accuracy, seeds that reached it
+    assert head[3] == "optimizer memory at peak (MiB)" and rows[2][3] == "0.00"
+    assert head[9] == "steps to AdamW's accuracy (%)"
+    assert rows[2][9] == "50 (3/3)"  # steps to AdamW's accuracy, seeds that reached it
 
 
 def test_report_files(tmp_path, results):
@@ -153,11 +154,12 @@ def test_report_files(tmp_path, results):
     md = (tmp_path / "report.md").read_text()
     assert md.splitlines()[2].startswith("**Adopt if memory-bound**")
     assert md.index("| AdamW = 1.0 |") < md.index("![") < md.index("## Appendix")
+    assert "### Results" in md and "Shared by every row: " in md
     assert "`soap` (not installed)" in md
-    for name in ("kpi.png", "curves.png", "memory.png", "stability.png", "quant_error.png"):
+    for name in ("kpi.png", "curves.png", "memory.png", "stability.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5 and "http" not in page.split("<body>")[1]
+    assert page.count("data:image/png;base64,") == 4 and "http" not in page.split("<body>")[1]
     assert page.count('class="tile"') == 4 and 'class="decision"' in page
 
 
@@ -195,7 +197,16 @@ def test_language_model_table_has_perplexity(results):
 
 def test_markdown_and_html_come_from_the_same_blocks(tmp_path):
     blocks = [("h", 1, "T"), ("p", "**bold** and `code` <tag>"), ("table", ["a"], [["1"]])]
-    assert report.to_markdown(blocks) == "# T\n\n**bold** and `code` <tag>\n\n| a |\n|---|\n| 1 |\n"
-    page = report.to_html(blocks, tmp_path, "T", "en")
-    assert "<strong>bold</strong> and <code>code</code> &lt;tag&gt;" in page
+    md, page = report.render(blocks, tmp_path, "en")
+    assert md == "# T\n\n**bold** and `code` <tag>\n\n| a |\n|---|\n| 1 |\n"
+    assert '<p class="decision"><strong>bold</strong> and <code>code</code> &lt;tag&gt;' in page
     assert re.search(r"<table><tr><th>a</th></tr><tr><td>1</td></tr></table>", page)
+
+
+def test_the_sentence_compares_the_candidate_with_the_cheaper_alternatives(results):
+    """A peer from the registry (4-bit AdamW) gets its paired comparison in the sentence."""
+    peer = [fake_run("torchao-adamw4bit", s, 0.79 + 0.001 * s, state=300) for s in range(3)]
+    meta = {**META, "optimizers": ["adamw", "shampoo", "shampoo4bit", "torchao-adamw4bit"]}
+    _, k, text = rendered(results + peer, meta)
+    assert "points better than torchao 4-bit AdamW [95 % CI " in text
+    assert set(k["rows"]["shampoo4bit"]["vs_peers"]) == {"torchao-adamw4bit"}

@@ -93,7 +93,7 @@ def test_resume_refuses_other_settings(digits_task, digits_data, tmp_path):
         train_run(cut, digits_data)
     other = spec_for(digits_task, "adamw", tmp_path, resume=True)
     other.hparams = {**other.hparams, "lr": 0.5}
-    with pytest.raises(RuntimeError, match="different settings"):
+    with pytest.raises(ValueError, match=r"other settings \(hparams.lr 0.1 -> 0.5\)"):
         train_run(other, digits_data)
 
 

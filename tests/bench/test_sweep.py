@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from qshampoo.bench.plots import pareto_front
+from qshampoo.bench.grid import GridError, Relative, base_hparams, parse_grid, settings
 from qshampoo.bench.report import rerender
-from qshampoo.bench.suite import GridError, Relative, base_hparams, parse_grid, settings
-from qshampoo.bench.summary import paired_diff, pooled_noise
+from qshampoo.bench.summary import paired, pooled_noise
 from qshampoo.bench.tasks import get_task
 from qshampoo.cli import COMMANDS, main
 
@@ -40,9 +39,8 @@ def swept(tmp_path_factory):
 
 
 def test_two_by_two_sweep_writes_the_report(swept):
-    for name in ("report.md", "results.json", "curves.png", "quality.png", "cost.png"):
+    for name in ("report.md", "report.html", "results.json", "quality.png", "kpi.png"):
         assert (swept / name).stat().st_size > 0
-    assert (swept / "pareto.png").stat().st_size > 0
     doc = json.loads((swept / "results.json").read_text())
     assert doc["meta"]["steps"] == STEPS
     labels = [s["label"] for s in doc["meta"]["settings"]]
@@ -55,15 +53,20 @@ def test_two_by_two_sweep_writes_the_report(swept):
     assert [s["default"] for s in doc["meta"]["settings"]] == [False, False, True, False]
     # 4 settings x 2 seeds + the reference x 2 seeds, each run with its own settings.
     assert len(doc["runs"]) == 10
-    run = next(r for r in doc["runs"] if r["setting"] == "ef_decay=0, bits=8")
+    run = next(r for r in doc["runs"] if r["entry"] == "ef_decay=0, bits=8")
     assert run["hparams"]["ef_decay"] == 0.0 and run["hparams"]["bits"] == 8
     assert set(doc["summary"]) == {*labels, "adamw"}
     # 8-bit codes take more memory than 4-bit ones.
     pre = {k: s["state_bytes"]["preconditioners"] for k, s in doc["summary"].items()}
     assert pre["ef_decay=0, bits=8"] > pre["ef_decay=0, bits=4"] > pre["adamw"] == 0
     md = (swept / "report.md").read_text()
-    assert "| ef_decay=0.9, bits=4 *(default)* |" in md and "`adamw` (reference)" in md
-    assert "## Findings" in md and "![pareto.png](pareto.png)" in md
+    assert "| ef_decay=0.9, bits=4 (default) |" in md and "| AdamW (reference) |" in md
+    # the sections benchmarks/sweep_results.py reads, and the findings in results.json
+    assert "\n## Results\n" in md and "\n## Per seed\n" in md
+    assert doc["findings"].startswith("The best mean final test accuracy: ")
+    assert "Against the default (ef_decay=0.9, bits=4), seed by seed:" in doc["findings"]
+    assert doc["meta"]["noise"]["dof"] == 4  # (5 entries - 1) x (2 seeds - 1)
+    assert doc["summary"]["ef_decay=0, bits=4"]["vs_default"]["n"] == 2
 
 
 def test_resume_reuses_finished_runs_and_runs_only_new_points(swept, capsys):
@@ -77,8 +80,8 @@ def test_resume_reuses_finished_runs_and_runs_only_new_points(swept, capsys):
     trained = [line for line in err.splitlines() if "test accuracy" in line]
     assert len(trained) == 4 and all("ef_decay=0.5" in line for line in trained)
     after = json.loads((swept / "results.json").read_text())
-    old = {(r["setting"], r["optimizer"], r["seed"]): r["final"] for r in before["runs"]}
-    new = {(r["setting"], r["optimizer"], r["seed"]): r["final"] for r in after["runs"]}
+    old = {(r["entry"], r["optimizer"], r["seed"]): r["final"] for r in before["runs"]}
+    new = {(r["entry"], r["optimizer"], r["seed"]): r["final"] for r in after["runs"]}
     assert all(new[k] == v for k, v in old.items()) and len(new) == 14
 
 
@@ -103,12 +106,9 @@ def test_reuse_takes_identical_runs_from_another_folder(swept, tmp_path, capsys)
         (["ef_decay="], "empty value"),
         (["foo=1,2"], "unknown setting 'foo'"),
         (["bits=4,x"], "bits takes integers"),
-        (["bits=5"], "bits must be one of 3, 4, 8"),
-        (["ef_decay=1.5"], "ef_decay must be in [0, 1)"),
-        (["codebook=linear3"], "codebook must be one of"),
+        (["ef_decay=high"], "ef_decay takes numbers"),
         (["stat_interval=steps/0"], "positive number after 'steps/'"),
-        (["stat_interval=0"], "must be >= 1"),
-        (["lr=-1"], "lr must be > 0"),
+        (["stat_interval=often"], "integers or steps/K"),
         (["bits=4,4"], "listed twice"),
         (["bits=4", "bits=8"], "given twice"),
         (["bits=4", "ef_decay=0", "block_size=64"], "at most 2"),
@@ -120,6 +120,24 @@ def test_grid_parser_rejects_malformed_grids(grid, message):
     with pytest.raises(GridError, match=None) as e:
         parse_grid(grid)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ("bits=5", "shampoo4bit at bits=5: invalid bits=5: must be one of (3, 4, 8) or 'auto'"),
+        ("ef_decay=1.5", "invalid ef_decay=1.5: must be in [0, 1)"),
+        ("codebook=linear3", "invalid codebook='linear3': must be one of"),
+        ("stat_interval=0", "invalid stat_interval=0: must be an integer >= 1"),
+        ("lr=-1", "invalid lr=-1.0: must be >= 0"),
+    ],
+)
+def test_values_the_optimizer_refuses_are_refused_before_any_run(tmp_path, capsys, grid, message):
+    out = tmp_path / "rep"
+    assert main(["sweep", "--task", "digits", "--grid", grid, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_malformed_grid_is_one_line_on_the_command_line(tmp_path, capsys):
@@ -155,16 +173,16 @@ def test_grid_values_and_relative_intervals():
 
 
 def test_paired_differences():
-    def runs(values):
-        return [{"seed": k, "final": {"metric": v}} for k, v in enumerate(values)]
-
-    p = paired_diff(runs([0.90, 0.85, 0.88]), runs([0.89, 0.84, 0.86]))
+    p = paired({0: 0.90, 1: 0.85, 2: 0.88}, {0: 0.89, 1: 0.84, 2: 0.86})
     assert p["n"] == 3 and p["mean"] == pytest.approx(0.04 / 3)
-    # The seeds' spread (0.05) cancels: the noise is that of the differences only.
-    # differences 0.01, 0.01, 0.02: sample std 0.00577, standard error 0.00333
-    assert p["noise"] == pytest.approx(2 * 0.0057735 / 3**0.5, rel=1e-4)
-    assert paired_diff(runs([0.9]), runs([0.8]))["noise"] is None
-    assert paired_diff(runs([0.9]), []) is None
+    # The seeds' spread (0.05) cancels: the interval is that of the differences only.
+    # differences 0.01, 0.01, 0.02: sample std 0.00577, standard error 0.00333, t(2) = 4.303
+    assert p["hi"] - p["mean"] == pytest.approx(4.303 * 0.0057735 / 3**0.5, rel=1e-3)
+    assert paired({0: 0.9}, {0: 0.8})["lo"] is None
+    assert paired({0: 0.9}, {}) is None
+    # with a pooled run-to-run variance: t(dof) * sqrt(2 sigma2 / n)
+    p = paired({0: 0.9}, {0: 0.8}, noise=(0.01, 4))
+    assert p["hi"] - p["mean"] == pytest.approx(2.776 * (2 * 0.01) ** 0.5, rel=1e-3)
 
 
 def test_pooled_noise_of_an_additive_model():
@@ -178,10 +196,6 @@ def test_pooled_noise_of_an_additive_model():
     # A configuration that lacks a seed of the others is left out; one seed: not estimable.
     assert pooled_noise({**table, "c": {0: 9.0}}) == (sigma2, 1)
     assert pooled_noise({"a": {0: 1.0}, "b": {0: 2.0}}) == (None, 0)
-    p = paired_diff(
-        [{"seed": 0, "final": {"metric": 0.9}}], [{"seed": 0, "final": {"metric": 0.8}}], 0.01
-    )
-    assert p["noise"] == pytest.approx(2 * (2 * 0.01 / 1) ** 0.5)
 
 
 def test_rerender_keeps_the_recorded_run(swept):
@@ -190,14 +204,9 @@ def test_rerender_keeps_the_recorded_run(swept):
     assert doc["meta"]["command"] == before["meta"]["command"]
     assert doc["meta"]["date"] == before["meta"]["date"]
     assert doc["versions"] == before["versions"]
-    assert "Δ vs default, paired" in (swept / "report.md").read_text()
-
-
-def test_pareto_front():
-    pts = [(1.0, 80.0), (2.0, 85.0), (3.0, 84.0), (0.5, 70.0), (2.0, 86.0)]
-    assert pareto_front(pts, higher_is_better=True) == [3, 0, 4]
-    losses = [(1.0, 2.0), (2.0, 1.9), (3.0, 2.1)]
-    assert pareto_front(losses, higher_is_better=False) == [0, 1]
+    assert "Δ vs default [95 % CI]" in (swept / "report.md").read_text()
+    rerender(swept, "ja")
+    assert "既定値との差" in (swept / "report.md").read_text()
 
 
 def test_sweep_is_registered():
