@@ -68,8 +68,10 @@ browser:
 	  fi; \
 	fi
 
+# --resume: a second `make demo` reuses the finished runs (and an interrupted one continues);
+# `rm -r report/fashion-mnist` trains them again
 demo: setup data
-	$(PY) -m qshampoo bench
+	$(PY) -m qshampoo bench --resume
 
 test: setup integrations browser
 	$(PY) -m pytest
