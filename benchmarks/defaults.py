@@ -45,8 +45,8 @@ from pathlib import Path
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "adamw": ("adamw", []),
     "32-bit": ("shampoo", []),
-    "paper (ef_decay=0.9)": ("shampoo4bit", []),
-    "ef_decay=0": ("shampoo4bit", ["ef_decay=0.0"]),
+    "paper (ef_decay=0.9)": ("shampoo4bit-paper", []),
+    "ef_decay=0": ("shampoo4bit-paper", ["ef_decay=0.0"]),
     "auto 1/8": ("shampoo4bit-auto", ["memory_budget=0.125"]),
     "auto 1/8, ef_decay=0": ("shampoo4bit-auto", ["memory_budget=0.125", "ef_decay=0.0"]),
 }
