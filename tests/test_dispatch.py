@@ -1,7 +1,7 @@
 """Dispatched operators and host synchronisations of a step (``qshampoo.dispatch``): the GPU
-proxy a CPU counts exactly. The statistics updates are batched, so their operator count does
-not grow with the number of same-shaped factors, and the factor code reads nothing back from
-the device at a plain step, and one flag per batch at a statistics step.
+proxy a CPU counts exactly. The statistics and root updates are batched, so their operator
+count does not grow with the number of same-shaped factors, and the factor code reads nothing
+back from the device at a plain step, and one flag per batch at a statistics step.
 
 ``qshampoo/optimizer.py``'s own checks (the non-finite gradient check) are left out of the
 sync counts here: they belong to the step's reliability checks, counted on their own.
@@ -87,4 +87,16 @@ def test_statistics_operators_do_not_grow_with_same_shaped_layers(quant):
 
     growth = statistics_ops(quant, 6) - statistics_ops(quant, 1)
     growth32 = statistics_ops("none", 6) - statistics_ops("none", 1)
+    assert growth <= growth32, (growth, growth32)
+
+
+@pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])
+def test_root_operators_do_not_grow_with_same_shaped_layers(quant):
+    """The new roots of a batch are quantized in one pass (``store_roots``)."""
+
+    def root_ops(q: str, layers: int) -> int:
+        return count_step(q, layers, "roots").ops - count_step(q, layers, "stats").ops
+
+    growth = root_ops(quant, 6) - root_ops(quant, 1)
+    growth32 = root_ops("none", 6) - root_ops("none", 1)
     assert growth <= growth32, (growth, growth32)

@@ -203,10 +203,21 @@ class Factor:
         """Recompute and store the roots; a factor whose root fails keeps its previous one
         and counts the failure."""
         roots, ok = cls.inverse_roots(factors, hp)
-        for f, r, good in zip(factors, roots, ok.tolist(), strict=True):
-            f.record_root_result(good)
-            if good:
-                f.store_root(r)
+        good = ok.tolist()
+        for f, g in zip(factors, good, strict=True):
+            f.record_root_result(g)
+        if all(good):
+            cls.store_roots(factors, roots)
+        elif any(good):
+            keep = [i for i, g in enumerate(good) if g]
+            cls.store_roots([factors[i] for i in keep], roots[keep])
+
+    @classmethod
+    def store_roots(cls, factors: list[Factor], roots: Tensor) -> None:
+        """``store_root`` of each factor with its root of ``roots`` ``(B, n, n)``; low-bit
+        variants quantize the batch in one pass."""
+        for f, r in zip(factors, roots, strict=True):
+            f.store_root(r)
 
     # -- health: failures, damping, quantization error ------------------------------------
     def diagnostics(self) -> dict:
