@@ -22,7 +22,7 @@ optimizer, for two kinds of step:
 - ``idle``: nothing is due (intervals beyond the run) — every other step.
 
     python benchmarks/peak_memory.py                                  # ViT-Small and LLaMA-130M
-    python benchmarks/peak_memory.py --models vit-small-cifar100 --optimizers adamw,none,cholesky_ef
+    python benchmarks/peak_memory.py --models vit-small-cifar100 --optimizers adamw,none,cholesky_ef,naive
     python benchmarks/peak_memory.py --device cuda --out /tmp/peak.md
 """
 
@@ -49,6 +49,8 @@ MiB = 2**20
 OPTIMIZERS: dict[str, dict | None] = {
     "adamw": None,
     "none": {"quant": "none"},
+    "shampoo4bit": {},  # qshampoo.Shampoo4bit's defaults
+    "paper": {"paper": True},  # qshampoo.Shampoo4bit(paper=True): 4 bits everywhere
     "cholesky_ef": {"quant": "cholesky_ef"},
     "cholesky": {"quant": "cholesky"},
     "naive": {"quant": "naive"},
@@ -57,6 +59,8 @@ OPTIMIZERS: dict[str, dict | None] = {
 PHASES = {"due": (1, 1), "idle": (10**9, 10**9)}
 LABELS = {
     "none": "32-bit Shampoo",
+    "shampoo4bit": "4-bit Shampoo (default)",
+    "paper": "4-bit Shampoo (paper=True)",
     "cholesky_ef": "4-bit Shampoo (CQ+EF)",
     "cholesky": "4-bit CQ",
     "naive": "4-bit naive (VQ)",
@@ -113,7 +117,8 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
         )
     else:
         t1, t2 = PHASES[phase]
-        opt = qshampoo.Shampoo(params, base=base, stat_interval=t1, root_interval=t2, **kw)
+        cls = qshampoo.Shampoo4bit if opt_name in ("shampoo4bit", "paper") else qshampoo.Shampoo
+        opt = cls(params, base=base, stat_interval=t1, root_interval=t2, **kw)
     _reset(dev)
     start = time.perf_counter()
     opt.step()
@@ -197,7 +202,7 @@ def _above(x: dict | None, ref: dict, key: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="vit-small-cifar100,llama-130m")
-    ap.add_argument("--optimizers", default="adamw,none,cholesky_ef")
+    ap.add_argument("--optimizers", default="adamw,none,shampoo4bit,paper")
     ap.add_argument("--phases", default="due,idle")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="also write the table (markdown) here")

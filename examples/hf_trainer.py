@@ -1,17 +1,25 @@
-"""qshampoo with the Hugging Face ``transformers.Trainer``: pass the optimizer and scheduler in.
+"""qshampoo with the Hugging Face ``transformers.Trainer``: give it the class and its keywords.
 
 A small classifier learns scikit-learn's digits (any ``nn.Module`` whose ``forward`` returns a
 ``loss`` works with the Trainer; a ``transformers`` model is used the same way). The recipe:
 
-    opt = qshampoo.Shampoo4bit(param_groups, lr=..., ...)
-    sched = transformers.get_linear_schedule_with_warmup(opt, warmup, total)
-    Trainer(model=model, args=args, train_dataset=..., optimizers=(opt, sched))
+    args = TrainingArguments(..., learning_rate=3e-3, weight_decay=0.01,
+                             lr_scheduler_type="linear", warmup_steps=...)
+    Trainer(model=model, args=args, train_dataset=...,
+            optimizer_cls_and_kwargs=(qshampoo.Shampoo4bit,
+                                      {"lr": args.learning_rate, "stat_interval": 5,
+                                       "root_interval": 20}))
 
-The Trainer then saves ``optimizer.pt`` / ``scheduler.pt`` with every checkpoint and restores
-them on ``trainer.train(resume_from_checkpoint=...)``, through the optimizer's own
-``state_dict()`` / ``load_state_dict()`` (which checks that the checkpoint fits).
+The Trainer builds the optimizer itself, once the model is placed and wrapped (under FSDP it
+refuses ``optimizers=(opt, sched)``; under DeepSpeed it drops it for AdamW), from its usual two
+param groups (no weight decay on biases and norms, ``args.weight_decay`` on the rest), and the
+scheduler from ``args``. Pass ``lr`` among the keywords: the Trainer gives the class only those.
+It saves ``optimizer.pt`` / ``scheduler.pt`` with every checkpoint and restores them on
+``trainer.train(resume_from_checkpoint=...)``, through the optimizer's own ``state_dict()`` /
+``load_state_dict()`` (which checks that the checkpoint fits). Which distributed setups work
+(FSDP2, DDP) and which do not (FSDP1, DeepSpeed): docs/robustness.md.
 
-    pip install transformers accelerate
+    pip install transformers accelerate scikit-learn
     python examples/hf_trainer.py --steps 200 --out /tmp/hf-qshampoo
 """
 
@@ -61,41 +69,17 @@ def make_model(seed: int = 0) -> DigitsNet:
     return DigitsNet()
 
 
-def make_optimizer(model, *, lr, steps, quant, min_quant_numel, weight_decay=0.01):
-    """Shampoo with the usual transformer grouping: no weight decay on biases and norms."""
-    from transformers import get_linear_schedule_with_warmup
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
-    opt = qshampoo.Shampoo(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        quant=quant,
-        min_quant_numel=min_quant_numel,
-        stat_interval=5,
-        root_interval=20,
-    )
-    sched = get_linear_schedule_with_warmup(
-        opt, num_warmup_steps=steps // 10, num_training_steps=steps
-    )
-    return opt, sched
-
-
 def make_trainer(out, *, steps, save_steps, quant, min_quant_numel, lr, seed=0, model_seed=None):
     from transformers import Trainer, TrainingArguments
 
-    model = make_model(seed if model_seed is None else model_seed)
-    opt, sched = make_optimizer(
-        model, lr=lr, steps=steps, quant=quant, min_quant_numel=min_quant_numel
-    )
     args = TrainingArguments(
         output_dir=out,
         max_steps=steps,
         per_device_train_batch_size=32,
+        learning_rate=lr,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        warmup_steps=steps // 10,
         logging_steps=max(1, steps // 10),
         save_steps=save_steps,
         save_strategy="steps" if save_steps else "no",
@@ -106,8 +90,25 @@ def make_trainer(out, *, steps, save_steps, quant, min_quant_numel, lr, seed=0, 
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=digits(), optimizers=(opt, sched))
-    return trainer, model, opt
+    shampoo_kwargs = {
+        "lr": args.learning_rate,
+        "quant": quant,
+        "min_quant_numel": min_quant_numel,
+        "stat_interval": 5,
+        "root_interval": 20,
+    }
+    trainer = Trainer(
+        model=make_model(seed if model_seed is None else model_seed),
+        args=args,
+        train_dataset=digits(),
+        optimizer_cls_and_kwargs=(qshampoo.Shampoo, shampoo_kwargs),
+    )
+    return trainer
+
+
+def shampoo_of(trainer) -> qshampoo.Shampoo:
+    """The optimizer the Trainer built (accelerate wraps it once training starts)."""
+    return getattr(trainer.optimizer, "optimizer", trainer.optimizer)
 
 
 @torch.no_grad()
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = args.out or tempfile.mkdtemp(prefix="hf-qshampoo-")
-    trainer, model, opt = make_trainer(
+    trainer = make_trainer(
         out,
         steps=args.steps,
         save_steps=args.save_steps,
@@ -145,10 +146,13 @@ def main(argv=None) -> dict:
         model_seed=args.model_seed,
     )
     result = trainer.train(resume_from_checkpoint=args.resume)
+    model, opt = trainer.model, shampoo_of(trainer)
+    assert isinstance(opt, qshampoo.Shampoo)
     report = {
         "train_loss": result.training_loss,
         "accuracy": accuracy(model),
         "diagnostics": opt.diagnostics(),
+        "optimizer": opt,
         "model": model,
         "out": out,
     }

@@ -8,6 +8,8 @@ in place in float64 (rounding it through fp32 at every step would throw its prec
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -76,3 +78,33 @@ def sgd_update(
 
 
 BASES = {"adamw": (adamw_init, adamw_update), "sgd": (sgd_init, sgd_update)}
+
+
+def chunk_rows(param: Tensor, max_bytes: int) -> int:
+    """Rows (slices along the first dimension) of ``param`` per chunk of a chunked update: as
+    many as hold at most ``max_bytes`` of fp32 entries, at least one."""
+    if param.dim() == 0:
+        return 1
+    per_row = 4 * max(1, math.prod(param.shape[1:]))
+    return max(1, min(param.shape[0], max_bytes // per_row))
+
+
+def in_chunks(update, max_bytes: int):
+    """``update`` applied to consecutive row slices of a parameter, its direction and its state
+    (``chunk_rows``), so that its full-size temporaries (AdamW's denominator, an fp32 copy of a
+    narrower parameter) take at most ``max_bytes`` each. The arithmetic is elementwise, so the
+    result is the same. A state that the update has yet to create (SGD's momentum buffer,
+    made by the first step) is made by one whole update."""
+
+    def chunked(param: Tensor, direction: Tensor, state: dict, step: int, **kw) -> None:
+        rows = chunk_rows(param, max_bytes)
+        unmade = kw.get("momentum", 0) != 0 and "momentum_buffer" not in state
+        if param.dim() == 0 or rows >= param.shape[0] or unmade:
+            update(param, direction, state, step, **kw)
+            return
+        for start in range(0, param.shape[0], rows):
+            part = slice(start, start + rows)
+            view = {k: v[part] for k, v in state.items()}
+            update(param[part], direction[part], view, step, **kw)
+
+    return chunked

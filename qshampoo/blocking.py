@@ -16,6 +16,8 @@ of 100000 x 2 would otherwise get factors of order 1200 for blocks of 2400 entri
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -31,6 +33,39 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 def _chunks(length: int, max_dim: int) -> list[slice]:
     return [slice(s, min(s + max_dim, length)) for s in range(0, length, max_dim)]
+
+
+#: Shampoo's default ``max_factor_ratio``: no factor holds more than 16 times its block's
+#: entries, so a parameter's preconditioners hold at most 32 times its own size (both sides)
+DEFAULT_MAX_FACTOR_RATIO = 16.0
+
+
+def warn_large_factors(
+    shapes: Iterable[tuple[int, ...]], max_dim: int, ratio: float | None
+) -> None:
+    """Warn once, naming the first such shape, when ``ratio`` (a user's ``max_factor_ratio``)
+    gives some block a factor that the default ratio would leave out."""
+    if ratio is not None and ratio <= DEFAULT_MAX_FACTOR_RATIO:
+        return
+    for shape in shapes:
+        blocking = Blocking.of(tuple(shape), max_dim, ratio)
+        if blocking is None:
+            continue
+        default = Blocking.of(tuple(shape), max_dim, DEFAULT_MAX_FACTOR_RATIO).orders
+        for (r, c), (n, m), (dn, dm) in zip(blocking.slices, blocking.orders, default, strict=True):
+            extra = [k for k, d in ((n, dn), (m, dm)) if k is not None and d is None]
+            if extra:
+                entries = (r.stop - r.start) * (c.stop - c.start)
+                warnings.warn(
+                    f"max_factor_ratio={ratio} gives a parameter of shape {tuple(shape)} a "
+                    f"factor of order {extra[0]} for a block of {entries} entries "
+                    f"({extra[0] ** 2 / entries:.0f}x its size); the default "
+                    f"{DEFAULT_MAX_FACTOR_RATIO:g} preconditions such a block on its short side "
+                    "only",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return
 
 
 def kept_sides(n: int, m: int, max_factor_ratio: float | None) -> tuple[bool, bool]:

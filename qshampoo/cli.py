@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__, _extras
+
 
 @dataclass(frozen=True)
 class Command:
@@ -261,6 +263,21 @@ def _spectral_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-real", action="store_true", help="skip the preconditioner captured from training"
     )
+    p.add_argument(
+        "--updates",
+        type=int,
+        default=20,
+        help="statistics updates with each matrix before its root is taken (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stat-decay",
+        type=float,
+        default=0.0,
+        help="EMA decay of those updates; 0: the statistics are the matrix (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ef-decay", type=float, default=0.9, help="CQ+EF's ef_decay (default: %(default)s)"
+    )
 
 
 def cmd_spectral(args: argparse.Namespace) -> int:
@@ -270,6 +287,8 @@ def cmd_spectral(args: argparse.Namespace) -> int:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
         raise UsageError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if args.updates < 1 or not 0.0 <= args.stat_decay < 1.0:
+        raise UsageError("--updates must be >= 1 and --stat-decay in [0, 1)")
     print(
         run(
             sizes=sizes,
@@ -277,6 +296,9 @@ def cmd_spectral(args: argparse.Namespace) -> int:
             bits=args.bits,
             block_size=args.block_size,
             codebook=args.codebook,
+            updates=args.updates,
+            stat_decay=args.stat_decay,
+            ef_decay=args.ef_decay,
         )
     )
     return 0
@@ -458,9 +480,13 @@ COMMANDS: list[Command] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import torch
+
     parser = argparse.ArgumentParser(
         prog="qshampoo", description="Shampoo with 4-bit preconditioners: tools."
     )
+    version = f"%(prog)s {__version__} (torch {torch.__version__})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for c in COMMANDS:
@@ -476,9 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        _extras.check_command(args.command)
         return int(args._run(args) or 0)
-    except UsageError as e:
+    except (UsageError, _extras.MissingExtraError) as e:
         print(f"qshampoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency the check above did not foresee
+        hint = _extras.message_for(e)
+        if hint is None:
+            raise
+        print(f"qshampoo {args.command}: error: {hint}", file=sys.stderr)
         return 2
 
 

@@ -4,33 +4,34 @@ On a GPU every dispatched aten operator is at least one kernel launch, and every
 synchronisation (a value read back to decide something on the host) stalls the launch queue
 until the device catches up: the two numbers that decide how fast a step of small operations
 runs there, and which a CPU can count deterministically. :class:`DispatchCounter` is a
-``TorchDispatchMode`` that counts both, by operator and by the line of qshampoo that called it:
+``TorchDispatchMode`` that counts both, by operator and by the qshampoo function that called it
+(``qshampoo.syncs.caller``):
 
     with DispatchCounter() as count:
         opt.step()
     count.ops, count.syncs, count.where_syncs
 
-Host synchronisations counted: ``aten._local_scalar_dense`` (``.item()``, ``bool(t)``,
-``float(t)``), operators whose output shape depends on the data (``nonzero``, boolean-mask
-indexing, ``masked_select``, ``unique``...) and ``Tensor.tolist()`` (which on the CPU reads the
-memory without dispatching anything, so it is counted by wrapping it while the mode is on).
+Host synchronisations counted: what ``qshampoo.syncs.count_syncs`` counts (``.item()``,
+``bool(t)``, ``float(t)``, ``nonzero``, and ``Tensor.tolist()``, which on the CPU reads the
+memory without dispatching anything, so it is counted by wrapping it while the mode is on),
+and the other operators whose output shape depends on the data (boolean-mask indexing,
+``masked_select``, ``unique``...).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+from .syncs import SYNC_OPS, caller
+
+_HERE = (__file__,)
 
 #: operators whose output shape is decided by the data: the host must wait for the values
 _DATA_DEPENDENT = {
-    "aten.nonzero.default",
     "aten.nonzero_static.default",
     "aten.masked_select.default",
     "aten._unique2.default",
@@ -38,22 +39,6 @@ _DATA_DEPENDENT = {
     "aten.unique_consecutive.default",
     "aten.repeat_interleave.Tensor",
 }
-
-
-def _caller() -> str:
-    """``path:line (function)`` of the innermost qshampoo frame outside this module (or of
-    the innermost frame outside torch when none)."""
-    frame = sys._getframe(2)
-    fallback = None
-    while frame is not None:
-        path = os.path.abspath(frame.f_code.co_filename)
-        if path.startswith(_PACKAGE) and path != os.path.abspath(__file__):
-            rel = os.path.relpath(path, os.path.dirname(_PACKAGE))
-            return f"{rel}:{frame.f_lineno} ({frame.f_code.co_name})"
-        if fallback is None and f"{os.sep}torch{os.sep}" not in path and path != __file__:
-            fallback = f"{path}:{frame.f_lineno} ({frame.f_code.co_name})"
-        frame = frame.f_back
-    return fallback or "?"
 
 
 def is_view(func) -> bool:
@@ -67,8 +52,10 @@ def is_view(func) -> bool:
 
 def is_sync(func, args, kwargs) -> bool:
     """Whether the operator ``func`` on ``args`` makes the host wait for the device."""
+    if func in SYNC_OPS:  # what qshampoo.syncs.count_syncs counts
+        return True
     name = str(func)
-    if name == "aten._local_scalar_dense.default" or name in _DATA_DEPENDENT:
+    if name in _DATA_DEPENDENT:
         return True
     if name.startswith("aten.index.Tensor") or name.startswith("aten.index_put"):
         # boolean-mask indexing: the mask's nonzero decides the shape
@@ -82,10 +69,10 @@ def is_sync(func, args, kwargs) -> bool:
 class DispatchCounter(TorchDispatchMode):
     """Count the aten operators dispatched, and the host synchronisations, inside a block.
 
-        ``where=True`` also attributes every operator to the line of qshampoo that called it
-        (slower: a stack walk per operator). Attributes after the block: ``ops`` (total),
-        ``syncs`` (total), ``by_op`` (Counter over operator names), ``where_syncs`` (Counter over
-        ``"op at path:line (function)"``), ``views`` (operators that only make views), ``kernels``
+    ``where=True`` also attributes every operator to the qshampoo function that called it
+    (slower: a stack walk per operator). Attributes after the block: ``ops`` (total), ``syncs``
+    (total), ``by_op`` (Counter over operator names), ``where_syncs`` (Counter over ``"op at
+    qshampoo/<file>.py:<function>"``), ``views`` (operators that only make views), ``kernels``
     (the others) and, with ``where``, ``by_line`` and ``by_module``.
     """
 
@@ -112,7 +99,7 @@ class DispatchCounter(TorchDispatchMode):
         return sum(self.where_syncs.values())
 
     def _record_sync(self, name: str) -> None:
-        self.where_syncs[f"{name} at {_caller()}"] += 1
+        self.where_syncs[f"{name} at {caller(_HERE)}"] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -120,7 +107,7 @@ class DispatchCounter(TorchDispatchMode):
         self.by_op[name] += 1
         self.views += is_view(func)
         if self.where:
-            line = _caller()
+            line = caller(_HERE)
             self.by_line[line] += 1
             self.by_module[line.split(":")[0]] += 1
         if is_sync(func, args, kwargs):

@@ -177,13 +177,13 @@ class Distributor:
 
     def rounds(self, params: list[Tensor], group: dict, store: Any) -> list[list[int]]:
         """Consecutive positions of ``params`` (of one group) preconditioned together: as many
-        parameters as their directions fit in half the workspace (one alone if it needs more);
-        the batches of their jobs take the other half."""
+        parameters as their directions fit in ``store.share`` bytes (one alone if it needs
+        more); the batches of their jobs take as much."""
         return batches(
             range(len(params)),
             lambda _: None,
             lambda j: 4 * params[j].numel(),
-            store.max_workspace_bytes // 2,
+            store.share,
         )
 
     def _round_bytes(self, params: list[Tensor], group: dict, store: Any) -> int:
@@ -285,11 +285,11 @@ class BlockSplit(Distributor):
         """As ``Distributor.rounds`` for parameters split across ranks, the same on every rank
         (from shapes and the assignment alone): a round's directions, the exchange's send
         buffer and the gathered buffers of every rank (each padded to the rank that owns the
-        most of the round) fit in half the workspace; the batches of this rank's jobs take
-        the other half."""
+        most of the round) fit in ``store.share`` bytes; the batches of this rank's jobs take
+        as much."""
         if not params or self._owners.get(params[0]) is None:
             return super().rounds(params, group, store)
-        half = store.max_workspace_bytes // 2
+        share = store.share
         found: list[list[int]] = []
         rnd: list[int] = []
         entries, directions = [0] * self.world, 0
@@ -299,7 +299,7 @@ class BlockSplit(Distributor):
                 mine[r] += n * m
             e = [a + b for a, b in zip(entries, mine, strict=True)]
             d = directions + 4 * p.numel()
-            if rnd and d + 4 * (self.world + 1) * max(e) > half:
+            if rnd and d + 4 * (self.world + 1) * max(e) > share:
                 found.append(rnd)
                 rnd, e, d = [], mine, 4 * p.numel()
             rnd.append(j)

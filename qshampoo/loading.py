@@ -6,7 +6,8 @@ of another format, another number or layout of param groups (``qshampoo.layout.L
 invalid hyperparameters, a failed checksum (``qshampoo.checkpoint``), or a parameter state
 whose structure differs from what this optimizer would create for that parameter (compared
 against a *skeleton*: a fresh state made of meta tensors, cached by shape and layout).
-The store (``PreconditionerStore.place_loaded``) then keeps the blocks this process holds.
+The store (``PreconditionerStore.place_loaded``) then keeps the blocks this process holds,
+still before anything is loaded.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def check_state_dict(
         ) from e
 
 
-def copy_to(obj: Any, device: torch.device) -> Any:
-    """A copy of a (nested) state with every tensor on ``device`` (dtypes kept)."""
+def copy_to(obj: Any, device: torch.device | None) -> Any:
+    """A copy of a (nested) state with every tensor on ``device`` (None: where it is; dtypes
+    kept)."""
     if isinstance(obj, Tensor):
         return obj.detach().to(device=device, copy=True)
     if isinstance(obj, dict):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .blocking import Blocking
+from .blocking import DEFAULT_MAX_FACTOR_RATIO, Blocking
 from .quant import num_chunks, packed_numel
 
 
@@ -76,6 +76,7 @@ def state_bytes(
     bits: int | str = 4,
     block_size: int = 64,
     max_preconditioner_dim: int = 1200,
+    max_factor_ratio: float | None = DEFAULT_MAX_FACTOR_RATIO,
     min_quant_numel: int = 4096,
     precondition: bool = True,
 ) -> dict[str, int]:
@@ -89,9 +90,13 @@ def state_bytes(
     per_element = {"adamw": 8, "sgd": 4}[base]
     for shape in shapes:
         out["base_state"] += per_element * math.prod(shape)
-        blocking = Blocking.of(tuple(shape), max_preconditioner_dim) if precondition else None
-        for rows, cols in blocking.slices if blocking is not None else ():
-            for n in (rows.stop - rows.start, cols.stop - cols.start):
+        blocking = (
+            Blocking.of(tuple(shape), max_preconditioner_dim, max_factor_ratio)
+            if precondition
+            else None
+        )
+        for orders in blocking.orders if blocking is not None else ():
+            for n in (n for n in orders if n is not None):  # None: a side left out
                 fb = factor_bytes(
                     quant, n, bits=bits, block_size=block_size, min_quant_numel=min_quant_numel
                 )

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from .factors import FACTORS, FactorConfig, StepHyper
+from .linalg import lower_gram
+from .roots import inverse_root
 
 
 def exact_inverse_root(A: Tensor, eps: float = 1e-6, p: int = 4) -> Tensor:
@@ -43,20 +45,57 @@ def variant_root(
     matrix_eps: float = 1e-6,
     updates: int = 1,
     ef_decay: float = 0.9,
+    stat_decay: float = 0.0,
+    warm_start: bool = False,
+    average: int = 0,
     store_root: bool = False,
 ) -> Tensor:
-    """The fp32 inverse root a ``quant`` factor holds after seeing statistics ``A``.
+    """The fp32 ``(n, n)`` inverse root a ``quant`` factor holds after seeing statistics ``A``.
 
-    The factor is fed ``A`` ``updates`` times with ``stat_decay=0`` (so its statistics are
-    ``A`` each time, and error feedback, if any, accumulates). ``store_root=True`` also passes
-    the root through the variant's root storage (low-bit triangle + exact diagonal).
+    The factor is fed ``A`` as its gram ``updates`` times with ``stat_decay`` (0: its
+    statistics are ``A`` after every update, so what remains is the quantization error of
+    ``A``'s stored form; error feedback and the eigenvector iteration still evolve), and its
+    root is taken as the variant takes it.
+
+    ``warm_start`` (the eigenvector variant only): start from ``A``'s exact eigenvalues and
+    its eigenvectors in low bits, as Paper B's Table 1 measures the variant, instead of from
+    ``I`` (one subspace-iteration step per update from ``I`` leaves a convergence error that
+    is not the quantizer's).
+
+    ``average`` (the Cholesky variants only): return instead the root of ``C_m C_m^T``, with
+    ``C_m`` the mean of the dequantized factors stored after each of the last ``average``
+    updates. Error feedback makes that mean, not any one stored factor, track the exact
+    Cholesky factor.
+
+    ``store_root=True`` also passes the root through the variant's root storage (low-bit
+    triangle + exact diagonal).
     """
     n = A.shape[-1]
     cls = FACTORS[quant]
     factor = cls.new(n, FactorConfig(bits, block_size, codebook), A.device, matrix_eps)
-    hp = StepHyper(stat_decay=0.0, matrix_eps=matrix_eps, ef_decay=ef_decay)
-    for _ in range(updates):
+    hp = StepHyper(stat_decay=stat_decay, matrix_eps=matrix_eps, ef_decay=ef_decay)
+    if warm_start:
+        if quant != "eigen":
+            raise ValueError(f"warm_start applies to quant='eigen' only, got {quant!r}")
+        lam, V = torch.linalg.eigh(A.double())
+        # largest first: the subspace iteration's QR orthogonalizes the columns in order, and
+        # a small eigenvector taken first would keep the rounding error of the large ones
+        factor.state["eigvals"] = lam.flip(0).float()
+        factor.store_statistics({"vecs": V.flip(1).float()})
+    if average and not hasattr(factor, "factor"):
+        raise ValueError(f"average applies to the Cholesky variants only, got {quant!r}")
+    if not 0 <= average <= updates:
+        raise ValueError(f"average must be in [0, updates={updates}], got {average}")
+    total = None
+    for k in range(updates):
         factor.update_statistics(A.float(), hp)
+        if average and k >= updates - average:
+            C = factor.factor()
+            total = C if total is None else total + C
+    if average:
+        C = total / average
+        roots, _ = inverse_root(lower_gram(C), p=4, eps=matrix_eps)
+        return roots
     roots, _ = cls.inverse_roots([factor], hp)
     if not store_root:
         return roots[0]
@@ -70,7 +109,7 @@ def inverse_root_error(
     """``(NRE, AE in degrees)`` of the ``quant`` variant's inverse 4th root of PD ``A``.
 
     ``kwargs`` go to :func:`variant_root` (``bits``, ``block_size``, ``codebook``, ``updates``,
-    ``ef_decay``, ``store_root``).
+    ``ef_decay``, ``stat_decay``, ``warm_start``, ``average``, ``store_root``).
     """
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")

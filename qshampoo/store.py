@@ -17,6 +17,7 @@ The factors' state lives inside the optimizer state (so ``state_dict()`` saves i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .base import chunk_rows
 from .blocking import Blocking
 from .factors import (
     FACTORS,
@@ -115,6 +117,13 @@ class PreconditionerStore:
         self.max_workspace_bytes = max_workspace_bytes
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
 
+    @property
+    def share(self) -> int:
+        """Bytes for each of the two parts of a preconditioning round, its directions and its
+        batches: a quarter of the workspace, so that the steps where nothing is due (all but
+        one in ``root_interval``) stay within half of what a statistics or root step may take."""
+        return self.max_workspace_bytes // 4
+
     # -- creation and views ------------------------------------------------------------------
     def create(self, p: Tensor, st: dict, group: dict) -> None:
         """Fresh factors (statistics ``eps I``, roots ``I``) for the blocks this process holds,
@@ -180,14 +189,15 @@ class PreconditionerStore:
                         if f is not None:
                             yield FactorEntry(i, g, p, b, side, f)
 
-    def place_loaded(self, i: Any, p: Tensor, st: dict, group: dict) -> None:
-        """Fit a loaded parameter state's preconditioner to this process: keep the blocks it
-        holds (refusing missing ones), or make fresh factors where the state has none
-        (``qshampoo.distributed.drop_preconditioners``)."""
+    def place_loaded(self, i: Any, p: Tensor, st: dict, group: dict) -> bool:
+        """Fit a loaded parameter state (a copy, not in the optimizer yet) to this process:
+        keep the blocks it holds, refusing missing ones with ``ValueError``. Returns True when
+        the state has no preconditioner (``qshampoo.distributed.drop_preconditioners``): fresh
+        factors are to be made (``create``) once it is loaded."""
         if st.get("precond") is None:
-            self.create(p, st, group)
-        else:
-            st["precond"] = self.distributor.held_blocks(i, p, st["precond"], group)
+            return True
+        st["precond"] = self.distributor.held_blocks(i, p, st["precond"], group)
+        return False
 
     def describe(self, p: Tensor) -> str:
         """``parameter #i (param group g, shape (...))``: where a parameter sits."""
@@ -207,9 +217,9 @@ class PreconditionerStore:
         update_roots(factors, hp, self.max_workspace_bytes)
 
     def precondition(self, jobs: list[Job], compiled: bool = False, sink=None) -> list[Tensor]:
-        """``precondition`` within half the workspace (the directions of a round take the
-        other half, ``Distributor.rounds``)."""
-        return precondition(jobs, self.max_workspace_bytes // 2, compiled, sink)
+        """``precondition`` within ``share`` bytes (the directions of a round take as much,
+        ``Distributor.rounds``)."""
+        return precondition(jobs, self.share, compiled, sink)
 
     # -- memory --------------------------------------------------------------------------------
     def sized_jobs(self, p: Tensor, group: dict) -> list[tuple]:
@@ -230,8 +240,8 @@ class PreconditionerStore:
         """What one round of preconditioning allocates: the directions of ``params``, the
         largest batch its ``jobs`` (``sized_jobs`` computed here) form or, after the batches
         have freed theirs, the largest base update."""
-        temps = largest(batches(jobs, _job_key, job_cost, self.max_workspace_bytes // 2), job_cost)
-        update = max(update_bytes(p, group) for p in params)
+        temps = largest(batches(jobs, _job_key, job_cost, self.share), job_cost)
+        update = max(update_bytes(p, group, self.share) for p in params)
         return sum(4 * p.numel() for p in params) + max(temps, update)
 
     def workspace(self) -> int:
@@ -245,7 +255,7 @@ class PreconditionerStore:
             params = [p for p in group["params"] if param_blocking(p, group) is not None]
             for p in group["params"]:
                 if param_blocking(p, group) is None:
-                    most = max(most, update_bytes(p, group, preconditioned=False))
+                    most = max(most, update_bytes(p, group, self.share, preconditioned=False))
                 held = self.distributor.held(p)
                 for b, (left, shape, right) in enumerate(self.sized_jobs(p, group)):
                     if held is None or b in held:
@@ -285,17 +295,18 @@ class SizedFactor:
         return (self.cls, self.order, self.config.bits)
 
 
-def update_bytes(p: Tensor, group: dict, preconditioned: bool = True) -> int:
-    """Temporaries of one parameter's grafting and base update, fp32 tensors of its size:
-    AdamW's denominator (SGD: the decayed direction, and Nesterov's), an fp32 copy of a
-    narrower parameter, and, not preconditioned, the gradient as fp32 (a copy if narrower, or
-    negated to maximize)."""
+def update_bytes(p: Tensor, group: dict, max_bytes: int, preconditioned: bool = True) -> int:
+    """Temporaries of one parameter's grafting and base update, made ``max_bytes`` rows at a
+    time (``base.in_chunks``): per chunk, AdamW's denominator (SGD: the decayed direction, and
+    Nesterov's) and an fp32 copy of a narrower parameter; and, not preconditioned, the whole
+    gradient as fp32 (a copy if narrower, or negated to maximize)."""
     wide = p.dtype in (torch.float32, torch.float64)
     count = 1 if group["base"] == "adamw" else 1 + bool(group["nesterov"])
     count += not wide
-    if not preconditioned:
-        count += (not wide) or bool(group["maximize"])
-    return 4 * p.numel() * count
+    row = math.prod(p.shape[1:])
+    chunk = 4 * min(p.numel(), chunk_rows(p, max_bytes) * row)
+    whole = 0 if preconditioned else 4 * p.numel() * ((not wide) or bool(group["maximize"]))
+    return chunk * count + whole
 
 
 def _block_copy(p: Tensor, shape: tuple[int, int]) -> int:

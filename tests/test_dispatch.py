@@ -59,9 +59,7 @@ def test_counter_attributes_syncs_to_files():
     x = torch.randn(4)
     with DispatchCounter() as c:
         x.sum().item()
-    (site,) = c.where_syncs
-    assert "test_dispatch.py" in site
-    assert c.syncs_outside(OPTIMIZER) == 1
+    assert c.syncs == 1 and c.syncs_outside(OPTIMIZER) == 1
 
 
 @pytest.mark.parametrize("quant", ["none", "cholesky", "cholesky_ef"])

@@ -173,8 +173,11 @@ def _ddp_part(rank: int, out: str, x, y) -> None:
     if rank == 0:
         torch.save({"model": model.module.state_dict(), "optim": full}, f"{out}/full.pt")
     per_rank = opt.state_dict()
+    others = [None] * WORLD  # each rank's state dict, copied (pickled) before it moves on
+    dist.all_gather_object(others, per_rank)
     train(model, opt, x, y, range(SAVE_AT, STEPS), rank)
     continued = flat_params(model)
+    result["refused"] = _load_other_ranks(opt, others[1 - rank])
 
     model2 = torch.nn.parallel.DistributedDataParallel(make_model(seed=1))
     opt2 = qshampoo.Shampoo(model2.parameters(), quant=quant, **KW)
@@ -203,6 +206,19 @@ def _ddp_part(rank: int, out: str, x, y) -> None:
     }
     result["add_group"] = _add_group_part()
     torch.save(result, f"{out}/rank{rank}.pt")
+
+
+def _load_other_ranks(opt, other: dict) -> tuple[str, bool]:
+    """Load the other rank's state dict (its blocks, not this rank's): the refusal's message,
+    and whether the optimizer is unchanged after it."""
+    from tests.robust_utils import same, snapshot
+
+    before = snapshot(opt)
+    try:
+        opt.load_state_dict(other)
+    except ValueError as e:
+        return str(e), same(snapshot(opt), before)
+    return "", same(snapshot(opt), before)
 
 
 def _add_group_part():
@@ -274,6 +290,14 @@ def test_consolidated_state_dict_loads_into_two_ranks(ranks):
         torch.testing.assert_close(r["ckpt"]["full_resumed"], r["ckpt"]["continued"], **EXACT)
         before, loaded = r["ckpt"]["bytes"]
         assert loaded == before  # blocks owned by the other rank were not kept
+
+
+def test_other_ranks_state_dict_is_refused_and_changes_nothing(ranks):
+    _, ranks = ranks
+    for r in ranks:
+        message, unchanged = r["refused"]
+        assert "lacks preconditioner block" in message
+        assert unchanged
 
 
 def test_add_param_group_mid_run(ranks):

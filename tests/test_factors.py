@@ -92,7 +92,7 @@ def test_no_fp32_matrix_survives_in_quantized_state(quant):
 @pytest.mark.parametrize("quant", ["none", *QUANTIZED])
 @pytest.mark.parametrize("bits", [3, 4, 8])
 def test_memory_report_equals_formula(quant, bits):
-    shapes = [(96, 64), (10, 96), (96,), (64, 3, 3, 3), (130, 70)]
+    shapes = [(96, 64), (10, 96), (96,), (64, 3, 3, 3), (130, 70), (300, 4)]  # (300, 4): one side
     params = [torch.zeros(s, requires_grad=True) for s in shapes]
     opt = qshampoo.Shampoo(params, quant=quant, bits=bits, block_size=32, min_quant_numel=900)
     for p in params:
@@ -144,6 +144,29 @@ def test_cholesky_reconstruction_is_psd_where_naive_is_not():
     assert torch.linalg.eigvalsh(rebuilt.double()).min() >= -1e-6
     # and it is a good reconstruction, not just any PSD matrix
     assert (rebuilt - A).norm() / A.norm() < 0.1
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_naive_roots_by_coupled_newton_as_paper_b(root_method):
+    """VQ takes its roots as Paper B's code does (coupled Newton), whatever ``root_method``
+    says: its dequantized statistics are indefinite, and an ``eigh`` root with the negative
+    eigenvalues clamped to 0 gives those spurious directions the largest gain."""
+    from qshampoo.metrics import exact_inverse_root, root_errors
+    from qshampoo.roots import inverse_root
+
+    A = psd(128, 1e4)
+    f = FACTORS["naive"].new(128, FactorConfig(), DEVICE, 1e-6)
+    hp = StepHyper(stat_decay=0.0, root_method=root_method)
+    f.update_statistics(A, hp)
+    S = f.statistics()
+    assert torch.linalg.eigvalsh(S.double()).min() < 0  # the case that matters
+    roots, ok = FACTORS["naive"].inverse_roots([f], hp)
+    assert bool(ok.all())
+    newton, _ = inverse_root(S, 4, 1e-6, "newton")
+    eigh, _ = inverse_root(S, 4, 1e-6, "eigh")
+    torch.testing.assert_close(roots[0], newton)
+    ref = exact_inverse_root(A)
+    assert root_errors(ref, roots[0])[0] < 0.5 * root_errors(ref, eigh)[0]
 
 
 @pytest.mark.parametrize("ef_decay", [0.0, 0.9])

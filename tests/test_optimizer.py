@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -97,15 +98,23 @@ def test_a_long_thin_parameter_is_preconditioned_on_its_short_side(ratio):
     entries gets no factor; the block is preconditioned on the other side alone (one-sided
     Shampoo, G_b R_hat), and every factor stays within that multiple of its block."""
     p = torch.zeros(1500, 3, requires_grad=True)
-    opt = qshampoo.Shampoo(
-        [p],
-        lr=0.1,
-        base="sgd",
-        momentum=0.0,
-        max_factor_ratio=ratio,
-        stat_interval=1,
-        root_interval=1,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = qshampoo.Shampoo(
+            [p],
+            lr=0.1,
+            base="sgd",
+            momentum=0.0,
+            max_factor_ratio=ratio,
+            stat_interval=1,
+            root_interval=1,
+        )
+    # overriding the default so that a factor exceeds 16x its block warns, naming the shape
+    messages = [str(w.message) for w in caught]
+    if ratio is None:
+        assert len(messages) == 1 and "(1500, 3)" in messages[0] and "order 1200" in messages[0]
+    else:
+        assert messages == []
     p.grad = torch.randn(1500, 3, generator=torch.Generator().manual_seed(0))
     opt.step()
     blocks = opt.state[p]["precond"]  # two blocks: 1200 x 3 and 300 x 3
@@ -342,3 +351,155 @@ def test_trains_digits_better_than_untrained():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+# -- Shampoo4bit's defaults (benchmarks/RESULTS_defaults.md) --------------------------------------
+WIDE = [(192, 128), (128,), (128, 192)]  # factors of order 128 and 192: quantized
+
+
+def wide_grads(params, step):
+    """Gradients whose columns differ in scale by up to 400x, so some factors' 4-bit
+    Cholesky rows lose enough to be promoted under the default budget."""
+    g = torch.Generator(torch.get_default_device()).manual_seed(100 + step)
+    for p in params:
+        scale = (1 + torch.arange(p.shape[-1], dtype=torch.float32) / 10) ** 2
+        p.grad = torch.randn(p.shape, generator=g) * scale
+
+
+def run_wide(opt_fn, steps, start=0, params=None):
+    params = params if params is not None else make_params(WIDE)
+    opt = opt_fn(params)
+    for k in range(start, steps):
+        wide_grads(params, k)
+        opt.step()
+    return params, opt
+
+
+def test_shampoo4bit_default_is_adaptive_precision_within_an_eighth():
+    params, opt = run_wide(lambda p: qshampoo.Shampoo4bit(p, stat_interval=2, root_interval=4), 8)
+    group = opt.param_groups[0]
+    assert (group["quant"], group["bits"], group["ef_decay"]) == ("cholesky_ef", "auto", 0.9)
+    prec = opt.diagnostics()["precision"]
+    assert prec["memory_budget"] == int(prec["reference_32bit"] / 8)
+    assert opt.memory_report()["preconditioners"] <= prec["memory_budget"]
+    assert prec["factors_8bit"] >= 1  # the budget is spent, not just set
+
+
+def test_shampoo4bit_default_is_the_explicit_configuration():
+    kw = dict(lr=1e-2, stat_interval=2, root_interval=4)
+    default, _ = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 8)
+    explicit, _ = run_wide(
+        lambda p: qshampoo.Shampoo(
+            p, quant="cholesky_ef", bits="auto", memory_budget=1 / 8, ef_decay=0.9, **kw
+        ),
+        8,
+    )
+    for a, b in zip(default, explicit, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_shampoo4bit_paper_preset_is_papers_configuration():
+    kw = dict(lr=1e-2, stat_interval=2, root_interval=4)
+    paper, opt = run_wide(lambda p: qshampoo.Shampoo4bit(p, paper=True, **kw), 8)
+    group = opt.param_groups[0]
+    assert (group["quant"], group["bits"], group["ef_decay"]) == ("cholesky_ef", 4, 0.9)
+    assert "precision" not in opt.diagnostics()
+    explicit, _ = run_wide(lambda p: qshampoo.Shampoo(p, quant="cholesky_ef", bits=4, **kw), 8)
+    default, _ = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 8)
+    assert all(torch.equal(a, b) for a, b in zip(paper, explicit, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(paper, default, strict=True))
+
+
+def test_shampoo4bit_explicit_keywords_win():
+    params = make_params(WIDE)
+    assert qshampoo.Shampoo4bit(params, bits=4).param_groups[0]["bits"] == 4
+    assert qshampoo.Shampoo4bit(params, bits=8).memory_report().get("memory_budget") is None
+    opt = qshampoo.Shampoo4bit(params, memory_budget=0.2)
+    assert opt.param_groups[0]["bits"] == "auto"
+    assert opt.memory_report()["memory_budget"] == int(
+        0.2 * opt.diagnostics()["precision"]["reference_32bit"]
+    )
+    opt = qshampoo.Shampoo4bit(params, paper=True, ef_decay=0.0)
+    assert (opt.param_groups[0]["bits"], opt.param_groups[0]["ef_decay"]) == (4, 0.0)
+    with pytest.raises(ValueError, match="memory_budget"):  # as Shampoo: auto needs a budget
+        qshampoo.Shampoo4bit(params, bits="auto")
+    with pytest.raises(ValueError, match="every factor in 4 bits"):  # an explicit budget binds
+        qshampoo.Shampoo4bit(make_params([(32, 32)]), memory_budget=0.125)
+
+
+def test_shampoo4bit_default_falls_back_to_4_bits_where_an_eighth_cannot_hold_them(recwarn):
+    """Factors of order < 64 stay fp32, so 4 bits everywhere is 32-bit's bytes here: the
+    default keeps every factor in 4 bits rather than refusing a budget nobody asked for."""
+    params, opt = run(lambda p: qshampoo.Shampoo4bit(p, stat_interval=1, root_interval=2), 4)
+    assert opt.param_groups[0]["bits"] == 4
+    assert "memory_budget" not in opt.memory_report()
+    assert not [w for w in recwarn if "memory_budget" in str(w.message)]
+
+
+def test_shampoo4bit_default_reads_params_once_and_keeps_fp32_groups():
+    """A generator (of tensors, or inside a group) is read by the default's budget check and
+    still reaches the optimizer; a ``quant="none"`` group stays fp32 (``bits=4``, unused)."""
+    a, b = make_params(WIDE), make_params([(16, 8), (16,), (8, 16)])
+    opt = qshampoo.Shampoo4bit(p for p in a)
+    assert len(opt.param_groups[0]["params"]) == 3 and opt.param_groups[0]["bits"] == "auto"
+    groups = [{"params": (p for p in a)}, {"params": b, "quant": "none"}]
+    opt = qshampoo.Shampoo4bit(groups, stat_interval=1, root_interval=2)
+    assert [len(g["params"]) for g in opt.param_groups] == [3, 3]
+    assert [(g["quant"], g["bits"]) for g in opt.param_groups] == [
+        ("cholesky_ef", "auto"),
+        ("none", 4),
+    ]
+    assert "bits" not in groups[1]  # the caller's dict is not changed
+    for k in range(3):
+        wide_grads(a + b, k)
+        opt.step()
+    kinds = {f["kind"] for f in opt.diagnostics()["factors"]}
+    assert kinds == {"cholesky_ef", "none"}
+    # a group of fp32 factors large enough to break 1/8 turns the default to 4 bits
+    groups = [{"params": a}, {"params": make_params(WIDE), "quant": "none"}]
+    assert qshampoo.Shampoo4bit(groups).param_groups[0]["bits"] == 4
+
+
+def test_shampoo4bit_default_checkpoint_round_trip_continues_identically():
+    kw = dict(lr=1e-2, stat_interval=2, root_interval=4)
+    full, _ = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 10)
+    params, opt = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 6)
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    params2 = [t.clone().requires_grad_() for t in ckpt["params"]]
+    opt2 = qshampoo.Shampoo4bit(params2, **kw)
+    opt2.load_state_dict(ckpt["opt"])
+    run_wide(lambda p: opt2, 10, start=6, params=params2)
+    for a, b in zip(full, params2, strict=True):
+        assert torch.equal(a, b)
+    # a checkpoint of the paper's configuration (the default before 0.x) names the fix
+    _, paper = run_wide(lambda p: qshampoo.Shampoo4bit(p, paper=True, **kw), 4)
+    with pytest.raises(ValueError, match="bits=4"):
+        qshampoo.Shampoo4bit(make_params(WIDE), **kw).load_state_dict(paper.state_dict())
+    qshampoo.Shampoo4bit(make_params(WIDE), paper=True, **kw).load_state_dict(paper.state_dict())
+
+
+def test_shampoo4bit_default_compiled_step_trains_like_eager():
+    """``torch.compile(opt.step)`` with the default, through a factor's switch to 8 bits;
+    each step is compared from the same point (see test_conformance's compiled-step test)."""
+    import copy
+
+    torch._dynamo.reset()
+    a, b = make_params(WIDE), make_params(WIDE)
+    kw = dict(lr=torch.tensor(1e-2), stat_interval=2, root_interval=4)
+    eager, compiled = qshampoo.Shampoo4bit(a, **kw), qshampoo.Shampoo4bit(b, **kw)
+    step = torch.compile(compiled.step, backend="aot_eager", dynamic=False)
+    for k in range(8):
+        wide_grads(a, k)
+        wide_grads(b, k)
+        eager.step()
+        step()
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            for x, y in zip(a, b, strict=True):
+                x.copy_(y)
+        eager.load_state_dict(copy.deepcopy(compiled.state_dict()))
+    assert compiled.diagnostics()["precision"]["promotions"] >= 1

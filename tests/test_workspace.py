@@ -134,3 +134,38 @@ def test_workspace_validation():
     for bad in (0, -1, 1.5, True, "64MiB"):
         with pytest.raises(ValueError, match="max_workspace_bytes"):
             qshampoo.Shampoo([p], max_workspace_bytes=bad)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(base="adamw", weight_decay=0.1),
+        dict(base="sgd", momentum=0.9, nesterov=True, weight_decay=0.1),
+        dict(base="sgd", momentum=0.0, weight_decay=0.1),
+    ],
+    ids=["adamw", "sgd-nesterov", "sgd-plain"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_base_update_in_row_chunks_is_the_whole_update(kw, dtype):
+    """Under a small bound the base update runs a few rows at a time: the same parameters as
+    in one piece (elementwise arithmetic), with its temporaries a chunk's size."""
+    shapes = [(96, 40), (300,), (7, 5, 3)]
+    runs = []
+    for bound in (64 << 20, 1024):
+        params = [
+            torch.randn(s, generator=torch.Generator().manual_seed(i)).to(dtype)
+            for i, s in enumerate(shapes)
+        ]
+        params = [p.requires_grad_() for p in params]
+        opt = qshampoo.Shampoo(
+            params, lr=0.1, stat_interval=1, root_interval=2, max_workspace_bytes=bound, **kw
+        )
+        for step in range(3):
+            for i, p in enumerate(params):
+                p.grad = torch.randn(
+                    p.shape, generator=torch.Generator().manual_seed(10 * step + i)
+                ).to(dtype)
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
