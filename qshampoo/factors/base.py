@@ -203,10 +203,21 @@ class Factor:
         """Recompute and store the roots; a factor whose root fails keeps its previous one
         and counts the failure."""
         roots, ok = cls.inverse_roots(factors, hp)
-        for f, r, good in zip(factors, roots, ok.tolist(), strict=True):
-            f.record_root_result(good)
-            if good:
-                f.store_root(r)
+        good = ok.tolist()
+        for f, g in zip(factors, good, strict=True):
+            f.record_root_result(g)
+        if all(good):
+            cls.store_roots(factors, roots)
+        elif any(good):
+            keep = [i for i, g in enumerate(good) if g]
+            cls.store_roots([factors[i] for i in keep], roots[keep])
+
+    @classmethod
+    def store_roots(cls, factors: list[Factor], roots: Tensor) -> None:
+        """``store_root`` of each factor with its root of ``roots`` ``(B, n, n)``; low-bit
+        variants quantize the batch in one pass."""
+        for f, r in zip(factors, roots, strict=True):
+            f.store_root(r)
 
     # -- health: failures, damping, quantization error ------------------------------------
     def diagnostics(self) -> dict:
@@ -252,6 +263,29 @@ class Factor:
         r = self.state["consecutive_root_failures"]
         c = self.state["consecutive_cholesky_failures"]
         return ("cholesky", c) if c > r else ("root", r)
+
+
+def assign_rows(states: list[dict], key: str, batch: Tensor) -> None:
+    """``assign(state, key, row)`` for each state and row of ``batch`` ``(B, ...)``, in one
+    batched copy where the states already hold tensors of the rows' shape (the usual case:
+    the number of operators then does not grow with ``B``); a state that holds none gets a
+    tensor of its own (no view into the batch: its ``nbytes`` is what it keeps alive)."""
+    rows = batch.unbind(0)
+    dst, src = [], []
+    for st, row in zip(states, rows, strict=True):
+        old = st.get(key)
+        if (
+            isinstance(old, Tensor)
+            and old.shape == row.shape
+            and old.dtype == row.dtype
+            and old.device == row.device
+        ):
+            dst.append(old)
+            src.append(row)
+        else:
+            st[key] = row.clone()
+    if dst:
+        torch._foreach_copy_(dst, src)
 
 
 def assign(state: dict, key: str, value) -> None:
@@ -331,11 +365,20 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
     ``(b,)`` bool mask, and per matrix the damping of the attempt that succeeded (or of the
     last one tried).
     """
+    C, ok, d, _ = cholesky_retry_ex(A, damping)
+    return C, ok, d.tolist()
+
+
+def cholesky_retry_ex(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """``cholesky_with_retry`` with the damping used as a float64 ``(b,)`` tensor, and whether
+    every first attempt succeeded: read with the one host sync this costs when nothing fails,
+    so that the caller need not read ``ok`` again."""
     A = A.float()
     b = A.shape[0]
     d = torch.as_tensor(damping, dtype=torch.float64, device=A.device).expand(b).clone()
     C, ok = _cholesky(_add_to_diagonal(A, d.float()))
-    if not bool(ok.all()):
+    all_ok = bool(ok.all())
+    if not all_ok:
         # escalation starts from at least float32's resolution of the diagonal, so that a zero
         # damping grows too; one matrix at a time (failures are rare; this bounds the float64
         # copies to one matrix)
@@ -351,7 +394,7 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
                     C[i] = C32[0]
                     ok[i] = True
                     break
-    return C, ok, d.tolist()
+    return C, ok, d, all_ok
 
 
 def _cholesky(A: Tensor) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..linalg import lower_gram
 from ..quant import decode, encode, num_chunks, pack, unpack, zero_codes
 from ..roots import DAMPING_RETRIES
-from .base import StepHyper, assign, cholesky_with_retry
+from .base import StepHyper, assign_rows, cholesky_retry_ex
 from .quantized import QuantizedFactor
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -53,9 +53,16 @@ def damped_cholesky(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     10x the damping up to ``CHOLESKY_RETRIES`` times. Returns ``(C, ok, delta)`` with ``ok``
     False where every attempt failed (that C is undefined) and ``delta`` the damping used.
     """
+    C, ok, delta, _ = damped_cholesky_ex(L, eps)
+    return C, ok, delta
+
+
+def damped_cholesky_ex(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """``damped_cholesky`` and whether every first attempt succeeded (known without reading
+    ``ok`` from the device again, ``cholesky_retry_ex``)."""
     delta = (eps * L.diagonal(dim1=-2, dim2=-1).amax(-1)).clamp_min(eps * eps)
-    C, ok, used = cholesky_with_retry(L, delta)
-    return C, ok, torch.tensor(used, dtype=L.dtype, device=L.device)
+    C, ok, used, all_ok = cholesky_retry_ex(L, delta)
+    return C, ok, used.to(L.dtype), all_ok
 
 
 class CholeskyFactor(QuantizedFactor):
@@ -183,12 +190,11 @@ class CholeskyFactor(QuantizedFactor):
         byte, and its chunk scales ``(B, chunks)``, as tensors of its own."""
         codes = c_codes[..., None] if e_codes is None else torch.stack([c_codes, e_codes], -1)
         packed = pack(codes.flatten(-2), factors[0].state["bits"])
-        for f, c, p in zip(factors, _rows(c_scales), _rows(packed), strict=True):
-            assign(f.state, "c_scales", c)
-            assign(f.state, "codes", p)
+        states = [f.state for f in factors]
+        assign_rows(states, "c_scales", c_scales)
+        assign_rows(states, "codes", packed)
         if e_scales is not None:
-            for f, e in zip(factors, _rows(e_scales), strict=True):
-                assign(f.state, "e_scales", e)
+            assign_rows(states, "e_scales", e_scales)
 
     def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
         """``requantize_batch`` for this factor alone: ``X``, ``E`` and the result ``(n, n)``."""
@@ -216,22 +222,25 @@ class CholeskyFactor(QuantizedFactor):
             L.diagonal(dim1=-2, dim2=-1).sub_(_stack(factors, "cholesky_damping")[:, None])
         L.lerp_(grams, 1.0 - hp.stat_decay)
         del grams
-        C, ok, delta = damped_cholesky(L, hp.matrix_eps)
+        C, ok, delta, all_ok = damped_cholesky_ex(L, hp.matrix_eps)
         del L
-        good = ok.tolist()
+        # one host sync (in the retry ladder) when every factorisation succeeded
+        good = [True] * len(factors) if all_ok else ok.tolist()
         # on failure the previous factor stays, and with it the damping it carries
-        for f, g, d in zip(factors, good, delta, strict=True):
-            f.record_cholesky_result(g, d if g else None)
-        if not all(good):
+        for f, g in zip(factors, good, strict=True):
+            f.record_cholesky_result(g)
+        if not all_ok:
             keep = [i for i, g in enumerate(good) if g]
             if not keep:
                 return
             factors = [factors[i] for i in keep]
-            C = C[torch.tensor(keep, device=C.device)]
+            index = torch.tensor(keep, device=C.device)
+            C, delta = C[index], delta[index]
+        states = [f.state for f in factors]
+        assign_rows(states, "cholesky_damping", delta)
         # lower triangular: the strict parts are C with the diagonals zeroed, in place
-        diag = C.diagonal(dim1=-2, dim2=-1).clone()
-        for f, d in zip(factors, _rows(diag), strict=True):
-            assign(f.state, "chol_diag", d)
+        assign_rows(states, "chol_diag", C.diagonal(dim1=-2, dim2=-1))
+        diag = C.diagonal(dim1=-2, dim2=-1).clone() if factors[0].adaptive else None
         c_norm = torch.linalg.vector_norm(C, dim=(-2, -1))
         strict = C
         strict.diagonal(dim1=-2, dim2=-1).zero_()
@@ -244,8 +253,7 @@ class CholeskyFactor(QuantizedFactor):
                 f.record_precision_signal(sig)
         # the diagonal is exact, so the error lives in the strict lower part
         err = torch.linalg.vector_norm(strict.sub_(stored), dim=(-2, -1))
-        for f, e in zip(factors, err / c_norm.clamp_min(_TINY), strict=True):
-            assign(f.state, "quant_error", e)
+        assign_rows(states, "quant_error", err / c_norm.clamp_min(_TINY))
 
     # -- precision ---------------------------------------------------------------------------
     def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:
@@ -297,12 +305,6 @@ class CholeskyFactor(QuantizedFactor):
 
 def _stack(factors: list[CholeskyFactor], key: str) -> Tensor:
     return torch.stack([f.state[key] for f in factors])
-
-
-def _rows(batch: Tensor) -> list[Tensor]:
-    """The rows of ``batch`` as tensors of their own (a factor's state holds no view into a
-    batch: its ``nbytes`` is what it keeps alive)."""
-    return list(batch) if len(batch) == 1 else [row.clone() for row in batch]
 
 
 class CholeskyEFFactor(CholeskyFactor):

@@ -15,10 +15,12 @@ from ..quant import (
     QuantizedTensor,
     dequantize,
     dequantize_symmetric,
+    encode,
+    pack,
     quantize,
     quantized_zeros,
 )
-from .base import Factor, assign
+from .base import Factor, assign, assign_rows
 
 
 class QuantizedFactor(Factor):
@@ -163,6 +165,24 @@ class QuantizedFactor(Factor):
 
     def store_root(self, root: Tensor) -> None:
         self.put("root", self.quantize(root, layout="tril", exact_diagonal=True))
+
+    @classmethod
+    def store_roots(cls, factors: list[Factor], roots: Tensor) -> None:
+        """Quantize the batch ``roots`` ``(B, n, n)`` in one pass (what ``store_root`` stores
+        for each): the strict lower triangles in low bits, the diagonals exact."""
+        first = factors[0]
+        bits = first.state["bits"]
+        codes, scales = encode(
+            roots,
+            layout="tril",
+            block_size=first.config.block_size,
+            codebook=first.config.codebook,
+            bits=bits,
+        )
+        states = [f.state for f in factors]
+        assign_rows(states, "root_codes", pack(codes, bits))
+        assign_rows(states, "root_scales", scales)
+        assign_rows(states, "root_diag", roots.diagonal(dim1=-2, dim2=-1))
 
     def nbytes(self) -> dict[str, int]:
         return {"statistics": self.statistics_bytes(), "roots": self.stored_bytes("root")}

@@ -226,7 +226,8 @@ def _tiles(values: Tensor, s: int, device: torch.device, symmetric: bool) -> Ten
 def absmax_normalize_(rows: Tensor) -> Tensor:
     """Divide each row of ``rows`` ``(..., width)`` by its absmax, in place (an all-zero row
     stays zero); returns the absmax scales ``(...)``, fp32."""
-    # max |x| as max(max x, -min x): two reductions, no |x| temporary
-    scales = torch.maximum(rows.amax(dim=-1), rows.amin(dim=-1).neg_())
-    rows.div_(torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(-1))
+    # max |x| as max(max x, -min x): one reduction for both, no |x| temporary
+    lo, hi = torch.aminmax(rows, dim=-1)
+    scales = torch.maximum(hi, lo.neg_())
+    rows.div_(torch.where(scales > 0, scales, 1.0).unsqueeze(-1))
     return scales

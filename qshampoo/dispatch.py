@@ -1,0 +1,140 @@
+"""Dispatched operators and host synchronisations of a block of code, counted.
+
+On a GPU every dispatched aten operator is at least one kernel launch, and every host
+synchronisation (a value read back to decide something on the host) stalls the launch queue
+until the device catches up: the two numbers that decide how fast a step of small operations
+runs there, and which a CPU can count deterministically. :class:`DispatchCounter` is a
+``TorchDispatchMode`` that counts both, by operator and by the qshampoo function that called it
+(``qshampoo.syncs.caller``):
+
+    with DispatchCounter() as count:
+        opt.step()
+    count.ops, count.syncs, count.where_syncs
+
+Host synchronisations counted: what ``qshampoo.syncs.count_syncs`` counts (``.item()``,
+``bool(t)``, ``float(t)``, ``nonzero``, and ``Tensor.tolist()``, which on the CPU reads the
+memory without dispatching anything, so it is counted by wrapping it while the mode is on),
+and the other operators whose output shape depends on the data (boolean-mask indexing,
+``masked_select``, ``unique``...).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .syncs import SYNC_OPS, caller
+
+_HERE = (__file__,)
+
+#: operators whose output shape is decided by the data: the host must wait for the values
+_DATA_DEPENDENT = {
+    "aten.nonzero_static.default",
+    "aten.masked_select.default",
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.unique_consecutive.default",
+    "aten.repeat_interleave.Tensor",
+}
+
+
+def is_view(func) -> bool:
+    """Whether ``func`` only makes a view (no data moved, no kernel launched on a GPU): its
+    output aliases an input without writing it."""
+    returns = func._schema.returns
+    return bool(returns) and all(
+        r.alias_info is not None and not r.alias_info.is_write for r in returns
+    )
+
+
+def is_sync(func, args, kwargs) -> bool:
+    """Whether the operator ``func`` on ``args`` makes the host wait for the device."""
+    if func in SYNC_OPS:  # what qshampoo.syncs.count_syncs counts
+        return True
+    name = str(func)
+    if name in _DATA_DEPENDENT:
+        return True
+    if name.startswith("aten.index.Tensor") or name.startswith("aten.index_put"):
+        # boolean-mask indexing: the mask's nonzero decides the shape
+        return any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool
+            for t in tree_leaves((args, kwargs))[1:]
+        )
+    return False
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Count the aten operators dispatched, and the host synchronisations, inside a block.
+
+    ``where=True`` also attributes every operator to the qshampoo function that called it
+    (slower: a stack walk per operator). Attributes after the block: ``ops`` (total), ``syncs``
+    (total), ``by_op`` (Counter over operator names), ``where_syncs`` (Counter over ``"op at
+    qshampoo/<file>.py:<function>"``), ``views`` (operators that only make views), ``kernels``
+    (the others) and, with ``where``, ``by_line`` and ``by_module``.
+    """
+
+    def __init__(self, where: bool = False):
+        super().__init__()
+        self.where = where
+        self.by_op: Counter[str] = Counter()
+        self.by_line: Counter[str] = Counter()
+        self.by_module: Counter[str] = Counter()
+        self.where_syncs: Counter[str] = Counter()
+        self.views = 0
+
+    @property
+    def ops(self) -> int:
+        return sum(self.by_op.values())
+
+    @property
+    def kernels(self) -> int:
+        """Operators that compute or move data (views left out): on a GPU, launches."""
+        return self.ops - self.views
+
+    @property
+    def syncs(self) -> int:
+        return sum(self.where_syncs.values())
+
+    def _record_sync(self, name: str) -> None:
+        self.where_syncs[f"{name} at {caller(_HERE)}"] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        self.by_op[name] += 1
+        self.views += is_view(func)
+        if self.where:
+            line = caller(_HERE)
+            self.by_line[line] += 1
+            self.by_module[line.split(":")[0]] += 1
+        if is_sync(func, args, kwargs):
+            self._record_sync(name)
+        return func(*args, **kwargs)
+
+    def __enter__(self):
+        counter = self
+        original = self._tolist = torch.Tensor.tolist
+
+        def tolist(t):
+            if t.numel():
+                counter._record_sync("Tensor.tolist")
+            return original(t)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    def syncs_outside(self, *files: str) -> int:
+        """Synchronisations not called from the qshampoo files ``files`` (e.g.
+        ``"qshampoo/optimizer.py"``)."""
+        return sum(
+            n
+            for key, n in self.where_syncs.items()
+            if key.split(" at ", 1)[1].split(":")[0] not in files
+        )

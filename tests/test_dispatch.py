@@ -1,0 +1,100 @@
+"""Dispatched operators and host synchronisations of a step (``qshampoo.dispatch``): the GPU
+proxy a CPU counts exactly. The statistics and root updates are batched, so their operator
+count does not grow with the number of same-shaped factors, and the factor code reads nothing
+back from the device at a plain step, and one flag per batch at a statistics step.
+
+``qshampoo/optimizer.py``'s own checks (the non-finite gradient check) are left out of the
+sync counts here: they belong to the step's reliability checks, counted on their own.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qshampoo
+from qshampoo.dispatch import DispatchCounter
+
+OPTIMIZER = "qshampoo/optimizer.py"
+STATES = {"plain": 3, "stats": 10, "roots": 50}
+
+
+def count_step(quant: str, layers: int, state: str, width: int = 64) -> DispatchCounter:
+    """One ``step()`` of ``layers`` same-shaped linear layers in ``state``, counted after a
+    first step built the state and one step of that state the caches."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    net(torch.randn(16, width)).square().mean().backward()
+    opt = qshampoo.Shampoo(net.parameters(), quant=quant, stat_interval=10, root_interval=50)
+    opt.step()
+    for counted in (False, True):
+        for p in net.parameters():
+            opt.state[p]["step"] = STATES[state] - 1
+        if not counted:
+            opt.step()
+            continue
+        with DispatchCounter() as count:
+            opt.step()
+    return count
+
+
+def test_counter_sees_syncs_and_views():
+    x = torch.randn(8)
+    with DispatchCounter() as c:
+        x.sum().item()
+        x.tolist()
+        x[x > 0]
+        (x > 0).nonzero()
+        bool(x.sum() > 0)
+        x.view(2, 4)
+    assert c.syncs == 5
+    assert c.by_op["aten.view.default"] == 1 and c.views >= 1
+    assert c.kernels == c.ops - c.views
+    assert all(" at " in key for key in c.where_syncs)
+    assert torch.Tensor.tolist is not None and x.tolist() == x.tolist()  # restored
+
+
+def test_counter_attributes_syncs_to_files():
+    x = torch.randn(4)
+    with DispatchCounter() as c:
+        x.sum().item()
+    assert c.syncs == 1 and c.syncs_outside(OPTIMIZER) == 1
+
+
+@pytest.mark.parametrize("quant", ["none", "cholesky", "cholesky_ef"])
+def test_plain_step_reads_nothing_back(quant):
+    c = count_step(quant, 2, "plain")
+    assert c.syncs_outside(OPTIMIZER) == 0, c.where_syncs
+
+
+@pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])
+def test_statistics_step_syncs_once_per_batch_at_most(quant):
+    # one batch (every factor has order 64): the Cholesky check reads one flag for it
+    c = count_step(quant, 4, "stats")
+    assert c.syncs_outside(OPTIMIZER) <= 1, c.where_syncs
+
+
+@pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])
+def test_statistics_operators_do_not_grow_with_same_shaped_layers(quant):
+    """The low-bit part of a statistics update is batched: from 1 to 6 same-shaped layers its
+    operator count grows no more than 32-bit Shampoo's (whose growth is one gram per block)."""
+
+    def statistics_ops(q: str, layers: int) -> int:
+        return count_step(q, layers, "stats").ops - count_step(q, layers, "plain").ops
+
+    growth = statistics_ops(quant, 6) - statistics_ops(quant, 1)
+    growth32 = statistics_ops("none", 6) - statistics_ops("none", 1)
+    assert growth <= growth32, (growth, growth32)
+
+
+@pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])
+def test_root_operators_do_not_grow_with_same_shaped_layers(quant):
+    """The new roots of a batch are quantized in one pass (``store_roots``)."""
+
+    def root_ops(q: str, layers: int) -> int:
+        return count_step(q, layers, "roots").ops - count_step(q, layers, "stats").ops
+
+    growth = root_ops(quant, 6) - root_ops(quant, 1)
+    growth32 = root_ops("none", 6) - root_ops("none", 1)
+    assert growth <= growth32, (growth, growth32)
