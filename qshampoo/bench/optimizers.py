@@ -175,8 +175,10 @@ def build(name: str, params, **hyperparameters) -> torch.optim.Optimizer:
 
 def check(name: str, hyperparameters: dict) -> None:
     """Raise ``ValueError`` (one line, naming the keyword) when optimizer ``name`` refuses
-    ``hyperparameters``: the optimizer's own validation, before any run is started."""
-    p = torch.nn.Parameter(torch.zeros(2, 2))
+    ``hyperparameters``: the optimizer's own validation, before any run is started. The probe
+    parameter is a vector, which Shampoo does not precondition: what depends on the model's
+    shapes (a ``memory_budget`` fraction against 4-bit factors) is checked by the run itself."""
+    p = torch.nn.Parameter(torch.zeros(2))
     try:
         build(name, [p], **hyperparameters)
     except OptimizerUnavailable:

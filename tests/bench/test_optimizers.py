@@ -83,3 +83,12 @@ def test_soap_state_split_when_installed():
     rep = om.state_bytes("soap", opt)
     assert rep["preconditioners"] == 4 * 64 * 64 * 4  # GG and Q: two 64x64 fp32 each
     assert rep["base_state"] == 2 * 64 * 64 * 4  # exp_avg, exp_avg_sq
+
+
+def test_check_refuses_bad_values_but_not_a_budget_fraction():
+    """A memory_budget fraction is checked against the model's factors by the run, not
+    against the check's probe parameter (whose factors would be fp32)."""
+    om.check("shampoo4bit-auto", {"memory_budget": 0.125})
+    om.check("shampoo4bit", {"memory_budget": 0.125})
+    with pytest.raises(ValueError, match="stat_interval"):
+        om.check("shampoo4bit", {"stat_interval": 0})
