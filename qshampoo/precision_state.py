@@ -5,8 +5,8 @@
 ``precision_config`` it was given, an inventory of the preconditioner bytes (every adaptive
 factor with its bytes at 4 and 8 bits, and everything else), the switches the policy makes
 (``Factor.set_bits``) and the log of them. It reads the optimizer's param groups, state and
-preconditioner views; the optimizer calls it after each statistics update (it re-plans at the
-root steps), after loading a checkpoint and for its reports.
+preconditioner views; the optimizer calls it after each statistics update, after loading a
+checkpoint and for its reports.
 """
 
 from __future__ import annotations
@@ -80,11 +80,8 @@ class AdaptivePrecision:
             )
 
     def after_statistics(self, optimizer: Shampoo, group: dict) -> None:
-        """``group``'s statistics were updated: re-plan if it is adaptive and its roots are
-        due at this step. The signals of every statistics update are kept on the device and
-        read at root steps only (one host sync there): a statistics step reads nothing back,
-        and a switch takes effect when the roots are recomputed anyway."""
-        if group["bits"] == "auto" and _roots_due(optimizer, group):
+        """``group``'s statistics were updated: re-plan if it is adaptive."""
+        if group["bits"] == "auto":
             self._adapt(optimizer)
 
     def fit_loaded(self, optimizer: Shampoo) -> None:
@@ -165,7 +162,7 @@ class AdaptivePrecision:
             return
         signals = torch.stack(
             [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
-        ).tolist()  # one host sync per root step
+        ).tolist()  # one host sync per statistics step
         candidates = []
         for (key, f, _, _, b4, b8), signal in zip(inv.factors, signals, strict=True):
             switched = f.state["promotions"] + f.state["demotions"] > 0
@@ -225,17 +222,6 @@ class _Inventory:
         self.floor = 0  # everything, adaptive factors at 4 bits
         self.ceiling = 0  # everything, adaptive factors at 8 bits
         self.budget: int | None = None
-
-
-def _roots_due(optimizer: Shampoo, group: dict) -> bool:
-    """Whether this step recomputes roots in ``group`` (its step counters were just
-    advanced)."""
-    interval = group["root_interval"]
-    for p in group["params"]:
-        st = optimizer.state.get(p)
-        if st and st["step"] % interval == 0:
-            return True
-    return False
 
 
 def _group_factor_bytes(group: dict, n: int, bits: int | None = None) -> dict[str, int]:

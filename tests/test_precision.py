@@ -406,7 +406,6 @@ def test_every_quantized_variant_adapts_within_budget(quant):
         bits="auto",
         memory_budget=0.3,
         stat_interval=1,
-        root_interval=2,  # the policy re-plans at root steps
         block_size=32,
         precision_config=cfg,
     )
