@@ -25,6 +25,16 @@ def set_grads(params, step):
         p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
 
 
+def through_checkpoint(params, opt):
+    """The parameters (fresh leaves) and the optimizer's state dict as a new process loads
+    them from one checkpoint file (``torch.save`` / ``torch.load(weights_only=True)``)."""
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    return [t.clone().requires_grad_() for t in ckpt["params"]], ckpt["opt"]
+
+
 def run(opt_fn, steps, shapes=SHAPES, dtype=torch.float32):
     params = make_params(shapes, dtype)
     opt = opt_fn(params)
@@ -204,13 +214,9 @@ def test_checkpoint_round_trip_continues_identically(base, tmp_path):
     for k in range(5):
         set_grads(params, k)
         opt.step()
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    params2 = [t.clone().requires_grad_() for t in ckpt["params"]]
+    params2, saved = through_checkpoint(params, opt)
     opt2 = qshampoo.Shampoo(params2, **kw)
-    opt2.load_state_dict(ckpt["opt"])
+    opt2.load_state_dict(saved)
     for k in range(5, 8):
         set_grads(params2, k)
         opt2.step()
@@ -464,13 +470,9 @@ def test_shampoo4bit_default_checkpoint_round_trip_continues_identically():
     kw = dict(lr=1e-2, stat_interval=2, root_interval=4)
     full, _ = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 10)
     params, opt = run_wide(lambda p: qshampoo.Shampoo4bit(p, **kw), 6)
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    params2 = [t.clone().requires_grad_() for t in ckpt["params"]]
+    params2, saved = through_checkpoint(params, opt)
     opt2 = qshampoo.Shampoo4bit(params2, **kw)
-    opt2.load_state_dict(ckpt["opt"])
+    opt2.load_state_dict(saved)
     run_wide(lambda p: opt2, 10, start=6, params=params2)
     for a, b in zip(full, params2, strict=True):
         assert torch.equal(a, b)
