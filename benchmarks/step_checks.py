@@ -1,7 +1,7 @@
 """What the step's checks cost: host synchronisations by where they are made, and the time of
 the param-group validation that every ``step()`` runs (issue 22).
 
-1. Host reads of device values (``qshampoo.syncs.count_syncs``) in each kind of step of a
+1. Host reads of device values (``qshampoo.dispatch.count_syncs``) in each kind of step of a
    small model (a 40x24 matrix cut into 16-blocks, a 64x64 matrix, a bias), per variant:
    a plain step (nothing due), a statistics step, a statistics and roots step; split into
    the optimizer shell (``optimizer.py``, ``store.py``, ``base.py``, ``layout.py``) and the
@@ -26,7 +26,7 @@ import timeit
 import torch
 
 import qshampoo
-from qshampoo.syncs import count_syncs
+from qshampoo.dispatch import count_syncs
 
 SHELL = ("qshampoo/optimizer.py", "qshampoo/store.py", "qshampoo/base.py", "qshampoo/layout.py")
 

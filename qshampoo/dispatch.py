@@ -5,30 +5,54 @@ synchronisation (a value read back to decide something on the host) stalls the l
 until the device catches up: the two numbers that decide how fast a step of small operations
 runs there, and which a CPU can count deterministically. :class:`DispatchCounter` is a
 ``TorchDispatchMode`` that counts both, by operator and by the qshampoo function that called it
-(``qshampoo.syncs.caller``):
+(:func:`caller`):
 
     with DispatchCounter() as count:
         opt.step()
     count.ops, count.syncs, count.where_syncs
 
-Host synchronisations counted: what ``qshampoo.syncs.count_syncs`` counts (``.item()``,
-``bool(t)``, ``float(t)``, ``nonzero``, and ``Tensor.tolist()``, which on the CPU reads the
-memory without dispatching anything, so it is counted by wrapping it while the mode is on),
-and the other operators whose output shape depends on the data (boolean-mask indexing,
-``masked_select``, ``unique``...).
+Host synchronisations counted: ``.item()``, ``bool(t)``, ``float(t)``, ``nonzero``, the other
+operators whose output shape depends on the data (boolean-mask indexing, ``masked_select``,
+``unique``...), and ``Tensor.tolist()``, which on the CPU reads the memory without dispatching
+anything, so it is counted by wrapping it while the mode is on. :func:`count_syncs` gives the
+synchronisations alone, by where qshampoo makes them::
+
+    with count_syncs() as where:
+        opt.step()
+    # Counter({("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags"): 1, ...})
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import traceback
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .syncs import SYNC_OPS, caller
+#: operators that read a device value on the host (a synchronisation on an accelerator)
+SYNC_OPS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.item.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.is_nonzero.default,
+}
 
-_HERE = (__file__,)
+
+def caller() -> str:
+    """``qshampoo/<file>.py:<function>`` of the innermost qshampoo frame of the stack outside
+    this module (the counters' own)."""
+    for frame in reversed(traceback.extract_stack()):
+        parts = frame.filename.split(os.sep)
+        if "qshampoo" in parts[:-1] and frame.filename != __file__:
+            inner = parts[len(parts) - 1 - parts[::-1].index("qshampoo") :]
+            return f"{'/'.join(inner)}:{frame.name}"
+    return "?"
+
 
 #: operators whose output shape is decided by the data: the host must wait for the values
 _DATA_DEPENDENT = {
@@ -52,7 +76,7 @@ def is_view(func) -> bool:
 
 def is_sync(func, args, kwargs) -> bool:
     """Whether the operator ``func`` on ``args`` makes the host wait for the device."""
-    if func in SYNC_OPS:  # what qshampoo.syncs.count_syncs counts
+    if func in SYNC_OPS:
         return True
     name = str(func)
     if name in _DATA_DEPENDENT:
@@ -99,7 +123,7 @@ class DispatchCounter(TorchDispatchMode):
         return sum(self.where_syncs.values())
 
     def _record_sync(self, name: str) -> None:
-        self.where_syncs[f"{name} at {caller(_HERE)}"] += 1
+        self.where_syncs[f"{name} at {caller()}"] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -107,7 +131,7 @@ class DispatchCounter(TorchDispatchMode):
         self.by_op[name] += 1
         self.views += is_view(func)
         if self.where:
-            line = caller(_HERE)
+            line = caller()
             self.by_line[line] += 1
             self.by_module[line.split(":")[0]] += 1
         if is_sync(func, args, kwargs):
@@ -138,3 +162,18 @@ class DispatchCounter(TorchDispatchMode):
             for key, n in self.where_syncs.items()
             if key.split(" at ", 1)[1].split(":")[0] not in files
         )
+
+
+@contextlib.contextmanager
+def count_syncs() -> Iterator[Counter]:
+    """The host synchronisations made inside the block (what :class:`DispatchCounter`
+    counts), filled in when it ends: a Counter of ``(operator, "qshampoo/<file>.py:<function>")``.
+    Not thread-safe: ``torch.Tensor.tolist`` is replaced while the block runs."""
+    where: Counter = Counter()
+    counter = DispatchCounter()
+    try:
+        with counter:
+            yield where
+    finally:
+        for key, n in counter.where_syncs.items():
+            where[tuple(key.split(" at ", 1))] += n

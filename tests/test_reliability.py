@@ -9,8 +9,8 @@ import torch
 
 import qshampoo
 from qshampoo.checkpoint import with_checksums
+from qshampoo.dispatch import count_syncs
 from qshampoo.factors import Factor, PreconditionerError
-from qshampoo.syncs import count_syncs
 from tests.robust_utils import (  # noqa: F401 - single_thread is an autouse fixture
     RICHEST,
     all_finite,
@@ -285,7 +285,7 @@ def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
         **variant_kwargs(quant),
     )
     for where in _syncs_per_step(opt, params):
-        assert _shell(where) == {("tolist", "qshampoo/optimizer.py:_finite_flags"): 1}
+        assert _shell(where) == {("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags"): 1}
 
 
 @pytest.mark.xfail(
