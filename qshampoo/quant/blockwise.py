@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
 from .codebooks import codebook as _codebook
-from .codebooks import codebook_byte_table, nearest_codes
+from .codebooks import codebook_byte_table, codebook_midpoints, nearest_codes
 from .packing import _check_packed, pack, unpack
 from .triangle import TriangleLayout, absmax_normalize_
 
@@ -119,7 +120,12 @@ def encode(
     _codebook(codebook, bits)  # validates name and bits
     bs = block_size
     if layout == "tril":
-        n = _check_square(tuple(x.shape[-2:]), 'layout="tril"')
+        _check_square(tuple(x.shape[-2:]), 'layout="tril"')
+    if kernels.enabled(x):
+        mids = codebook_midpoints(codebook, bits, x.device)
+        return kernels.encode(x, layout=layout, block_size=bs, midpoints=mids, bits=bits)
+    if layout == "tril":
+        n = x.shape[-1]
         batch = x.shape[:-2]
         X = x.to(torch.float32).reshape(math.prod(batch), n, n)
         codes, scales = TriangleLayout(n, bs).encode(X, codebook, bits)
@@ -215,8 +221,12 @@ def decode(
             f"codes {tuple(codes.shape)} and scales {tuple(scales.shape)} must have the same "
             "batch dimensions"
         )
-    values = _code_values(codes, _codebook(codebook, bits, codes.device))
-    return _scale_values(values, scales, shape, layout, block_size)
+    cb = _codebook(codebook, bits, codes.device)
+    if kernels.enabled(codes):  # unpacked codes: a stream of 8-bit codes
+        return kernels.decode(
+            codes, scales, shape, layout=layout, block_size=block_size, codebook=cb, bits=8
+        )
+    return _scale_values(_code_values(codes, cb), scales, shape, layout, block_size)
 
 
 def _code_values(codes: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
@@ -345,6 +355,18 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
         _check_square(tuple(q.shape), 'layout="tril"')
     n = _num_elements(tuple(q.shape), q.layout)
     shape = _check_decode_args(n, q.scales, q.shape, q.layout, q.block_size)
+    if kernels.enabled(q.codes):
+        _check_packed(q.codes, n, q.bits)
+        return kernels.decode(
+            q.codes,
+            q.scales,
+            shape,
+            layout=q.layout,
+            block_size=q.block_size,
+            codebook=_codebook(q.codebook, q.bits, q.codes.device),
+            bits=q.bits,
+            diag=q.diag,
+        )
     if q.bits == 4:
         # one gather for both nibbles: byte -> (value of low code, value of high code)
         _check_packed(q.codes, n, 4)
@@ -392,7 +414,9 @@ def dequantize_symmetric(
     if out is None:
         out = torch.empty(len(qs), n, n, dtype=torch.float32, device=codes.device)
     kernel = symmetric_from_codes
-    if compiled and n >= COMPILE_MIN_ORDER and not torch.compiler.is_compiling():
+    # the Triton kernel, where it runs (in symmetric_from_codes), comes before compiled torch code
+    compile_it = compiled and n >= COMPILE_MIN_ORDER and not kernels.enabled(codes)
+    if compile_it and not torch.compiler.is_compiling():
         kernel = _compiled_kernel() or symmetric_from_codes
     kernel(codes, scales, diag, out, first.block_size, first.codebook, first.bits)
     return out[0] if single else out
@@ -414,6 +438,21 @@ def symmetric_from_codes(
     """Write ``(B, n, n)`` symmetric matrices into ``out`` from packed "tril" ``codes``
     ``(B, bytes)``, chunk ``scales`` ``(B, chunks)`` and the exact ``diag`` ``(B, n)``."""
     n = diag.shape[-1]
+    if kernels.enabled(codes):
+        cb = _codebook(codebook, bits, codes.device)
+        kernels.decode(
+            codes,
+            scales,
+            (n, n),
+            layout="tril",
+            block_size=block_size,
+            codebook=cb,
+            bits=bits,
+            diag=diag,
+            symmetric=True,
+            out=out,
+        )
+        return
     tri = TriangleLayout(n, block_size)
     values = code_values(codes, tri.numel, codebook, bits)
     tri.write(tri.scale_(values, scales), out, symmetric=True)

@@ -1,0 +1,104 @@
+"""Optional Triton kernels for the low-bit data path, on CUDA tensors.
+
+The torch-operator code of ``qshampoo.quant`` is the reference and the fallback. When the
+``triton`` package imports, ``qshampoo.quant``'s ``encode``, ``decode``, ``dequantize`` and
+``dequantize_symmetric`` hand CUDA tensors to the kernels here, which give the same codes,
+scales and values (tests/test_kernels.py checks it under ``TRITON_INTERPRET=1``):
+
+- ``decode``: packed or unpacked codes and fp32 chunk scales to fp32 values in one pass,
+  written straight into the ``"tril"`` matrix (symmetric, with its diagonal, for a root) or the
+  ``"full"`` one;
+- ``encode``: fp32 values to chunk absmax scales and nearest-codebook codes in one pass.
+
+The switch is ``QSHAMPOO_TRITON`` (read at import) or ``set_mode`` / ``using``:
+
+- ``"auto"`` (default): CUDA tensors, when triton imports and no ``torch.compile`` is tracing
+  (inside a compiled graph inductor fuses the torch operators itself);
+- ``"off"``: never;
+- ``"on"``: tensors of every device; a CPU tensor then needs ``TRITON_INTERPRET=1`` (Triton's
+  interpreter, numpy: for tests, not for speed).
+
+This module does not import triton; the kernels load on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+ENV = "QSHAMPOO_TRITON"
+MODES: tuple[str, ...] = ("auto", "off", "on")
+
+_state: dict = {"mode": None, "available": None}
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{ENV} / kernel mode must be one of {list(MODES)}, got {mode!r}")
+    return mode
+
+
+def mode() -> str:
+    """The current mode: ``set_mode``'s, else ``$QSHAMPOO_TRITON``, else ``"auto"``."""
+    if _state["mode"] is None:
+        _state["mode"] = _check_mode(os.environ.get(ENV, "auto") or "auto")
+    return _state["mode"]
+
+
+def set_mode(new: str) -> str:
+    """Set the mode (``"auto"``, ``"off"``, ``"on"``) for the process; returns the previous."""
+    previous = mode()
+    _state["mode"] = _check_mode(new)
+    return previous
+
+
+@contextlib.contextmanager
+def using(new: str) -> Iterator[None]:
+    """``set_mode(new)`` inside a ``with`` block, the previous mode restored after it."""
+    previous = set_mode(new)
+    try:
+        yield
+    finally:
+        set_mode(previous)
+
+
+def available() -> bool:
+    """Whether triton imports (checked once)."""
+    if _state["available"] is None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # not installed, or installed without what it needs
+            _state["available"] = False
+        else:
+            _state["available"] = True
+    return _state["available"]
+
+
+def enabled(t: torch.Tensor) -> bool:
+    """Whether the kernels handle ``t``'s data (see the module docstring for the modes)."""
+    m = mode()
+    if m == "off" or torch.compiler.is_compiling():
+        return False
+    if m == "auto" and t.device.type != "cuda":
+        return False
+    return available()
+
+
+def decode(*args, **kwargs) -> torch.Tensor:
+    """``qshampoo.kernels.decoder.decode`` (imports triton)."""
+    from .decoder import decode as run
+
+    return run(*args, **kwargs)
+
+
+def encode(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``qshampoo.kernels.encoder.encode`` (imports triton)."""
+    from .encoder import encode as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["ENV", "MODES", "available", "decode", "enabled", "encode", "mode", "set_mode", "using"]

@@ -1,0 +1,216 @@
+"""The Triton kernels (qshampoo/kernels/) against the torch operators they replace.
+
+Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, numpy), set here
+before triton is first imported; with CUDA they are compiled and run on the GPU. Either way
+every code, scale and decoded value must equal the torch path's exactly: both compute one
+IEEE fp32 division per element (the kernel with ``div_rn``), the same comparisons against the
+same fp32 midpoints, and one fp32 product per decoded value. Skipped where triton is not
+installed (``pip install qshampoo[triton]``; ``make test-oldest`` has none).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # before anything imports triton's jit: the interpreter
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import qshampoo  # noqa: E402
+from qshampoo import kernels  # noqa: E402
+from qshampoo.quant import (  # noqa: E402
+    decode,
+    dequantize,
+    dequantize_symmetric,
+    encode,
+    pack,
+    quantize,
+    unpack,
+)
+from qshampoo.quant.codebooks import codebook, codebook_midpoints  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+needs_triton = pytest.mark.skipif(not kernels.available(), reason="triton is not installed")
+
+#: the codebooks and widths the factors use (3 bits: the generic unpacking, one shape)
+FORMATS = [(name, bits) for name in ("linear2", "dynamic_tree") for bits in (4, 8)]
+#: (order, block size): below one block, t = 1 (a one-row last tile), several tile rows, the
+#: default block size with a short last tile
+TRIL = [(1, 4), (7, 4), (13, 4), (21, 8), (70, 64)]
+
+
+def rand(*shape, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(DEVICE)
+
+
+def torch_path(fn, *args, **kwargs):
+    with kernels.using("off"):
+        return fn(*args, **kwargs)
+
+
+def kernel_path(fn, *args, **kwargs):
+    with kernels.using("on"):
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of the kernels' launches through qshampoo.quant (proof that the kernel path ran)."""
+    count = {"decode": 0, "encode": 0}
+    for name in count:
+        run = getattr(kernels, name)
+
+        def counted(*args, _run=run, _name=name, **kwargs):
+            count[_name] += 1
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, counted)
+    return count
+
+
+# --------------------------------------------------------------------------- the switch
+
+
+def test_modes_and_switch(monkeypatch):
+    cpu = torch.zeros(1)
+    with kernels.using("off"):
+        assert not kernels.enabled(cpu)
+    with kernels.using("auto"):
+        assert not kernels.enabled(cpu)  # never on the CPU in normal use
+        assert kernels.mode() == "auto"
+    with kernels.using("on"):
+        assert kernels.enabled(cpu) == kernels.available()
+    with pytest.raises(ValueError, match="QSHAMPOO_TRITON"):
+        kernels.set_mode("yes")
+    # the environment variable is read while no mode has been set
+    previous = kernels.set_mode("auto")
+    monkeypatch.setitem(kernels._state, "mode", None)
+    monkeypatch.setenv(kernels.ENV, "off")
+    assert kernels.mode() == "off"
+    kernels.set_mode(previous)
+
+
+# --------------------------------------------------------------------------- "tril" layout
+
+
+@needs_triton
+@pytest.mark.parametrize("name,bits", FORMATS)
+@pytest.mark.parametrize("n,bs", TRIL)
+def test_tril_encode_and_decode(n, bs, name, bits, calls):
+    x = rand(2, n, n, seed=n + bits)
+    x[1, n // 2].zero_()  # a row of zero chunks: scale 0, codes of zero
+    kw = dict(layout="tril", block_size=bs, codebook=name, bits=bits)
+    codes, scales = torch_path(encode, x, **kw)
+    k_codes, k_scales = kernel_path(encode, x, **kw)
+    assert torch.equal(k_codes, codes) and torch.equal(k_scales, scales)
+    # unpacked codes (decode), then packed with the exact diagonal (dequantize) and symmetric
+    # (dequantize_symmetric: the roots)
+    assert torch.equal(kernel_path(decode, codes, scales, (n, n), **kw), torch_path(
+        decode, codes, scales, (n, n), **kw))  # fmt: skip
+    q = torch_path(quantize, x[0], exact_diagonal=True, **kw)
+    assert torch.equal(kernel_path(dequantize, q), torch_path(dequantize, q))
+    got = kernel_path(dequantize_symmetric, [q, q])
+    assert torch.equal(got, torch_path(dequantize_symmetric, [q, q]))
+    assert torch.equal(got[0], got[0].mT)
+    assert calls == {"encode": 1, "decode": 3}
+
+
+@needs_triton
+@pytest.mark.parametrize("name,bits", FORMATS)
+def test_tril_decode_of_interleaved_codes(name, bits):
+    """CQ+EF keeps C's and E's codes as one pair per entry and decodes each from a strided
+    view of the unpacked pairs (factors/cholesky.py); the 3-bit stream straddles bytes."""
+    n, bs = 21, 8
+    kw = dict(layout="tril", block_size=bs, codebook=name, bits=bits)
+    x = rand(2, 2, n, n, seed=1)
+    (c, sc), (e, se) = (torch_path(encode, x[i], **kw) for i in range(2))
+    pairs = unpack(pack(torch.stack([c, e], -1).flatten(-2), bits), bits, 2 * c.shape[-1])
+    for which, scales in ((0, sc), (1, se)):
+        view = pairs.view(2, -1, 2)[..., which]
+        assert torch.equal(kernel_path(decode, view, scales, (n, n), **kw), torch_path(
+            decode, view, scales, (n, n), **kw))  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.parametrize("name", ["linear2", "dynamic_tree"])
+def test_three_bit_stream(name):
+    n, bs = 21, 8
+    q = torch_path(quantize, rand(n, n, seed=3), layout="tril", block_size=bs, codebook=name,
+                   bits=3, exact_diagonal=True)  # fmt: skip
+    assert torch.equal(kernel_path(dequantize_symmetric, q), torch_path(dequantize_symmetric, q))
+    c, s = kernel_path(encode, rand(n, n, seed=3), layout="tril", block_size=bs, codebook=name,
+                       bits=3)  # fmt: skip
+    assert torch.equal(pack(c, 3), q.codes) and torch.equal(s, q.scales)
+
+
+# --------------------------------------------------------------------------- "full" layout
+
+
+@needs_triton
+@pytest.mark.parametrize("name,bits", FORMATS)
+@pytest.mark.parametrize("shape,bs", [((9, 9), 4), ((5, 70), 64), ((3, 2, 11), 8), ((37,), 16)])
+def test_full_encode_and_decode(shape, bs, name, bits, calls):
+    x = rand(*shape, seed=bits)
+    kw = dict(block_size=bs, codebook=name, bits=bits)
+    diagonal = len(shape) == 2 and shape[0] == shape[1]
+    q = torch_path(quantize, x, exact_diagonal=diagonal, **kw)
+    kq = kernel_path(quantize, x, exact_diagonal=diagonal, **kw)
+    assert torch.equal(kq.codes, q.codes) and torch.equal(kq.scales, q.scales)
+    assert torch.equal(kernel_path(dequantize, q), torch_path(dequantize, q))
+    assert calls == {"encode": 1, "decode": 1}
+
+
+@needs_triton
+@pytest.mark.parametrize("name,bits", FORMATS)
+def test_ties_go_to_the_lower_entry(name, bits):
+    """Values exactly on a midpoint between two levels (a chunk whose absmax is 1, so the
+    normalised values are the values) round down, as torch.bucketize does."""
+    mids = codebook_midpoints(name, bits, DEVICE)
+    x = torch.cat([torch.ones(1, device=DEVICE), mids, -mids, codebook(name, bits, DEVICE)])
+    kw = dict(block_size=x.numel(), codebook=name, bits=bits)
+    codes, scales = kernel_path(encode, x, **kw)
+    assert torch.equal(codes, torch_path(encode, x, **kw)[0])
+    m = mids.numel()
+    assert torch.equal(codes[1 : m + 1].long(), torch.arange(m, device=DEVICE))
+
+
+# --------------------------------------------------------------------------- the optimizer
+
+
+@needs_triton
+@pytest.mark.parametrize("bits", [4, 8])
+def test_optimizer_steps_identical(bits, calls):
+    """Statistics, roots and preconditioning through the kernels: the same parameters and
+    state as through the torch operators, bit for bit (CQ+EF)."""
+    with torch.device(DEVICE):
+        init = torch.nn.Linear(20, 9).state_dict()
+    grads = [(rand(9, 20, seed=i), rand(9, seed=10 + i)) for i in range(4)]
+
+    def run(mode):
+        model = torch.nn.Linear(20, 9).to(DEVICE)
+        model.load_state_dict(init)
+        opt = qshampoo.Shampoo4bit(model.parameters(), lr=0.1, stat_interval=1, root_interval=2,
+                                   block_size=8, bits=bits, min_quant_numel=0)  # fmt: skip
+        with kernels.using(mode):
+            for gw, gb in grads:
+                model.weight.grad, model.bias.grad = gw.clone(), gb.clone()
+                opt.step()
+        return model, opt
+
+    ref, ref_opt = run("off")
+    assert calls == {"encode": 0, "decode": 0}
+    got, got_opt = run("on")
+    assert calls["encode"] > 0 and calls["decode"] > 0
+    assert torch.equal(got.weight, ref.weight) and torch.equal(got.bias, ref.bias)
+    got_state, ref_state = got_opt.state_dict()["state"], ref_opt.state_dict()["state"]
+    assert got_state.keys() == ref_state.keys()
+    for key in got_state:
+        a, b = got_state[key], ref_state[key]
+        assert a.keys() == b.keys()
+        for name, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[name]), name
