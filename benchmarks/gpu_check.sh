@@ -2,7 +2,8 @@
 # One pass on a CUDA machine: the tests that need a GPU, the whole suite with CUDA as the default
 # device, the step-time table (4-bit against 32-bit Shampoo at T1/T2 = 10/50 and 1/50, widths
 # 1024-4096, the harness CNN and GPT), the dispatch counts, the peers, a brief harness report and
-# the quantizer timings on CUDA.
+# the quantizer timings on CUDA; the Triton kernels (qshampoo/kernels/, on by default on CUDA
+# when triton imports) against the torch operators, per operation and for the whole step.
 #
 #   benchmarks/gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [FASHION_MNIST_DIR]
 #
@@ -65,8 +66,16 @@ bench=(python3 -m qshampoo bench --device cuda --out "$res/report" --no-progress
 [ -n "$data" ] && bench+=(--data-dir "$data")
 stage harness 100 "${bench[@]}"
 stage tests_devices 90 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
-    tests/quant/test_blockwise.py::test_cuda_matches_cpu
+    tests/quant/test_blockwise.py::test_cuda_matches_cpu tests/test_kernels.py
 stage dispatch_count 30 python3 benchmarks/dispatch_count.py
+# the kernels against the torch operators they replace (identical results checked), then the
+# step with them turned off, to set beside step_time.md (kernels on where triton imports)
+stage kernel_speed 60 python3 benchmarks/kernel_speed.py --device cuda
+for m in mlp1024 mlp2048; do
+    stage "step_time_no_kernels_$m" 40 env QSHAMPOO_TRITON=off python3 benchmarks/step_time.py \
+        --device cuda --models "$m" --reps 3 --no-peers --variants cholesky_ef \
+        --out "$res/step_time_no_kernels.md"
+done
 for m in mlp256 mlp1024; do
     stage "step_time_peers_$m" 60 python3 benchmarks/step_time.py --device cuda --models "$m" \
         --intervals 10/50 --reps 5 --heavyball-eager --out "$res/step_time_peers.md"

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 import qshampoo
+from qshampoo import kernels
 from qshampoo.bench.models import CharGPT, SmallResNet
 
 VARIANTS = ("none", "naive", "eigen", "cholesky", "cholesky_ef")
@@ -299,11 +300,14 @@ def machine(device: torch.device = CPU) -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    gpu = (
-        f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}) on "
-        if device.type == "cuda"
-        else ""
-    )
+    gpu = ""
+    if device.type == "cuda":
+        # the Triton kernels (qshampoo/kernels/) run on CUDA tensors unless turned off
+        on = kernels.enabled(torch.empty(0, device=device))
+        gpu = (
+            f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, Triton kernels "
+            f"{'on' if on else 'off'}) on "
+        )
     return (
         f"{gpu}{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, load average {load:.1f} at the start"
