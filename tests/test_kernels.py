@@ -147,6 +147,23 @@ def test_three_bit_stream(name):
     assert torch.equal(pack(c, 3), q.codes) and torch.equal(s, q.scales)
 
 
+@needs_triton
+@pytest.mark.parametrize("name,bits", [("linear2", 4), ("dynamic_tree", 8)])
+def test_encode_in_row_groups(name, bits, monkeypatch):
+    """Large blocks are quantized a few rows of chunks per program (``ELEMENTS``): made small
+    here, a tile of the "tril" layout takes four programs and a "full" row one per chunk."""
+    from qshampoo.kernels import encoder
+
+    monkeypatch.setattr(encoder, "ELEMENTS", 16)
+    for x, kw in (
+        (rand(2, 21, 21, seed=5), dict(layout="tril", block_size=8)),
+        (rand(5, 70, seed=6), dict(layout="full", block_size=32)),
+    ):
+        kw.update(codebook=name, bits=bits)
+        got, ref = kernel_path(encode, x, **kw), torch_path(encode, x, **kw)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
 # --------------------------------------------------------------------------- "full" layout
 
 

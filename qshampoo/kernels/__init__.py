@@ -79,26 +79,35 @@ def available() -> bool:
 
 def enabled(t: torch.Tensor) -> bool:
     """Whether the kernels handle ``t``'s data (see the module docstring for the modes)."""
+    if torch.compiler.is_compiling():  # first: nothing else is traced
+        return False
     m = mode()
-    if m == "off" or torch.compiler.is_compiling():
+    if m == "off":
         return False
     if m == "auto" and t.device.type != "cuda":
         return False
     return available()
 
 
-def decode(*args, **kwargs) -> torch.Tensor:
+def _on(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``t``'s."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def decode(codes: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """``qshampoo.kernels.decoder.decode`` (imports triton)."""
     from .decoder import decode as run
 
-    return run(*args, **kwargs)
+    with _on(codes):
+        return run(codes, *args, **kwargs)
 
 
-def encode(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """``qshampoo.kernels.encoder.encode`` (imports triton)."""
     from .encoder import encode as run
 
-    return run(*args, **kwargs)
+    with _on(x):
+        return run(x, **kwargs)
 
 
 __all__ = ["ENV", "MODES", "available", "decode", "enabled", "encode", "mode", "set_mode", "using"]

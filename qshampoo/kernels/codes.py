@@ -32,7 +32,7 @@ def nearest_code(y, mids_ptr, BITS: tl.constexpr):
     (ties go to the lower entry, as ``torch.bucketize`` and ``nearest_codes`` do)."""
     lo = tl.zeros(y.shape, dtype=tl.int32)
     for step in tl.static_range(BITS):
-        half: tl.constexpr = 1 << (BITS - 1 - step)
+        half = 1 << (BITS - 1 - step)
         mid = tl.load(mids_ptr + lo + (half - 1))
         lo = tl.where(y > mid, lo + half, lo)
     return lo

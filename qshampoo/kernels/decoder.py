@@ -102,13 +102,13 @@ def decode(
     if bits < 8 and codes.stride(-1) != 1:
         codes = codes.contiguous()
     codes2 = codes.reshape(B, codes.shape[-1])
-    scales2 = scales.to(torch.float32).reshape(B, scales.shape[-1]).contiguous()
+    scales2 = scales.to(codes.device, torch.float32).reshape(B, scales.shape[-1]).contiguous()
     if out is None:
         out = torch.empty((*batch, *shape), dtype=torch.float32, device=codes.device)
     if out.numel() == 0:
         return out
     code_stride = codes2.stride(-1) if bits == 8 else 1
-    diag2 = diag.reshape(B, -1) if diag is not None else scales2
+    diag2 = diag.to(codes.device).reshape(B, -1) if diag is not None else scales2
     common = (
         codes2, codes2.stride(0), code_stride, codes2.shape[-1],
         scales2, scales2.stride(0), codebook, diag2, diag2.stride(0) if diag is not None else 0,
