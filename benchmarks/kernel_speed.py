@@ -13,7 +13,11 @@ codebook linear2:
 - ``decode tril``: the strict lower factors a CQ statistics step decodes (``decode``);
 - ``roots``: the symmetric roots with their exact diagonals, decoded at every step
   (``dequantize_symmetric``);
-- ``quantize full`` / ``dequantize full``: one matrix in the "full" layout (eigen, naive).
+- ``quantize full`` / ``dequantize full``: one matrix in the "full" layout (eigen, naive);
+- ``roots @ G``: the left preconditioning product of a square block, decoding the roots then
+  ``bmm`` against ``kernels.root_matmul`` (decoding inside the matmul; not used by the
+  optimizer yet). Its ``same`` column is the largest difference relative to the largest entry:
+  the sums run in another order.
 
 Prints a markdown table; writes nothing. Meant for a GPU (``benchmarks/gpu_check.sh`` runs it).
 On a CPU the kernels run only in Triton's interpreter: ``TRITON_INTERPRET=1 ... --device cpu
@@ -31,6 +35,7 @@ import torch
 
 from qshampoo import kernels
 from qshampoo.quant import decode, dequantize, dequantize_symmetric, encode, quantize
+from qshampoo.quant.codebooks import codebook
 
 
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
@@ -55,6 +60,10 @@ def _same(a, b) -> bool:
     return torch.equal(a, b)
 
 
+def _agreement(got, ref) -> str:
+    return f"{((got - ref).abs().max() / ref.abs().max()).item():.1e}"
+
+
 def operations(x: torch.Tensor, bits: int, block_size: int) -> dict:
     """name -> a call, for the batch ``x`` ``(B, n, n)``."""
     n = x.shape[-1]
@@ -63,12 +72,22 @@ def operations(x: torch.Tensor, bits: int, block_size: int) -> dict:
     roots = [quantize(m, layout="tril", exact_diagonal=True, **kw) for m in x]
     full = quantize(x[0], **kw)
     out = torch.empty_like(x)
+    G = torch.randn_like(x)
+    stacked = [torch.stack([getattr(q, a) for q in roots]) for a in ("codes", "scales", "diag")]
+    cb = codebook("linear2", bits, x.device)
+
+    def roots_times_g():
+        if kernels.enabled(x):
+            return kernels.root_matmul(*stacked, G, block_size=block_size, codebook=cb, bits=bits)
+        return torch.bmm(dequantize_symmetric(roots, out=out), G)
+
     return {
         "encode tril": lambda: encode(x, layout="tril", **kw),
         "decode tril": lambda: decode(codes, scales, (n, n), layout="tril", **kw),
         "roots": lambda: dequantize_symmetric(roots, out=out).clone(),
         "quantize full": lambda: quantize(x[0], **kw),
         "dequantize full": lambda: dequantize(full),
+        "roots @ G": roots_times_g,
     }
 
 
@@ -108,9 +127,11 @@ def main() -> None:
                 with kernels.using("on"):
                     got = fn()
                     t_kernel = _median_ms(fn, device, args.repeats)
+                same = _agreement(got, ref) if name == "roots @ G" else _same(got, ref)
+                same = {True: "yes", False: "NO"}.get(same, same)
                 print(
                     f"| {n} | {bits} | {name} | {t_torch:.3f} | {t_kernel:.3f} | "
-                    f"{t_kernel / t_torch:.2f} | {'yes' if _same(got, ref) else 'NO'} |",
+                    f"{t_kernel / t_torch:.2f} | {same} |",
                     flush=True,
                 )
 

@@ -13,6 +13,12 @@ import torch
 
 DEVICE = os.environ.get("QSHAMPOO_TEST_DEVICE")
 
+# Without CUDA the Triton kernels (tests/test_kernels.py) run in Triton's interpreter, which
+# must be chosen before triton is first imported (torch._dynamo imports it, so test modules
+# that compile would otherwise import it first). Nothing else runs triton on a CPU.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 
 def pytest_configure(config):
     if DEVICE:

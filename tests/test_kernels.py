@@ -1,7 +1,8 @@
 """The Triton kernels (qshampoo/kernels/) against the torch operators they replace.
 
-Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, numpy), set here
-before triton is first imported; with CUDA they are compiled and run on the GPU. Either way
+Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, numpy), which
+tests/conftest.py sets before anything imports triton; with CUDA they are compiled and run on
+the GPU. Either way
 every code, scale and decoded value must equal the torch path's exactly: both compute one
 IEEE fp32 division per element (the kernel with ``div_rn``), the same comparisons against the
 same fp32 midpoints, and one fp32 product per decoded value. Skipped where triton is not
@@ -15,13 +16,9 @@ import os
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:  # before anything imports triton's jit: the interpreter
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import qshampoo  # noqa: E402
-from qshampoo import kernels  # noqa: E402
-from qshampoo.quant import (  # noqa: E402
+import qshampoo
+from qshampoo import kernels
+from qshampoo.quant import (
     decode,
     dequantize,
     dequantize_symmetric,
@@ -30,10 +27,13 @@ from qshampoo.quant import (  # noqa: E402
     quantize,
     unpack,
 )
-from qshampoo.quant.codebooks import codebook, codebook_midpoints  # noqa: E402
+from qshampoo.quant.codebooks import codebook, codebook_midpoints
 
+CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 needs_triton = pytest.mark.skipif(not kernels.available(), reason="triton is not installed")
+if not CUDA:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it"
 
 #: the codebooks and widths the factors use (3 bits: the generic unpacking, one shape)
 FORMATS = [(name, bits) for name in ("linear2", "dynamic_tree") for bits in (4, 8)]
@@ -193,6 +193,28 @@ def test_ties_go_to_the_lower_entry(name, bits):
     assert torch.equal(codes, torch_path(encode, x, **kw)[0])
     m = mids.numel()
     assert torch.equal(codes[1 : m + 1].long(), torch.arange(m, device=DEVICE))
+
+
+# --------------------------------------------------------------------------- the matmul
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m,bs,bits", [(70, 33, 64, 4), (21, 40, 8, 8), (5, 3, 4, 3)])
+def test_root_matmul(n, m, bs, bits):
+    """``L_hat @ G`` and ``G @ L_hat`` decoded inside the matmul against decoding then ``bmm``.
+    The sums run in another order, so they agree to fp32 rounding: each of the two is within
+    ``n * eps * (|L_hat| @ |G|)`` of the exact product, entry by entry."""
+    qs = [torch_path(quantize, x + x.T, layout="tril", exact_diagonal=True, block_size=bs,
+                     bits=bits) for x in rand(2, n, n, seed=m)]  # fmt: skip
+    L = torch_path(dequantize_symmetric, qs)
+    args = [torch.stack([getattr(q, a) for q in qs]) for a in ("codes", "scales", "diag")]
+    kw = dict(block_size=bs, codebook=codebook("linear2", bits, DEVICE), bits=bits)
+    bound = 2 * n * torch.finfo(torch.float32).eps
+    for G, right in ((rand(2, n, m, seed=1), False), (rand(2, m, n, seed=2), True)):
+        got = kernels.root_matmul(*args, G, right=right, **kw)
+        ref, mag = (G @ L, G.abs() @ L.abs()) if right else (L @ G, L.abs() @ G.abs())
+        assert got.shape == ref.shape
+        assert torch.all((got - ref).abs() <= bound * mag)
 
 
 # --------------------------------------------------------------------------- the optimizer

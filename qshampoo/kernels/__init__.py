@@ -8,7 +8,10 @@ scales and values (tests/test_kernels.py checks it under ``TRITON_INTERPRET=1``)
 - ``decode``: packed or unpacked codes and fp32 chunk scales to fp32 values in one pass,
   written straight into the ``"tril"`` matrix (symmetric, with its diagonal, for a root) or the
   ``"full"`` one;
-- ``encode``: fp32 values to chunk absmax scales and nearest-codebook codes in one pass.
+- ``encode``: fp32 values to chunk absmax scales and nearest-codebook codes in one pass;
+- ``root_matmul``: ``L_hat @ G`` decoding the root inside the matmul (equal to decoding then
+  ``bmm`` up to fp32 rounding); not wired into the optimizer until a GPU shows it pays
+  (``benchmarks/kernel_speed.py``).
 
 The switch is ``QSHAMPOO_TRITON`` (read at import) or ``set_mode`` / ``using``:
 
@@ -110,4 +113,23 @@ def encode(x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         return run(x, **kwargs)
 
 
-__all__ = ["ENV", "MODES", "available", "decode", "enabled", "encode", "mode", "set_mode", "using"]
+def root_matmul(codes: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``qshampoo.kernels.matmul.root_matmul`` (imports triton): not used by the optimizer yet."""
+    from .matmul import root_matmul as run
+
+    with _on(codes):
+        return run(codes, *args, **kwargs)
+
+
+__all__ = [
+    "ENV",
+    "MODES",
+    "available",
+    "decode",
+    "enabled",
+    "encode",
+    "mode",
+    "root_matmul",
+    "set_mode",
+    "using",
+]
