@@ -24,8 +24,8 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PYTHON ?= $(firstword $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) $(PYTHON))
 # DDP/FSDP2 (test_distributed.py) need a newer torch on the CPU, the integrations pin theirs,
-# and the harness is tested with the current torch only. No triton there: test_kernels.py
-# skips its kernel tests.
+# and the harness is tested with the current torch only. That torch's wheel brings triton
+# 3.2.0, so test_kernels.py runs there too (in the interpreter); without triton it skips.
 OLDEST_SKIP := --ignore=tests/test_distributed.py --ignore=tests/test_integrations.py \
 	--ignore=tests/bench
 
