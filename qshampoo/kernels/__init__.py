@@ -13,7 +13,7 @@ scales and values (tests/test_kernels.py checks it under ``TRITON_INTERPRET=1``)
   ``bmm`` up to fp32 rounding); not wired into the optimizer until a GPU shows it pays
   (``benchmarks/kernel_speed.py``).
 
-The switch is ``QSHAMPOO_TRITON`` (read at import) or ``set_mode`` / ``using``:
+The switch is ``QSHAMPOO_TRITON`` (read at first use) or ``set_mode`` / ``using``:
 
 - ``"auto"`` (default): CUDA tensors, when triton imports and no ``torch.compile`` is tracing
   (inside a compiled graph inductor fuses the torch operators itself);
