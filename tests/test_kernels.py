@@ -31,6 +31,8 @@ from qshampoo.quant.codebooks import codebook, codebook_midpoints
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
+#: a kernel that fails warns and hands over to the torch path: here that is a failure
+pytestmark = pytest.mark.filterwarnings("error:qshampoo. a Triton kernel failed")
 needs_triton = pytest.mark.skipif(not kernels.available(), reason="triton is not installed")
 if not CUDA:
     assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets it"
@@ -92,6 +94,22 @@ def test_modes_and_switch(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "off")
     assert kernels.mode() == "off"
     kernels.set_mode(previous)
+
+
+@needs_triton
+def test_a_failing_kernel_hands_over_to_torch(monkeypatch):
+    from qshampoo.kernels import decoder
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(decoder, "decode", broken)
+    q = torch_path(quantize, rand(9, 9, seed=0), layout="tril", exact_diagonal=True, block_size=4)
+    with kernels.using("on"):
+        with pytest.warns(RuntimeWarning, match="no kernel for this GPU"):
+            got = dequantize_symmetric(q)
+        assert kernels.mode() == "off"
+    assert torch.equal(got, torch_path(dequantize_symmetric, q))
 
 
 # --------------------------------------------------------------------------- "tril" layout

@@ -13,7 +13,9 @@ scales and values (tests/test_kernels.py checks it under ``TRITON_INTERPRET=1``)
   ``bmm`` up to fp32 rounding); not wired into the optimizer until a GPU shows it pays
   (``benchmarks/kernel_speed.py``).
 
-The switch is ``QSHAMPOO_TRITON`` (read at first use) or ``set_mode`` / ``using``:
+A kernel that fails (a GPU or Triton install it does not compile for) warns once and turns the
+kernels off; the torch operators take over. The switch is ``QSHAMPOO_TRITON`` (read at first
+use) or ``set_mode`` / ``using``:
 
 - ``"auto"`` (default): CUDA tensors, when triton imports and no ``torch.compile`` is tracing
   (inside a compiled graph inductor fuses the torch operators itself);
@@ -27,7 +29,9 @@ This module does not import triton; the kernels load on first use.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -97,20 +101,36 @@ def _on(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def decode(codes: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """``qshampoo.kernels.decoder.decode`` (imports triton)."""
-    from .decoder import decode as run
+def _run(module: str, t: torch.Tensor, *args, **kwargs):
+    """``qshampoo.kernels.<module>.<module's function>`` on ``t``'s device, or None if it fails
+    (a GPU or a Triton install the kernels do not compile for): then it warns, turns the kernels
+    off for the process, and the caller goes on with the torch operators."""
+    try:
+        run = getattr(importlib.import_module(f"{__name__}.{module}"), _ENTRY[module])
+        with _on(t):
+            return run(t, *args, **kwargs)
+    except Exception as e:
+        set_mode("off")
+        warnings.warn(
+            f"qshampoo: a Triton kernel failed ({type(e).__name__}: {e}); continuing with the "
+            f"torch operators, kernels off (set {ENV}=off to skip them)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
-    with _on(codes):
-        return run(codes, *args, **kwargs)
+
+_ENTRY = {"decoder": "decode", "encoder": "encode"}
 
 
-def encode(x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``qshampoo.kernels.encoder.encode`` (imports triton)."""
-    from .encoder import encode as run
+def decode(codes: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+    """``qshampoo.kernels.decoder.decode`` (imports triton), or None if the kernel failed."""
+    return _run("decoder", codes, *args, **kwargs)
 
-    with _on(x):
-        return run(x, **kwargs)
+
+def encode(x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``qshampoo.kernels.encoder.encode`` (imports triton), or None if the kernel failed."""
+    return _run("encoder", x, **kwargs)
 
 
 def root_matmul(codes: torch.Tensor, *args, **kwargs) -> torch.Tensor:

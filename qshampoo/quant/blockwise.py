@@ -121,9 +121,11 @@ def encode(
     bs = block_size
     if layout == "tril":
         _check_square(tuple(x.shape[-2:]), 'layout="tril"')
-    if kernels.enabled(x):
+    if kernels.enabled(x):  # None if the kernel failed
         mids = codebook_midpoints(codebook, bits, x.device)
-        return kernels.encode(x, layout=layout, block_size=bs, midpoints=mids, bits=bits)
+        out = kernels.encode(x, layout=layout, block_size=bs, midpoints=mids, bits=bits)
+        if out is not None:
+            return out
     if layout == "tril":
         n = x.shape[-1]
         batch = x.shape[:-2]
@@ -223,9 +225,11 @@ def decode(
         )
     cb = _codebook(codebook, bits, codes.device)
     if kernels.enabled(codes):  # unpacked codes: a stream of 8-bit codes
-        return kernels.decode(
+        out = kernels.decode(
             codes, scales, shape, layout=layout, block_size=block_size, codebook=cb, bits=8
         )
+        if out is not None:
+            return out
     return _scale_values(_code_values(codes, cb), scales, shape, layout, block_size)
 
 
@@ -357,7 +361,7 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
     shape = _check_decode_args(n, q.scales, q.shape, q.layout, q.block_size)
     if kernels.enabled(q.codes):
         _check_packed(q.codes, n, q.bits)
-        return kernels.decode(
+        out = kernels.decode(
             q.codes,
             q.scales,
             shape,
@@ -367,6 +371,8 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
             bits=q.bits,
             diag=q.diag,
         )
+        if out is not None:
+            return out
     if q.bits == 4:
         # one gather for both nibbles: byte -> (value of low code, value of high code)
         _check_packed(q.codes, n, 4)
@@ -440,7 +446,7 @@ def symmetric_from_codes(
     n = diag.shape[-1]
     if kernels.enabled(codes):
         cb = _codebook(codebook, bits, codes.device)
-        kernels.decode(
+        done = kernels.decode(
             codes,
             scales,
             (n, n),
@@ -452,7 +458,8 @@ def symmetric_from_codes(
             symmetric=True,
             out=out,
         )
-        return
+        if done is not None:
+            return
     tri = TriangleLayout(n, block_size)
     values = code_values(codes, tri.numel, codebook, bits)
     tri.write(tri.scale_(values, scales), out, symmetric=True)
