@@ -2,8 +2,8 @@
 # One pass on a CUDA machine: the tests that need a GPU, the whole suite with CUDA as the default
 # device, the step-time table (4-bit against 32-bit Shampoo at T1/T2 = 10/50 and 1/50, widths
 # 1024-4096, the harness CNN and GPT), the dispatch counts, the peers, a brief harness report and
-# the quantizer timings on CUDA; the Triton kernels (qshampoo/kernels/, on by default on CUDA
-# when triton imports) against the torch operators, per operation and for the whole step.
+# the quantizer timings on CUDA; the Triton kernels (qshampoo/kernels/, opt-in: QSHAMPOO_TRITON=auto)
+# against the torch operators, per operation and for the whole step.
 #
 #   benchmarks/gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [FASHION_MNIST_DIR]
 #
@@ -70,14 +70,14 @@ stage tests_devices 90 python3 -m pytest "${pytest_args[@]}" tests/test_devices.
 stage dispatch_count 30 python3 benchmarks/dispatch_count.py
 # The Triton kernels (GPU_CHECK_ONLY=kernel runs these stages alone, about 4 minutes): their
 # tests compiled for the GPU, their timings against the torch operators they replace (identical
-# results checked), then the step with them turned off, to set beside step_time.md (kernels on
-# where triton imports).
+# results checked), then the step with them turned on, to set beside step_time.md (kernels off,
+# the default).
 stage tests_kernels 120 python3 -m pytest "${pytest_args[@]}" tests/test_kernels.py
 stage kernel_speed 60 python3 benchmarks/kernel_speed.py --device cuda
 for m in mlp1024 mlp2048; do
-    stage "step_time_no_kernels_$m" 40 env QSHAMPOO_TRITON=off python3 benchmarks/step_time.py \
+    stage "step_time_kernels_$m" 40 env QSHAMPOO_TRITON=auto python3 benchmarks/step_time.py \
         --device cuda --models "$m" --reps 3 --no-peers --variants cholesky_ef \
-        --out "$res/step_time_no_kernels.md"
+        --out "$res/step_time_kernels.md"
 done
 for m in mlp256 mlp1024; do
     stage "step_time_peers_$m" 60 python3 benchmarks/step_time.py --device cuda --models "$m" \

@@ -5,10 +5,10 @@
 Prints the median wall time of each call in milliseconds. For the ``tril`` layout (how the
 inverse roots are stored) it also times ``dequantize_symmetric``, the full symmetric matrix the
 optimizer multiplies with, eager and ``compiled=True`` (the optimizer's ``compile`` option; the
-first compiled call of each shape compiles and is not timed). On CUDA, where triton imports,
-the calls run the Triton kernels (qshampoo/kernels/; then ``compiled`` changes nothing):
-``QSHAMPOO_TRITON=off`` times the torch operators, ``benchmarks/kernel_speed.py`` both side by
-side. Nothing is written to disk.
+first compiled call of each shape compiles and is not timed). With ``QSHAMPOO_TRITON=auto``
+on CUDA, where triton imports, the calls run the Triton kernels (qshampoo/kernels/; then
+``compiled`` changes nothing); ``benchmarks/kernel_speed.py`` times both side by side.
+Nothing is written to disk.
 """
 
 from __future__ import annotations

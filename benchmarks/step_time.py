@@ -302,7 +302,7 @@ def machine(device: torch.device = CPU) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = ""
     if device.type == "cuda":
-        # the Triton kernels (qshampoo/kernels/) run on CUDA tensors unless turned off
+        # the Triton kernels (qshampoo/kernels/) run on CUDA tensors when QSHAMPOO_TRITON=auto
         on = kernels.enabled(torch.empty(0, device=device))
         gpu = (
             f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, Triton kernels "

@@ -88,8 +88,14 @@ def test_modes_and_switch(monkeypatch):
         assert kernels.enabled(cpu) == kernels.available()
     with pytest.raises(ValueError, match="QSHAMPOO_TRITON"):
         kernels.set_mode("yes")
-    # the environment variable is read while no mode has been set
+    # the environment variable is read while no mode has been set; unset, the kernels are off
     previous = kernels.set_mode("auto")
+    monkeypatch.setitem(kernels._state, "mode", None)
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    assert kernels.mode() == "off"
+    monkeypatch.setenv(kernels.ENV, "auto")
+    monkeypatch.setitem(kernels._state, "mode", None)
+    assert kernels.mode() == "auto"
     monkeypatch.setitem(kernels._state, "mode", None)
     monkeypatch.setenv(kernels.ENV, "off")
     assert kernels.mode() == "off"

@@ -1,8 +1,9 @@
 """Optional Triton kernels for the low-bit data path, on CUDA tensors.
 
-The torch-operator code of ``qshampoo.quant`` is the reference and the fallback. When the
-``triton`` package imports, ``qshampoo.quant``'s ``encode``, ``decode``, ``dequantize`` and
-``dequantize_symmetric`` hand CUDA tensors to the kernels here, which give the same codes,
+The torch-operator code of ``qshampoo.quant`` is the reference and the fallback. With the
+kernels turned on (``QSHAMPOO_TRITON=auto``) and the ``triton`` package importable,
+``qshampoo.quant``'s ``encode``, ``decode``, ``dequantize`` and ``dequantize_symmetric`` hand
+CUDA tensors to the kernels here, which give the same codes,
 scales and values (tests/test_kernels.py checks it under ``TRITON_INTERPRET=1``):
 
 - ``decode``: packed or unpacked codes and fp32 chunk scales to fp32 values in one pass,
@@ -17,9 +18,10 @@ A kernel that fails (a GPU or Triton install it does not compile for) warns once
 kernels off; the torch operators take over. The switch is ``QSHAMPOO_TRITON`` (read at first
 use) or ``set_mode`` / ``using``:
 
-- ``"auto"`` (default): CUDA tensors, when triton imports and no ``torch.compile`` is tracing
-  (inside a compiled graph inductor fuses the torch operators itself);
-- ``"off"``: never;
+- ``"off"`` (default): never. The kernels are opt-in until they have been compiled and timed
+  on a GPU (they are checked only in Triton's interpreter so far);
+- ``"auto"``: CUDA tensors, when triton imports and no ``torch.compile`` is tracing (inside a
+  compiled graph inductor fuses the torch operators itself);
 - ``"on"``: tensors of every device; a CPU tensor then needs ``TRITON_INTERPRET=1`` (Triton's
   interpreter, numpy: for tests, not for speed).
 
@@ -49,9 +51,9 @@ def _check_mode(mode: str) -> str:
 
 
 def mode() -> str:
-    """The current mode: ``set_mode``'s, else ``$QSHAMPOO_TRITON``, else ``"auto"``."""
+    """The current mode: ``set_mode``'s, else ``$QSHAMPOO_TRITON``, else ``"off"``."""
     if _state["mode"] is None:
-        _state["mode"] = _check_mode(os.environ.get(ENV, "auto") or "auto")
+        _state["mode"] = _check_mode(os.environ.get(ENV, "off") or "off")
     return _state["mode"]
 
 
