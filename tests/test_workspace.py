@@ -13,7 +13,7 @@ import torch
 
 import qshampoo
 from qshampoo.factors import FACTORS
-from qshampoo.peak import TensorPeak
+from qshampoo.peak import TensorPeak, process_memory
 
 VARIANTS = sorted(FACTORS)
 
@@ -127,6 +127,18 @@ def test_tensor_peak_counts_what_is_alive_at_once():
         d = torch.ones(1000)  # 8000 alive
     assert tp.peak == 8000 and tp.live == 8000
     del b, c, view, d
+
+
+@pytest.mark.skipif(process_memory()["anon"] is None, reason="needs Linux /proc")
+def test_process_memory_splits_the_resident_memory():
+    before = process_memory()
+    assert before["anon"] + before["file"] <= before["rss"]
+    x = torch.ones(4 << 20)  # 16 MiB, written: resident, private, from malloc
+    after = process_memory()
+    assert after["anon"] - before["anon"] >= x.nbytes * 0.9
+    if after["heap_in_use"] is not None:  # glibc
+        assert after["heap_in_use"] - before["heap_in_use"] >= x.nbytes
+    del x
 
 
 def test_workspace_validation():
