@@ -35,6 +35,11 @@ from .codebooks import nearest_codes
 #: index sets kept per (size, device); a model has a handful of orders and one block size
 _CACHE_SIZE = 32
 _CACHE: dict[tuple, Tensor | tuple[Tensor, ...]] = {}
+#: the off-diagonal tiles are encoded in pieces of at most ``k`` tiles (about ``n s`` entries,
+#: as the other parts) and this many bytes (fp32): coding is elementwise and per chunk, so the
+#: pieces give the codes of the whole, with temporaries of a piece's size (a few times it)
+#: instead of the triangle's
+PIECE_BYTES = 1 << 20
 
 
 def _cached(key: tuple, build):
@@ -153,8 +158,13 @@ class TriangleLayout:
             scales.append(a[..., 1:].reshape(B, -1))  # row 0 of a tile has no entries
 
         if k > 2:
+            # the off-diagonal tiles, a few at a time: each piece is gathered (a copy),
+            # normalized and coded, so that the copies never hold the whole triangle
             p, q = _tile_pairs(k, device)
-            whole_chunks(self._grid(X)[:, p, q].reshape(B, -1, s))  # a gather copies
+            grid = self._grid(X)
+            step = max(1, min(k, PIECE_BYTES // (4 * B * s * s)))
+            for i in range(0, p.numel(), step):
+                whole_chunks(grid[:, p[i : i + step], q[i : i + step]].reshape(B, -1, s))
         if k > 1:
             whole_chunks(X[:, (k - 1) * s :, : (k - 1) * s].reshape(B, -1, s).clone())
             triangles(self._diagonal_tiles(X) * _strict_lower_mask(s, device), s)
