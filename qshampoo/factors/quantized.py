@@ -32,8 +32,8 @@ class QuantizedFactor(Factor):
     TEMPORARIES = {"statistics": 8.5, "roots": 5.0, "precondition": 1.75}
     #: widths other than 4 and 8 bits are packed through a stream of one byte per bit
     #: (``quant.packing``): this many fp32 ``(order, order)`` matrices more where a stage packs
-    #: (measured at 3 bits: 0.98 more for CQ+EF's statistics, 1.0 for VQ's roots; decoding
-    #: alone, 0.12: ``OVERHEAD``'s; benchmarks/temporaries.py)
+    #: (measured at 3 bits: 0.98 more for CQ+EF's statistics; decoding alone, 0.12:
+    #: ``OVERHEAD``'s; benchmarks/temporaries.py)
     GENERIC_PACKING = 2.0
 
     @classmethod
