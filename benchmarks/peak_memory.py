@@ -12,7 +12,12 @@ allocates every gradient (seeded noise), creates the optimizer and steps it twic
 - *temporaries*: the most bytes held at once by tensors created inside the second step
   (``qshampoo.peak.TensorPeak``, deterministic);
 - the state (``memory_report()["preconditioners"]``, AdamW's moments) and the workspace the
-  optimizer reports (``memory_report()["workspace"]``, the most it may allocate on top of it).
+  optimizer reports (``memory_report()["workspace"]``, the most it may allocate on top of it);
+- on the CPU, where the memory held after the second step is (``qshampoo.peak.process_memory``):
+  ``RssAnon`` (heap, tensors), ``RssFile`` (mostly code pages of the shared libraries, brought
+  in as kernels are first used) and glibc's heap in use / kept free (``mallinfo2``). A second
+  table gives each above the AdamW process's, less the state: what the process holds beyond
+  its state, and where.
 
 The table gives each peak *above the AdamW process's*, which shares everything but the
 optimizer, for two kinds of step:
@@ -43,7 +48,13 @@ from torch.utils._pytree import tree_leaves
 
 import qshampoo
 from qshampoo.bench.paper_models import PAPER_MODELS
-from qshampoo.peak import TensorPeak, process_peak, process_rss, reset_process_peak
+from qshampoo.peak import (
+    TensorPeak,
+    process_memory,
+    process_peak,
+    process_rss,
+    reset_process_peak,
+)
 
 MiB = 2**20
 #: optimizer name -> qshampoo.Shampoo keywords (None: torch.optim.AdamW)
@@ -134,6 +145,7 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
             torch.cuda.synchronize(dev)
         step_s = time.perf_counter() - start
     step_peak = _peak(dev)
+    after = process_memory() if dev.type == "cpu" else {}
     out = {
         "model": model_name,
         "optimizer": opt_name,
@@ -142,6 +154,11 @@ def child(model_name: str, opt_name: str, phase: str, device: str) -> dict:
         "step_peak": step_peak,
         "held_before_step": held,
         "temporaries": tp.peak,
+        # where the memory held after the step is (CPU): see process_memory
+        "rss_anon": after.get("anon"),
+        "rss_file": after.get("file"),
+        "heap_in_use": after.get("heap_in_use"),
+        "heap_free": after.get("heap_free"),
         "first_step_s": first_s,
         "step_s": step_s,
     }
@@ -195,6 +212,43 @@ def table(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+def held_table(rows: list[dict]) -> str:
+    """What each Shampoo process holds after the measured step beyond AdamW's process and
+    its own state (CPU), split by where it is."""
+    lines = [
+        "Held after the measured step, above the AdamW process's, MiB (`held before the step` "
+        "and `RssAnon` less the state; `RssFile`: code and other file pages; glibc's heap in "
+        "use less the state, and the free heap it keeps: every column above AdamW's).",
+        "",
+        "| model | step | optimizer | state | held before the step − state | "
+        "RssAnon − state | RssFile | heap in use − state | heap kept free |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(r["model"], r["optimizer"], r["phase"]): r for r in rows}
+    for r in rows:
+        ref = by_key.get((r["model"], "adamw", r["phase"]))
+        if r["optimizer"] == "adamw" or ref is None or r.get("rss_anon") is None:
+            continue
+        state = r["state"] / MiB
+        cells = []
+        for key, less in (
+            ("held_before_step", state),
+            ("rss_anon", state),
+            ("rss_file", 0.0),
+            ("heap_in_use", state),
+            ("heap_free", 0.0),
+        ):
+            if r.get(key) is None:
+                cells.append("—")
+            else:
+                cells.append(f"{_above(r, ref, key) - less:.1f}")
+        lines.append(
+            f"| {r['model']} | {r['phase']} | {LABELS.get(r['optimizer'], r['optimizer'])} | "
+            f"{state:.0f} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
 def _above(x: dict | None, ref: dict, key: str) -> float | None:
     """MiB of ``x[key]`` above the AdamW row ``ref``."""
     return None if x is None or x[key] is None else (x[key] - ref[key]) / MiB
@@ -227,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}, qshampoo {getattr(qshampoo, '__version__', '?')}, one thread per "
         f"process, device {args.device}\n\n" + table(rows, args.device)
     )
+    if args.device == "cpu":
+        text += "\n\n" + held_table(rows)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -15,6 +15,7 @@ holds. Three ways to see it:
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import weakref
@@ -38,6 +39,43 @@ def _status_bytes(field: str) -> int | None:
 def process_rss() -> int | None:
     """The process's resident memory now, in bytes (None where ``/proc`` is unavailable)."""
     return _status_bytes("VmRSS")
+
+
+def process_memory() -> dict[str, int | None]:
+    """The process's resident memory now, split (Linux ``/proc/self/status``, bytes; None
+    elsewhere): ``rss`` (``VmRSS``), ``anon`` (``RssAnon``: heap, tensors and other private
+    memory) and ``file`` (``RssFile``: mapped files, mostly the code pages of the shared
+    libraries, which grow as kernels are first used); and, under glibc, ``heap_in_use`` /
+    ``heap_free`` (``mallinfo2``: bytes malloc has handed out, and free bytes it keeps in its
+    heaps, resident or not)."""
+    out = {
+        "rss": _status_bytes("VmRSS"),
+        "anon": _status_bytes("RssAnon"),
+        "file": _status_bytes("RssFile"),
+    }
+    out.update(_mallinfo())
+    return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _mallinfo() -> dict[str, int | None]:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return {"heap_in_use": None, "heap_free": None}
+    fn.restype = _MallInfo2
+    info = fn()
+    # in use: small blocks from the heaps plus large ones mapped on their own
+    return {"heap_in_use": info.uordblks + info.hblkhd, "heap_free": info.fordblks}
 
 
 def process_peak() -> int:

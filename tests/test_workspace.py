@@ -13,7 +13,7 @@ import torch
 
 import qshampoo
 from qshampoo.factors import FACTORS
-from qshampoo.peak import TensorPeak
+from qshampoo.peak import TensorPeak, process_memory
 
 VARIANTS = sorted(FACTORS)
 
@@ -58,6 +58,8 @@ CASES = [
     dict(quant="cholesky_ef", base="sgd", lr=0.01, nesterov=True),
     dict(quant="cholesky_ef", max_preconditioner_dim=100, maximize=True),
     dict(quant="cholesky_ef", bits=8, block_size=32),
+    dict(quant="cholesky_ef", bits=3),
+    dict(quant="naive", bits=3),
     dict(quant="none", dtype=torch.bfloat16),
     dict(quant="cholesky_ef", dtype=torch.bfloat16),
 ]
@@ -127,6 +129,20 @@ def test_tensor_peak_counts_what_is_alive_at_once():
         d = torch.ones(1000)  # 8000 alive
     assert tp.peak == 8000 and tp.live == 8000
     del b, c, view, d
+
+
+@pytest.mark.skipif(process_memory()["anon"] is None, reason="needs Linux /proc")
+def test_process_memory_splits_the_resident_memory():
+    before = process_memory()
+    assert before["anon"] + before["file"] <= before["rss"]
+    # 64 MiB, written: resident and private; above glibc's largest mmap threshold (32 MiB),
+    # so new pages, not free heap the process already holds
+    x = torch.ones(16 << 20)
+    after = process_memory()
+    assert after["anon"] - before["anon"] >= x.nbytes * 0.9
+    if after["heap_in_use"] is not None:  # glibc
+        assert after["heap_in_use"] - before["heap_in_use"] >= x.nbytes
+    del x
 
 
 def test_workspace_validation():

@@ -158,24 +158,30 @@ class CholeskyFactor(QuantizedFactor):
 
     @classmethod
     def requantize_batch(
-        cls, factors: list[CholeskyFactor], X: Tensor, E: Tensor | None, ef_decay: float
+        cls, factors: list[CholeskyFactor], strict: Tensor, E: Tensor | None, ef_decay: float
     ) -> Tensor:
-        """Store the strictly lower ``X`` ``(B, n, n)`` as the factors' ``C_bar``; with EF, fold
-        the residual into ``E`` ``(B, n, n)``, in place.
+        """Store the strictly lower ``strict`` ``(B, n, n)`` as the factors' ``C_bar``; with
+        EF, quantize ``X = strict + E`` instead and fold the residual into ``E`` ``(B, n, n)``,
+        in place: ``E <- ef_decay E + (1 - ef_decay) (X - D(C_bar))``.
 
-        ``X`` is the factors' strict lower part, already compensated by ``E`` when EF is on
-        (then ``X`` is overwritten). Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``.
+        ``strict`` is not modified. Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``.
         Each factor gets tensors of its own (no views into the batch), so its ``nbytes`` is
         what it holds.
         """
         first = factors[0]
-        c_codes, c_scales = first._encode(X)
+        if E is None:
+            c_codes, c_scales = first._encode(strict)
+            stored = first._decode(c_codes, c_scales)
+            cls.keep_codes(factors, c_codes, c_scales)
+            return stored
+        # X is formed twice (the same sum, so the same bits) rather than kept while C_bar is
+        # decoded: one (B, n, n) temporary fewer at the statistics step's peak
+        c_codes, c_scales = first._encode(strict + E)
         stored = first._decode(c_codes, c_scales)
-        error = (None, None)
-        if E is not None:  # then X is a tensor of its own (C + E)
-            E = E.mul_(ef_decay).add_(X.sub_(stored), alpha=1.0 - ef_decay)
-            error = first._encode(E)
-        cls.keep_codes(factors, c_codes, c_scales, *error)
+        residual = (strict + E).sub_(stored)
+        E.mul_(ef_decay).add_(residual, alpha=1.0 - ef_decay)
+        del residual
+        cls.keep_codes(factors, c_codes, c_scales, *first._encode(E))
         return stored
 
     @staticmethod
@@ -196,10 +202,11 @@ class CholeskyFactor(QuantizedFactor):
         if e_scales is not None:
             assign_rows(states, "e_scales", e_scales)
 
-    def requantize(self, X: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
-        """``requantize_batch`` for this factor alone: ``X``, ``E`` and the result ``(n, n)``."""
+    def requantize(self, strict: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
+        """``requantize_batch`` for this factor alone: ``strict``, ``E`` and the result
+        ``(n, n)``."""
         E = None if E is None else E[None]
-        return self.requantize_batch([self], X[None], E, ef_decay)[0]
+        return self.requantize_batch([self], strict[None], E, ef_decay)[0]
 
     # -- the interface ----------------------------------------------------------------------
     def statistics(self) -> Tensor:
@@ -245,7 +252,7 @@ class CholeskyFactor(QuantizedFactor):
         strict = C
         strict.diagonal(dim1=-2, dim2=-1).zero_()
         E = cls.error_states(factors)
-        stored = cls.requantize_batch(factors, strict if E is None else strict + E, E, hp.ef_decay)
+        stored = cls.requantize_batch(factors, strict, E, hp.ef_decay)
         del E
         if factors[0].adaptive:
             signal = factors[0].root_error_estimate(strict, diag)
@@ -312,6 +319,7 @@ class CholeskyEFFactor(CholeskyFactor):
 
     kind = "cholesky_ef"
     error_feedback = True
-    #: the error state is decoded too: at most 5.66 at orders 130-1200 (6.9 at order 64, within
-    #: ``OVERHEAD``), benchmarks/temporaries.py
-    TEMPORARIES = {"statistics": 5.8, "roots": 4.1, "precondition": 1.75}
+    #: the error state is decoded too, and ``X = C + E`` formed twice rather than held
+    #: (``requantize_batch``): at most 4.13 at orders 128-1200 (5.88 at order 64 and 4.53 at 130,
+    #: within ``OVERHEAD``), benchmarks/temporaries.py
+    TEMPORARIES = {"statistics": 4.3, "roots": 4.1, "precondition": 1.75}

@@ -20,7 +20,7 @@ from ..quant import (
     quantize,
     quantized_zeros,
 )
-from .base import Factor, assign, assign_rows
+from .base import Factor, FactorConfig, assign, assign_rows
 
 
 class QuantizedFactor(Factor):
@@ -30,6 +30,17 @@ class QuantizedFactor(Factor):
     #: (the defaults of VQ: measured at most 8.29 and 4.95 at orders 64-1200,
     #: benchmarks/temporaries.py)
     TEMPORARIES = {"statistics": 8.5, "roots": 5.0, "precondition": 1.75}
+    #: widths other than 4 and 8 bits are packed through a stream of one byte per bit
+    #: (``quant.packing``): this many fp32 ``(order, order)`` matrices more where a stage packs
+    #: (measured at 3 bits: 0.98 more for CQ+EF's statistics; decoding alone, 0.12:
+    #: ``OVERHEAD``'s; benchmarks/temporaries.py)
+    GENERIC_PACKING = 2.0
+
+    @classmethod
+    def workspace_bytes(cls, phase: str, order: int, config: FactorConfig) -> int:
+        packs = phase != "precondition" and config.bits not in (4, 8)
+        extra = int(4 * order * order * cls.GENERIC_PACKING) if packs else 0
+        return super().workspace_bytes(phase, order, config) + extra
 
     def init_state(self, eps: float, device: torch.device) -> None:
         self.state["bits"] = self.config.bits

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import kernels
 from .codebooks import codebook as _codebook
 from .codebooks import codebook_byte_table, codebook_midpoints, nearest_codes
-from .packing import _check_packed, pack, unpack
+from .packing import _check_packed, pack, packed_numel, unpack
 from .triangle import TriangleLayout, absmax_normalize_
 
 LAYOUTS: tuple[str, ...] = ("full", "tril")
@@ -178,13 +178,8 @@ def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
     scales = scales.to(device)
     batch = values.shape[:-1]
     if layout == "tril":
-        n = shape[0]
-        tri = TriangleLayout(n, bs)
-        B = math.prod(batch)
-        flat = values.reshape(B, values.shape[-1])
-        out = torch.zeros(B, n, n, dtype=torch.float32, device=device)
-        tri.write(tri.scale_(flat, scales.reshape(B, -1)), out, symmetric=False)
-        return out.view(*batch, n, n)
+        flat = values.reshape(math.prod(batch), values.shape[-1])
+        return _decode_tril(lambda lo, hi: flat[:, lo:hi], scales, shape[0], bs, batch)
 
     rows, cols = _full_rows_cols(shape)
     k = _ceil_div(cols, bs)
@@ -197,6 +192,15 @@ def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
     if k * bs != cols:
         out = out[..., :cols].contiguous()
     return out.reshape((*batch, *shape))
+
+
+def _decode_tril(values_of, scales, n, bs, batch) -> torch.Tensor:
+    """The strictly lower ``(*batch, n, n)`` fp32 matrices stored as ``values_of``'s entries
+    (``TriangleLayout.decode_into``) and chunk ``scales`` ``(*batch, chunks)``."""
+    B = math.prod(batch)
+    out = torch.zeros(B, n, n, dtype=torch.float32, device=scales.device)
+    TriangleLayout(n, bs).decode_into(values_of, scales.reshape(B, -1), out, symmetric=False)
+    return out.view(*batch, n, n)
 
 
 def decode(
@@ -230,6 +234,11 @@ def decode(
         )
         if out is not None:
             return out
+    if layout == "tril":  # decoded a piece at a time
+        flat = codes.reshape(math.prod(codes.shape[:-1]), codes.shape[-1])
+        scales = scales.to(codes.device)
+        values_of = lambda lo, hi: _code_values(flat[:, lo:hi], cb)  # noqa: E731
+        return _decode_tril(values_of, scales, shape[0], block_size, codes.shape[:-1])
     return _scale_values(_code_values(codes, cb), scales, shape, layout, block_size)
 
 
@@ -461,9 +470,22 @@ def symmetric_from_codes(
         if done is not None:
             return
     tri = TriangleLayout(n, block_size)
-    values = code_values(codes, tri.numel, codebook, bits)
-    tri.write(tri.scale_(values, scales), out, symmetric=True)
+    tri.decode_into(packed_values_of(codes, codebook, bits), scales, out, symmetric=True)
     out.diagonal(dim1=-2, dim2=-1).copy_(diag)
+
+
+def packed_values_of(codes: torch.Tensor, codebook: str, bits: int):
+    """``values_of(lo, hi)`` for ``TriangleLayout.decode_into``: the unscaled fp32 values
+    ``(B, hi - lo)`` of codes ``lo .. hi - 1`` of each row of packed ``codes`` ``(B, bytes)``,
+    decoded from the bytes that hold them alone."""
+    group = 8 // math.gcd(8, bits)  # codes per run of whole bytes
+
+    def values_of(lo: int, hi: int) -> torch.Tensor:
+        start = lo - lo % group  # the first code of a byte
+        part = codes[:, start * bits // 8 : packed_numel(hi, bits)]
+        return code_values(part, hi - start, codebook, bits)[:, lo - start : hi - start]
+
+    return values_of
 
 
 def code_values(codes: torch.Tensor, n: int, codebook: str, bits: int) -> torch.Tensor:

@@ -35,6 +35,11 @@ from .codebooks import nearest_codes
 #: index sets kept per (size, device); a model has a handful of orders and one block size
 _CACHE_SIZE = 32
 _CACHE: dict[tuple, Tensor | tuple[Tensor, ...]] = {}
+#: the off-diagonal tiles are encoded in pieces of at most ``k`` tiles (about ``n s`` entries,
+#: as the other parts) and this many bytes (fp32): coding is elementwise and per chunk, so the
+#: pieces give the codes of the whole, with temporaries of a piece's size (a few times it)
+#: instead of the triangle's
+PIECE_BYTES = 1 << 20
 
 
 def _cached(key: tuple, build):
@@ -153,8 +158,13 @@ class TriangleLayout:
             scales.append(a[..., 1:].reshape(B, -1))  # row 0 of a tile has no entries
 
         if k > 2:
+            # the off-diagonal tiles, a few at a time: each piece is gathered (a copy),
+            # normalized and coded, so that the copies never hold the whole triangle
             p, q = _tile_pairs(k, device)
-            whole_chunks(self._grid(X)[:, p, q].reshape(B, -1, s))  # a gather copies
+            grid = self._grid(X)
+            step = max(1, min(k, PIECE_BYTES // (4 * B * s * s)))
+            for i in range(0, p.numel(), step):
+                whole_chunks(grid[:, p[i : i + step], q[i : i + step]].reshape(B, -1, s))
         if k > 1:
             whole_chunks(X[:, (k - 1) * s :, : (k - 1) * s].reshape(B, -1, s).clone())
             triangles(self._diagonal_tiles(X) * _strict_lower_mask(s, device), s)
@@ -166,47 +176,47 @@ class TriangleLayout:
         return torch.cat(codes, -1), torch.cat(scales, -1)
 
     # -- decoding ------------------------------------------------------------------------------
-    def scale_(self, values: Tensor, scales: Tensor) -> list[Tensor]:
-        """Multiply stored ``values`` ``(B, N)`` (fp32, unscaled, in place) by their chunks'
-        ``scales`` ``(B, chunks)``; returns the four parts as views of ``values``."""
-        B, s, k, t = values.shape[0], self.s, self.k, self.t
-        a, b, c, d = self._split(values[:, : self.numel], self.sizes)
-        sa, sb, sc, sd = self._split(scales, self.chunk_counts)
-        a = a.view(B, -1, s).mul_(sa.unsqueeze(-1))
-        b = b.view(B, -1, s).mul_(sb.unsqueeze(-1))
-        if k > 1:
-            _, row = _tile_triangle(s, values.device)
-            c = c.view(B, k - 1, -1).mul_(sc.view(B, k - 1, s - 1).index_select(-1, row))
-        if t > 1:
-            _, row = _tile_triangle(t, values.device)
-            d = d.mul_(sd.index_select(-1, row))
-        return [a, b, c, d]
+    def decode_into(self, values_of, scales: Tensor, out: Tensor, symmetric: bool) -> None:
+        """Write the strict lower triangles that ``scales`` ``(B, chunks)`` and the stored
+        entries ``values_of`` gives describe into ``out`` ``(B, n, n)``.
 
-    def write(self, parts: list[Tensor], out: Tensor, symmetric: bool) -> None:
-        """Write the scaled ``parts`` (``scale_``'s result) into ``out`` ``(B, n, n)``.
+        ``values_of(lo, hi)``: the unscaled fp32 codebook values ``(B, hi - lo)`` of stored
+        entries ``lo .. hi - 1`` (a new tensor). The off-diagonal tiles are decoded a piece at a
+        time (as ``encode`` codes them), so that the values never cover the whole triangle.
 
         ``symmetric``: also into the upper triangle (every entry of ``out`` is written, the
         diagonal with zeros: the caller writes it). Otherwise only the strict lower triangle
         and the diagonal tiles (zeros above their diagonal); ``out`` must start as zeros.
         """
-        a, b, c, d = parts
         B, s, k, t = out.shape[0], self.s, self.k, self.t
         device = out.device
+        sa, sb, sc, sd = self._split(scales, self.chunk_counts)
         if k > 2:
             p, q = _tile_pairs(k, device)
-            tiles = a.view(B, -1, s, s)
             grid = self._grid(out)
-            grid[:, p, q] = tiles
-            if symmetric:
-                grid[:, q, p] = tiles.mT
+            sa = sa.view(B, -1, s, 1)
+            step = max(1, min(k, PIECE_BYTES // (4 * B * s * s)))
+            for i in range(0, p.numel(), step):
+                j = min(p.numel(), i + step)
+                tiles = values_of(i * s * s, j * s * s).view(B, j - i, s, s).mul_(sa[:, i:j])
+                grid[:, p[i:j], q[i:j]] = tiles
+                if symmetric:
+                    grid[:, q[i:j], p[i:j]] = tiles.mT
+                del tiles
+        # the last tile row and the diagonal tiles: about n s entries
+        _, b, c, d = self._split(values_of(self.sizes[0], self.numel), (0, *self.sizes[1:]))
         if k > 1:
-            strip = b.view(B, t, (k - 1) * s)
+            strip = b.view(B, -1, s).mul_(sb.unsqueeze(-1)).view(B, t, (k - 1) * s)
             out[:, (k - 1) * s :, : (k - 1) * s] = strip
             if symmetric:
                 out[:, : (k - 1) * s, (k - 1) * s :] = strip.mT
+            _, row = _tile_triangle(s, device)
+            c = c.view(B, k - 1, -1).mul_(sc.view(B, k - 1, s - 1).index_select(-1, row))
             self._diagonal_tiles(out).copy_(_tiles(c, s, device, symmetric))
         last = out[:, (k - 1) * s :, (k - 1) * s :]
         if t > 1:
+            _, row = _tile_triangle(t, device)
+            d = d.mul_(sd.index_select(-1, row))
             last.copy_(_tiles(d.view(B, 1, -1), t, device, symmetric)[:, 0])
         elif symmetric:
             last.zero_()

@@ -14,6 +14,7 @@ from qshampoo.quant import (
     num_chunks,
     pack,
     quantize,
+    triangle,
 )
 
 CODEBOOKS = [(name, bits) for name in ("linear2", "dynamic_tree") for bits in (3, 4, 8)]
@@ -265,7 +266,7 @@ def test_tril_ignores_upper_triangle():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("n,bs", [(9, 4), (12, 4), (3, 4), (10, 1)])
+@pytest.mark.parametrize("n,bs", [(9, 4), (12, 4), (3, 4), (10, 1), (30, 4)])
 def test_tril_storage_order(n, bs):
     """Codes and scales are stored chunk by chunk in the documented order, each chunk's
     entries left to right: every chunk is one row segment of the strict lower triangle."""
@@ -302,6 +303,19 @@ def test_encode_decode_matches_quantize(layout, shape, name, bits):
     q = quantize(x, **kw)
     assert torch.equal(pack(codes, bits), q.codes)
     assert torch.equal(y, dequantize(q))  # dequantize's fused 4-bit path agrees with decode
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_tril_encoded_in_pieces_as_a_whole(monkeypatch, bits):
+    """The off-diagonal tiles are coded a few at a time (at most a tile row's count, and
+    ``triangle.PIECE_BYTES``): pieces of one tile give the codes and scales of the largest."""
+    x = rand(2, 300, 300, seed=12)
+    kw = dict(layout="tril", block_size=16, codebook="linear2", bits=bits)
+    monkeypatch.setattr(triangle, "PIECE_BYTES", 1 << 40)
+    whole = encode(x, **kw)
+    monkeypatch.setattr(triangle, "PIECE_BYTES", 1)
+    pieces = encode(x, **kw)
+    assert torch.equal(whole[0], pieces[0]) and torch.equal(whole[1], pieces[1])
 
 
 @pytest.mark.parametrize("n,bs", [(70, 32), (9, 4)])
