@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import BASES, in_chunks
+from .base import BASES, in_chunks, skippable_values
 from .blocking import DEFAULT_MAX_FACTOR_RATIO, warn_large_factors
 from .checkpoint import STATE_FORMAT_VERSION, with_checksums
 from .distributed import Distributor, make_distributor
@@ -244,11 +244,11 @@ class Shampoo(Optimizer):
                 self._update(group, *prep)
         return loss
 
-    def _update(self, group, params, grads, states, norms, pres, steps) -> None:
+    def _update(self, group, params, grads, states, norms, pres, values) -> None:
         """Precondition, graft and apply the base update to a group's prepared parameters,
         each as soon as its direction is known (so that the directions of all parameters are
-        never held at once)."""
-        _, update = BASES[group["base"]]
+        never held at once). ``values``: each parameter's base-update values (``_advance``)."""
+        _, _, update = BASES[group["base"]]
         update = in_chunks(update, self.store.share)
         kwargs = _base_kwargs(group)
         dist = self.store.distributor
@@ -260,9 +260,7 @@ class Shampoo(Optimizer):
                 direction = g.float() if sign > 0 else g.float().neg()
             else:
                 direction = graft(direction, g, norms[j], sign)
-            dist.base_update(
-                update, params[j], direction, states[j]["base"], steps[j], lr=group["lr"], **kwargs
-            )
+            dist.base_update(update, params[j], direction, states[j]["base"], values[j], **kwargs)
 
         items, where = [], []
         for j, pre in enumerate(pres):
@@ -291,15 +289,19 @@ class Shampoo(Optimizer):
         self._check_groups()
         self.store.distributor.update_plan(self.param_groups)
         gathered = [self._gather(group) for group in self.param_groups]
-        kept = self._check_nonfinite(gathered)
+        due = [
+            None if g is None else [self._due(group, p) for p in g[0]]
+            for group, g in zip(self.param_groups, gathered, strict=True)
+        ]
+        flags = self._check_nonfinite(gathered, due)
         # A PreconditionerError is found only once statistics and roots are computed: at a
         # step where one can be raised, the state the step changes is copied first and put
         # back if it is (see _undo_point)
         undo = self._undo_point(gathered)
         try:
             return [
-                None if g is None else self._advance(group, *g, keep, compiling)
-                for group, g, keep in zip(self.param_groups, gathered, kept, strict=True)
+                None if g is None else self._advance(group, *g, d, f, compiling)
+                for group, g, d, f in zip(self.param_groups, gathered, due, flags, strict=True)
             ]
         except PreconditionerError:
             if undo is not None:
@@ -402,16 +404,43 @@ class Shampoo(Optimizer):
             return None
         return params, grads, [_grad_norm(g) for g in grads]
 
-    def _check_nonfinite(self, gathered: list[tuple | None]) -> list[list[tuple] | None]:
-        """``(step, statistics)`` for each parameter of each group: whether its gradient is
-        finite, and whether its statistics can take it (one host sync for all groups).
+    def _due(self, group: dict, p: Tensor) -> tuple[bool, bool]:
+        """``(statistics, roots)``: whether ``p``'s statistics and roots are due at this step
+        (read before its step counter advances). Meta tensors have no values to factor or to
+        decide on: nothing is due for them."""
+        if p.device.type == "meta":
+            return False, False
+        st = self.state.get(p)
+        if st:
+            k, preconditioned = st["step"] + 1, self.store.view(p, group) is not None
+        else:
+            k, preconditioned = 1, param_blocking(p, group) is not None
+        if not preconditioned:
+            return False, False
+        return k % group["stat_interval"] == 0, k % group["root_interval"] == 0
 
-        A gradient whose squared norm overflows fp32 counts as non-finite too: its statistics
-        ``G G^T`` and Adam's second moment would be infinite. A float64 gradient is checked
-        in float64, as ``torch.optim.AdamW`` steps it: finite, it is stepped, and only its
-        statistics update is left out when ``G G^T`` would overflow fp32. With
+    def _check_nonfinite(
+        self, gathered: list[tuple | None], due: list[list[tuple[bool, bool]] | None]
+    ) -> list[list[tuple[bool, bool]] | None]:
+        """``(step, statistics)`` for each parameter of each group, read on the host (one
+        sync for all groups) only at a step that needs them: where a group raises on a
+        non-finite gradient, or where some statistics or roots are due (they are decided on
+        the host); None otherwise, the plain steps of ``nonfinite="skip"``, whose skip is
+        decided on the device (``_base_values``).
+
+        ``step``: whether the gradient is finite. ``statistics``: whether its statistics can
+        take it: a gradient whose squared norm overflows fp32 counts as non-finite too (its
+        statistics ``G G^T`` and Adam's second moment would be infinite). A float64 gradient is
+        checked in float64, as ``torch.optim.AdamW`` steps it: finite, it is stepped, and only
+        its statistics update is left out when ``G G^T`` would overflow fp32. With
         ``nonfinite="raise"`` in a group that has one, raise ``FloatingPointError`` before
         anything changes."""
+        needed = any(
+            g is not None and (group["nonfinite"] == "raise" or any(map(any, d)))
+            for group, g, d in zip(self.param_groups, gathered, due, strict=True)
+        )
+        if not needed:
+            return [None] * len(gathered)
         flags = _finite_flags([n for g in gathered if g is not None for n in g[2]])
         kept = [None if g is None else [next(flags) for _ in g[0]] for g in gathered]
         for group, g, ok in zip(self.param_groups, gathered, kept, strict=True):
@@ -425,21 +454,18 @@ class Shampoo(Optimizer):
                 )
         return kept
 
-    def _advance(self, group: dict[str, Any], params, grads, norms, keep, compiling) -> tuple:
-        """Create state, leave out non-finite gradients (counted), count the step, and update
-        the statistics and roots that are due. Returns ``(params, grads, states, grad_norms,
-        preconditioners, steps)``; ``steps`` are the parameters' step counters: ints, or, for
-        a compiled step, one tensor on the parameters' device (a compiled graph reads a
-        tensor's value; an int it would be specialized on, and recompiled for at every step).
+    def _advance(self, group: dict[str, Any], params, grads, norms, due, flags, compiling) -> tuple:
+        """Create state, count the step, make the base update's values (which skip a
+        non-finite gradient's parameter on the device, counted), and update the statistics
+        and roots that are due (``due``, from ``_due``), leaving out the parameters whose
+        gradient ``flags`` (``_check_nonfinite``, read whenever something is due) say are
+        non-finite. Returns ``(params, grads, states, grad_norms, preconditioners, values)``;
+        ``values``: each parameter's base-update values (``_base_values``).
         """
         states = [self._state(p, group) for p in params]
-        if not all(ok for ok, _ in keep):
-            for st, (ok, _) in zip(states, keep, strict=True):
-                st["nonfinite_steps"] += not ok
-            params, grads, states, norms, keep = (
-                [x for x, (ok, _) in zip(xs, keep, strict=True) if ok]
-                for xs in (params, grads, states, norms, keep)
-            )
+        for st in states:
+            st["step"] += 1  # skipped or not (docs/robustness.md)
+        values = self._base_values(group, params, norms, states, compiling)
         hp = StepHyper(
             group["stat_decay"],
             group["matrix_eps"],
@@ -448,16 +474,17 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_stats, due_roots, pres, touched = [], [], [], []
-        for p, g, st, (_, stats_ok) in zip(params, grads, states, keep, strict=True):
-            st["step"] += 1
+        for p, g, (stats_due, roots_due), ok in zip(
+            params, grads, due, flags or [None] * len(params), strict=True
+        ):
             pre = self.store.view(p, group)
             pres.append(pre)
-            if pre is None:
+            if pre is None or not (stats_due or roots_due):
                 continue
-            # meta tensors have no values to factor or to decide on: their step does the rest
-            real = p.device.type != "meta"
-            stats_due = real and stats_ok and st["step"] % group["stat_interval"] == 0
-            roots_due = real and st["step"] % group["root_interval"] == 0
+            good, stats_ok = ok  # read: something is due
+            if not good:  # a skipped parameter's preconditioner is left as it is
+                continue
+            stats_due = stats_due and stats_ok
             if stats_due:
                 due_stats.extend(pre.statistics_jobs(g))
             if roots_due:
@@ -473,14 +500,30 @@ class Shampoo(Optimizer):
             self.store.update_roots(due_roots, hp)
         if touched:
             self._check_failures(touched, group)
+        return params, grads, states, norms, pres, values
+
+    def _base_values(self, group: dict, params, norms, states, compiling: bool) -> list[dict]:
+        """The base update's values of each parameter at this step (``qshampoo.base``).
+
+        With ``nonfinite="skip"`` the skip is decided on the device, as torch.optim's fused
+        AdamW skips on ``found_inf``: a flag per parameter (its gradient norm is finite) makes
+        the update leave the parameter and its moments as they are, and adds one to its skip
+        counter (``state["nonfinite_steps"]``, an int64 tensor on its device); AdamW's bias
+        correction counts the applied steps. Nothing is read back. Otherwise (``"raise"``, which
+        has read every flag; meta tensors) the values are host numbers, as for an eager
+        ``torch.optim`` step; under ``torch.compile`` they are device tensors either way (a
+        compiled graph reads a tensor's value; a number it would be specialized on, and
+        recompiled for at every step).
+        """
+        hyper = _value_kwargs(group)
+        if params[0].device.type == "meta" or (group["nonfinite"] == "raise" and not compiling):
+            host_values = BASES[group["base"]][1]
+            return [host_values(st["step"], **hyper) for st in states]
+        keep = torch.stack(norms).isfinite()
+        counters = [st["nonfinite_steps"] for st in states]
+        torch._foreach_add_(counters, keep.logical_not().unbind())
         steps = [st["step"] for st in states]
-        if compiling and params:
-            # float64, as the eager step's Python floats: 1 - beta2**k in fp32 loses digits
-            # (MPS has no float64)
-            device = params[0].device
-            dtype = torch.float32 if device.type == "mps" else torch.float64
-            steps = torch.tensor(steps, dtype=dtype, device=device)
-        return params, grads, states, norms, pres, steps
+        return skippable_values(group["base"], keep, torch.stack(counters), steps, **hyper)
 
     def _check_failures(self, touched: list, group: dict) -> None:
         def entries():
@@ -507,12 +550,14 @@ class Shampoo(Optimizer):
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict:
         st = self.state[p]
         if not st:
-            init, _ = BASES[group["base"]]
+            init = BASES[group["base"]][0]
             st["step"] = 0
-            st["nonfinite_steps"] = 0
+            st["nonfinite_steps"] = _counter(0, p)
             st["layout"] = layout_of(group)
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
             self.store.create(p, st, group)
+        elif not isinstance(st["nonfinite_steps"], Tensor):  # an int: saved by earlier code
+            st["nonfinite_steps"] = _counter(st["nonfinite_steps"], p)
         return st
 
     def state_dict(self) -> dict[str, Any]:
@@ -653,10 +698,15 @@ class Shampoo(Optimizer):
             "quant_error": None,
             "factors": [],
         }
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                out["nonfinite_steps"] += st["nonfinite_steps"] if st else 0
+        skipped = _read_counts(
+            {
+                p: st["nonfinite_steps"]
+                for g in self.param_groups
+                for p in g["params"]
+                if (st := self.state.get(p))
+            }
+        )
+        out["nonfinite_steps"] = sum(skipped.values())
         for e in self.store.entries():
             d = e.factor.diagnostics()
             out["root_failures"] += d["root_failures"]
@@ -664,8 +714,7 @@ class Shampoo(Optimizer):
             where = dict(
                 param=e.index, group=e.group, shape=tuple(e.param.shape), block=e.block, side=e.side
             )
-            skipped = self.state[e.param]["nonfinite_steps"]
-            out["factors"].append({**where, **d, "skipped_steps": skipped})
+            out["factors"].append({**where, **d, "skipped_steps": skipped[e.param]})
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
         if is_adaptive(self.param_groups):
@@ -823,8 +872,40 @@ def _unchanged(group: dict, values: dict) -> bool:
 
 
 def _base_kwargs(group: dict) -> dict:
+    """The base update's arguments that are the same at every step."""
     if group["base"] == "adamw":
-        return dict(betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"])
+        return dict(betas=group["betas"], eps=group["eps"])
     return dict(
-        momentum=group["momentum"], nesterov=group["nesterov"], weight_decay=group["weight_decay"]
+        lr=group["lr"],
+        momentum=group["momentum"],
+        nesterov=group["nesterov"],
+        weight_decay=group["weight_decay"],
     )
+
+
+def _value_kwargs(group: dict) -> dict:
+    """What the base update's per-step values are made of (``qshampoo.base.adamw_values``)."""
+    keys = ("lr", "betas", "weight_decay", "momentum")
+    return {k: group[k] for k in keys}
+
+
+def _counter(value: int, p: Tensor) -> Tensor:
+    """A skip counter of ``p``: an int64 0-d tensor on its (local) device, counted there."""
+    return torch.full((), value, dtype=torch.int64, device=local(p).device)
+
+
+def _read_counts(counters: dict[Tensor, Tensor | int]) -> dict[Tensor, int]:
+    """The skip counters' values on the host, one read per device (ints, saved by an older
+    version, as they are; meta tensors have no value: 0)."""
+    out = {p: c for p, c in counters.items() if not isinstance(c, Tensor)}
+    by_device: dict[torch.device, list] = defaultdict(list)
+    for p, c in counters.items():
+        if isinstance(c, Tensor):
+            by_device[c.device].append(p)
+    for device, params in by_device.items():
+        if device.type == "meta":
+            out.update(dict.fromkeys(params, 0))
+            continue
+        values = torch.stack([counters[p] for p in params]).tolist()
+        out.update(zip(params, values, strict=True))
+    return out

@@ -270,12 +270,17 @@ def _shell(where) -> dict:
     return {k: n for k, n in where.items() if k[1].startswith(SHELL)}
 
 
+#: the one read the shell makes, at a step where statistics or roots are due (or to raise)
+FLAGS = ("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags")
+
+
 @pytest.mark.parametrize("quant", ["none", RICHEST])
 def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
-    """Apart from the non-finite check's one read per step (all groups at once), the
-    optimizer shell adds no host synchronisation, in a plain step or a statistics and roots
-    step: the group validation, the undo point, the schedule. (A tensor ``lr`` is read at
-    every eager base update, as ``torch.optim.AdamW``'s non-capturable step reads it.)"""
+    """The optimizer shell reads the device once at a step where statistics or roots are due
+    (the gradients' finiteness, all groups at once: it decides on the host which statistics
+    may take a gradient) and not at all at a plain step: not for the group validation, the
+    undo point, the schedule or the skip of a non-finite gradient. (A tensor ``lr`` is read
+    at every eager base update of SGD, as ``torch.optim.SGD``'s non-capturable step reads it.)"""
     params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
     opt = qshampoo.Shampoo(
         [{"params": params[:1]}, {"params": params[1:], "lr": 2e-3}],
@@ -284,17 +289,73 @@ def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
         max_consecutive_failures=1,  # an undo point at every due step
         **variant_kwargs(quant),
     )
-    for where in _syncs_per_step(opt, params):
-        assert _shell(where) == {("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags"): 1}
+    per_step = [_shell(where) for where in _syncs_per_step(opt, params)]
+    assert per_step == [{}, {FLAGS: 1}, {}, {FLAGS: 1}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 7 not done: the non-finite check reads one flag per parameter on "
-    "the host (qshampoo/optimizer.py:_finite_flags); the skip is decided there",
-)
-def test_a_plain_step_does_not_synchronise():
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("quant", ["none", RICHEST])
+def test_a_plain_step_does_not_synchronise(base, quant):
     params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
-    opt = qshampoo.Shampoo(params, stat_interval=100, root_interval=100)
-    for where in _syncs_per_step(opt, params, steps=3):  # nothing due
-        assert _shell(where) == {}
+    opt = qshampoo.Shampoo(
+        params, base=base, stat_interval=100, root_interval=100, **variant_kwargs(quant)
+    )
+    first, *plain = _syncs_per_step(opt, params, steps=4)  # nothing due after the first,
+    assert _shell(first) == {}  # which creates the state (the factor code reads there)
+    assert plain == [{}] * 3
+
+
+def test_nonfinite_raise_reads_the_flags_at_every_step():
+    """``nonfinite="raise"`` must raise before anything changes: one read per step."""
+    params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
+    opt = qshampoo.Shampoo(params, stat_interval=100, root_interval=100, nonfinite="raise")
+    for where in _syncs_per_step(opt, params, steps=2):
+        assert _shell(where) == {FLAGS: 1}
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_nan_gradient_at_a_plain_step_is_skipped_on_the_device(base, dtype):
+    """A NaN gradient at a step where nothing is due: its parameter and moments stay as they
+    were, with no host read, and the skip is counted; the other parameter goes on, and the
+    next steps of the skipped one are those of a run without the bad step, bias correction
+    included (it counts the applied steps)."""
+
+    def make():
+        torch.manual_seed(0)
+        params = [
+            torch.randn(12, 8, dtype=dtype, requires_grad=True),
+            torch.randn(8, dtype=dtype, requires_grad=True),
+        ]
+        kw = dict(base=base, weight_decay=0.1, stat_interval=100, root_interval=100)
+        return params, qshampoo.Shampoo(params, lr=1e-2, **kw, **variant_kwargs(RICHEST))
+
+    params, opt = make()
+    ref_params, ref = make()
+    grads = [[torch.randn(p.shape, dtype=dtype) for p in params] for _ in range(4)]
+    for k in range(4):
+        if k == 2:  # the bad step: the reference sees only the bias's gradient
+            bad = grads[k][0].clone()
+            bad[3, 1] = float("nan")
+            params[0].grad, params[1].grad = bad, grads[k][1].clone()
+            ref_params[0].grad, ref_params[1].grad = None, grads[k][1].clone()
+            w, moments = params[0].detach().clone(), snapshot(opt)[1][:2]
+            with count_syncs() as where:
+                opt.step()
+            ref.step()
+            assert where == {}  # decided on the device
+            assert torch.equal(params[0], w)
+            assert same(snapshot(opt)[1][:2], moments)  # the base state's moments
+            assert opt.diagnostics()["nonfinite_steps"] == 1
+            assert opt.state[params[0]]["nonfinite_steps"] == 1
+            assert opt.state[params[0]]["step"] == 3  # the schedule counts the step
+            continue
+        for p, q, g in zip(params, ref_params, grads[k], strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    # the bias went on at every step; the weight's applied steps are those of the reference
+    # (bias correction at 3 applied steps: the same numbers, bit for bit)
+    for p, q in zip(params, ref_params, strict=True):
+        assert torch.equal(p, q)
+    assert all_finite(opt) and opt.diagnostics()["factors"][0]["skipped_steps"] == 1
