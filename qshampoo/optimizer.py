@@ -72,8 +72,14 @@ class Shampoo(Optimizer):
         min_quant_numel: factors with fewer elements than this stay fp32.
         precondition: False sends the group's parameters straight to the base optimizer.
         nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN, or a squared
-            norm that overflows fp32 (counted in ``diagnostics()``; statistics and moments stay
-            clean), or ``"raise"`` ``FloatingPointError``.
+            norm that overflows fp32 (counted in ``diagnostics()``; the parameter, its
+            statistics and moments stay as they were), or ``"raise"`` ``FloatingPointError``.
+            ``"skip"`` is decided on the device (no host synchronisation) at a step where
+            nothing is due, and on the host (one read) where statistics or roots are due;
+            ``"raise"`` reads every step. The step counter, which schedules the statistics
+            and roots, counts skipped steps too (a plain step cannot know on the host whether
+            it skipped); AdamW's bias correction counts the applied ones
+            (``docs/robustness.md``).
         max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
             fails after the float64 and extra-damping retries keeps its previous value; this
             many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
