@@ -642,7 +642,8 @@ class Shampoo(Optimizer):
 
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
-        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
+        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all (with
+        each parameter's skip counter, 8 bytes).
         ``workspace``: not held, but the most a step may allocate on top of ``total`` for the
         current parameters (its batched stages' temporaries, within ``max_workspace_bytes``;
         more only if one block alone needs more). Under ``torch.distributed``, the bytes this
