@@ -12,6 +12,8 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from copy import deepcopy
@@ -74,9 +76,11 @@ class Shampoo(Optimizer):
         nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN, or a squared
             norm that overflows fp32 (counted in ``diagnostics()``; the parameter, its
             statistics and moments stay as they were), or ``"raise"`` ``FloatingPointError``.
-            ``"skip"`` is decided on the device (no host synchronisation) at a step where
-            nothing is due, and on the host (one read) where statistics or roots are due;
-            ``"raise"`` reads every step. The step counter, which schedules the statistics
+            On an accelerator ``"skip"`` is decided on the device (no host synchronisation)
+            at a step where nothing is due, and on the host (one read) where statistics or
+            roots are due; on the CPU the flags are read at every step (a read of memory),
+            and the device-side skip is used only by a group that has met a non-finite
+            gradient; ``"raise"`` reads every step. The step counter, which schedules the statistics
             and roots, counts skipped steps too (a plain step cannot know on the host whether
             it skipped); AdamW's bias correction counts the applied ones
             (``docs/robustness.md``).
@@ -299,7 +303,7 @@ class Shampoo(Optimizer):
             None if g is None else [self._due(group, p) for p in g[0]]
             for group, g in zip(self.param_groups, gathered, strict=True)
         ]
-        flags = self._check_nonfinite(gathered, due)
+        flags = self._check_nonfinite(gathered, due, compiling)
         # A PreconditionerError is found only once statistics and roots are computed: at a
         # step where one can be raised, the state the step changes is copied first and put
         # back if it is (see _undo_point)
@@ -426,32 +430,49 @@ class Shampoo(Optimizer):
         return k % group["stat_interval"] == 0, k % group["root_interval"] == 0
 
     def _check_nonfinite(
-        self, gathered: list[tuple | None], due: list[list[tuple[bool, bool]] | None]
-    ) -> list[list[tuple[bool, bool]] | None]:
-        """``(step, statistics)`` for each parameter of each group, read on the host (one
+        self,
+        gathered: list[tuple | None],
+        due: list[list[tuple[bool, bool]] | None],
+        compiling: bool,
+    ) -> list[list[tuple[bool, bool, bool]] | None]:
+        """``(step, statistics, clean)`` for each parameter of each group, read on the host (one
         sync for all groups) only at a step that needs them: where a group raises on a
-        non-finite gradient, or where some statistics or roots are due (they are decided on
-        the host); None otherwise, the plain steps of ``nonfinite="skip"``, whose skip is
+        non-finite gradient, where some statistics or roots are due (they are decided on the
+        host), or where the group's gradients are on the CPU (``_reads_are_free``); None
+        otherwise, the plain steps of ``nonfinite="skip"`` on an accelerator, whose skip is
         decided on the device (``_base_values``).
 
         ``step``: whether the gradient is finite. ``statistics``: whether its statistics can
         take it: a gradient whose squared norm overflows fp32 counts as non-finite too (its
         statistics ``G G^T`` and Adam's second moment would be infinite). A float64 gradient is
         checked in float64, as ``torch.optim.AdamW`` steps it: finite, it is stepped, and only
-        its statistics update is left out when ``G G^T`` would overflow fp32. With
+        its statistics update is left out when ``G G^T`` would overflow fp32. ``clean``: the
+        parameter has never skipped a step (its skip counter is 0). With
         ``nonfinite="raise"`` in a group that has one, raise ``FloatingPointError`` before
         anything changes."""
         needed = any(
-            g is not None and (group["nonfinite"] == "raise" or any(map(any, d)))
+            g is not None
+            and (
+                group["nonfinite"] == "raise"
+                or any(map(any, d))
+                # a CPU read is free; device-side values cost ~10 operators per parameter
+                or (not compiling and _reads_are_free(g[2][0].device))
+            )
             for group, g, d in zip(self.param_groups, gathered, due, strict=True)
         )
         if not needed:
             return [None] * len(gathered)
-        flags = _finite_flags([n for g in gathered if g is not None for n in g[2]])
+        counters = [
+            st["nonfinite_steps"] if (st := self.state.get(p)) else 0
+            for g in gathered
+            if g is not None
+            for p in g[0]
+        ]
+        flags = _finite_flags([n for g in gathered if g is not None for n in g[2]], counters)
         kept = [None if g is None else [next(flags) for _ in g[0]] for g in gathered]
         for group, g, ok in zip(self.param_groups, gathered, kept, strict=True):
-            if g is not None and group["nonfinite"] == "raise" and not all(s for s, _ in ok):
-                bad = [p for p, (good, _) in zip(g[0], ok, strict=True) if not good]
+            if g is not None and group["nonfinite"] == "raise" and not all(s for s, *_ in ok):
+                bad = [p for p, (good, *_) in zip(g[0], ok, strict=True) if not good]
                 where = ", ".join(self.store.describe(p) for p in bad)
                 raise FloatingPointError(
                     f"non-finite gradient (inf/NaN, or a squared norm beyond float32) in {where}; "
@@ -462,16 +483,16 @@ class Shampoo(Optimizer):
 
     def _advance(self, group: dict[str, Any], params, grads, norms, due, flags, compiling) -> tuple:
         """Create state, count the step, make the base update's values (which skip a
-        non-finite gradient's parameter on the device, counted), and update the statistics
-        and roots that are due (``due``, from ``_due``), leaving out the parameters whose
-        gradient ``flags`` (``_check_nonfinite``, read whenever something is due) say are
-        non-finite. Returns ``(params, grads, states, grad_norms, preconditioners, values)``;
-        ``values``: each parameter's base-update values (``_base_values``).
+        non-finite gradient's parameter, counted), and update the statistics and roots that
+        are due (``due``, from ``_due``), leaving out the parameters whose gradient ``flags``
+        (``_check_nonfinite``, read whenever something is due) say are non-finite. Returns
+        ``(params, grads, states, grad_norms, preconditioners, values)``; ``values``: each
+        parameter's base-update values (``_base_values``).
         """
         states = [self._state(p, group) for p in params]
         for st in states:
             st["step"] += 1  # skipped or not (docs/robustness.md)
-        values = self._base_values(group, params, norms, states, compiling)
+        values = self._base_values(group, params, norms, states, flags, compiling)
         hp = StepHyper(
             group["stat_decay"],
             group["matrix_eps"],
@@ -487,7 +508,7 @@ class Shampoo(Optimizer):
             pres.append(pre)
             if pre is None or not (stats_due or roots_due):
                 continue
-            good, stats_ok = ok  # read: something is due
+            good, stats_ok, _ = ok  # read: something is due
             if not good:  # a skipped parameter's preconditioner is left as it is
                 continue
             stats_due = stats_due and stats_ok
@@ -508,21 +529,26 @@ class Shampoo(Optimizer):
             self._check_failures(touched, group)
         return params, grads, states, norms, pres, values
 
-    def _base_values(self, group: dict, params, norms, states, compiling: bool) -> list[dict]:
+    def _base_values(
+        self, group: dict, params, norms, states, flags, compiling: bool
+    ) -> list[dict]:
         """The base update's values of each parameter at this step (``qshampoo.base``).
 
-        With ``nonfinite="skip"`` the skip is decided on the device, as torch.optim's fused
-        AdamW skips on ``found_inf``: a flag per parameter (its gradient norm is finite) makes
-        the update leave the parameter and its moments as they are, and adds one to its skip
-        counter (``state["nonfinite_steps"]``, an int64 tensor on its device); AdamW's bias
-        correction counts the applied steps. Nothing is read back. Otherwise (``"raise"``, which
-        has read every flag; meta tensors) the values are host numbers, as for an eager
-        ``torch.optim`` step; under ``torch.compile`` they are device tensors either way (a
-        compiled graph reads a tensor's value; a number it would be specialized on, and
-        recompiled for at every step).
+        Host numbers, as for an eager ``torch.optim`` step, where the gradients' ``flags``
+        were read (``_check_nonfinite``) and say that every gradient of the group is finite
+        and that none of its parameters ever skipped a step (their step counts are then their
+        applied steps); and for meta tensors. Otherwise the skip is decided on the device, as
+        torch.optim's fused AdamW skips on ``found_inf``: a flag per parameter (its gradient
+        norm is finite) makes the update leave the parameter and its moments as they are,
+        and adds one to its skip counter (``state["nonfinite_steps"]``, an int64 tensor on its
+        device); AdamW's bias correction counts the applied steps. Nothing is read back. Under
+        ``torch.compile`` the values are device tensors always (a compiled graph reads a
+        tensor's value; a number it would be specialized on, and recompiled for at every
+        step).
         """
         hyper = _value_kwargs(group)
-        if params[0].device.type == "meta" or (group["nonfinite"] == "raise" and not compiling):
+        clean = flags is not None and all(good and fresh for good, _, fresh in flags)
+        if params[0].device.type == "meta" or (clean and not compiling):
             host_values = BASES[group["base"]][1]
             return [host_values(st["step"], **hyper) for st in states]
         keep = torch.stack(norms).isfinite()
@@ -832,32 +858,49 @@ def _grad_norm(g: Tensor) -> Tensor:
     return torch.linalg.vector_norm(g, dtype=torch.float32)
 
 
-def _finite_flags(norms: list[Tensor]) -> Iterator[tuple[bool, bool]]:
-    """``(finite, fp32 square finite)`` for each gradient norm, read in one host sync
-    (float64 norms apart: MPS has no float64, and the others need no cast). Meta tensors
-    have no values: they count as finite, as ``torch.optim`` steps them."""
+def _reads_are_free(device: torch.device) -> bool:
+    """Whether the non-finite check reads its flags on the host at every step: on the CPU a
+    read is one of memory, free, while deciding the skip on the device costs ~10 operators
+    per parameter; elsewhere a read stalls the launch queue. (Tests switch it off, to run
+    the device-side skip on the CPU.)"""
+    return device.type == "cpu"
+
+
+def _finite_flags(
+    norms: list[Tensor], counters: list[Tensor | int]
+) -> Iterator[tuple[bool, bool, bool]]:
+    """``(finite, fp32 square finite, never skipped)`` for each gradient norm and its skip
+    counter (an int64 0-d tensor, or an int), read in one host sync: the values themselves,
+    stacked in the widest dtype (float32 holds a float32 norm exactly, and a positive count
+    stays positive), are judged on the host. Meta tensors have no values: they count as
+    finite, as ``torch.optim`` steps them."""
     if not norms or norms[0].device.type == "meta":
-        return iter([(True, True)] * len(norms))
-    narrow = [n for n in norms if n.dtype != torch.float64]
-    wide = [n for n in norms if n.dtype == torch.float64]
-    checks = []
-    if narrow:
-        checks.append(torch.stack(narrow).isfinite())
-    if wide:
-        w = torch.stack(wide)
-        checks += [w.isfinite(), w.float().square().isfinite()]
-    values = torch.cat(checks).tolist()
-    first = iter(values[: len(narrow)])
-    finite64 = iter(values[len(narrow) : len(norms)])
-    square64 = iter(values[len(norms) :])
+        return iter([(True, True, True)] * len(norms))
+    held = [c for c in counters if isinstance(c, Tensor)]
+    values = iter(torch.stack([*norms, *held]).tolist())
+    norm_values = [next(values) for _ in norms]
     out = []
-    for n in norms:
-        if n.dtype == torch.float64:
-            out.append((next(finite64), next(square64)))
-        else:
-            ok = next(first)
-            out.append((ok, ok))
+    for n, v, c in zip(norms, norm_values, counters, strict=True):
+        count = next(values) if isinstance(c, Tensor) else c
+        finite = math.isfinite(v)
+        square = _fp32_square_finite(v) if n.dtype == torch.float64 else finite
+        out.append((finite, square, count == 0))
     return iter(out)
+
+
+def _fp32_square_finite(x: float) -> bool:
+    """Whether ``x`` rounded to fp32 and squared in fp32 is finite, as
+    ``torch.tensor(x).float().square().isfinite()`` says, on the host: the square of an fp32
+    value is exact in a Python float, and ``_fp32`` rounds it as fp32 arithmetic does."""
+    return math.isfinite(_fp32(_fp32(x) ** 2))
+
+
+def _fp32(x: float) -> float:
+    """``x`` rounded to the nearest fp32 value (inf beyond its range)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:  # the standard format refuses to round to inf
+        return math.copysign(math.inf, x)
 
 
 def _values(group: dict) -> dict:
