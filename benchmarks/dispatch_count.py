@@ -5,7 +5,11 @@ synchronisation stalls the launch queue, so these counts are the GPU proxy a CPU
 exactly (``qshampoo.dispatch.DispatchCounter``). For ``--layers`` same-shaped linear layers of
 ``--width`` (each a weight, preconditioned on both sides, and a bias), one step in each of the
 three states of ``step_time.py``: *plain* (nothing due), *stats* (statistics due), *roots*
-(statistics and roots due).
+(statistics and roots due). Each as the CPU runs it, and as an accelerator does: on the CPU the
+gradients' finiteness is read at every step (a read of memory, free) and a non-finite
+gradient's skip decided on the host; elsewhere a plain step decides it on the device, with no
+read (``Shampoo(nonfinite="skip")``, docs/robustness.md), run here on the CPU by switching the
+choice (``qshampoo.optimizer._reads_are_free``).
 
     python benchmarks/dispatch_count.py                          # width 256, 1 and 4 layers
     python benchmarks/dispatch_count.py --layers 1,3,8 --where   # + where the 4-bit step's go
@@ -18,20 +22,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+from unittest import mock
 
 import torch
 from torch import nn
 
 import qshampoo
+import qshampoo.optimizer
 from qshampoo.dispatch import DispatchCounter
 
 STATES = {"plain": 3, "stats": 10, "roots": 50}  # the step counter each state's step reaches
 VARIANTS = {"32-bit (none)": "none", "Shampoo4bit (cholesky_ef)": "cholesky_ef"}
+PATHS = {"CPU": False, "accelerator": True}  # name -> the skip decided on the device
 
 
-def counted(quant: str, width: int, layers: int, state: str, where: bool = False):
+def counted(quant: str, width: int, layers: int, state: str, where: bool = False, on_device=False):
     """The ``DispatchCounter`` of one ``step()`` in ``state`` (state built, and that state's
-    step run once, before)."""
+    step run once, before), as the CPU runs it or, ``on_device``, as an accelerator does."""
+    if on_device:
+        with mock.patch.object(qshampoo.optimizer, "_reads_are_free", lambda device: False):
+            return counted(quant, width, layers, state, where)
     torch.manual_seed(0)
     net = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
     net(torch.randn(32, width)).square().mean().backward()
@@ -65,12 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| optimizer | {head} |")
     print("|---|" + "---|" * (len(STATES) * len(layer_counts)))
     for label, quant in VARIANTS.items():
-        cells = []
-        for n in layer_counts:
-            for s in STATES:
-                c = counted(quant, args.width, n, s)
-                cells.append(f"{c.ops} / {c.kernels} / {c.syncs}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        for path, on_device in PATHS.items():
+            cells = []
+            for n in layer_counts:
+                for s in STATES:
+                    c = counted(quant, args.width, n, s, on_device=on_device)
+                    cells.append(f"{c.ops} / {c.kernels} / {c.syncs}")
+            print(f"| {label}, {path} | " + " | ".join(cells) + " |")
     if not args.where:
         return
     for state in ("stats", "roots"):

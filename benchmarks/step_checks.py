@@ -5,7 +5,10 @@ the param-group validation that every ``step()`` runs (issue 22).
    small model (a 40x24 matrix cut into 16-blocks, a 64x64 matrix, a bias), per variant:
    a plain step (nothing due), a statistics step, a statistics and roots step; split into
    the optimizer shell (``optimizer.py``, ``store.py``, ``base.py``, ``layout.py``) and the
-   factor and quantization code (everything else).
+   factor and quantization code (everything else). The shell's as the CPU runs the step (it
+   reads the gradients' finiteness at every step: a read of memory, free) and as an
+   accelerator does (a plain step decides a non-finite gradient's skip on the device, with no
+   read), the latter run here by switching the choice (``qshampoo.optimizer._reads_are_free``).
 2. ``Shampoo._check_groups`` (validation of every group and of the state layout, before the
    step changes anything): unchanged groups, and a group whose ``lr`` changed (as a
    scheduler writes it), in microseconds per step, median of ``--reps`` runs of 1000 calls;
@@ -22,10 +25,12 @@ import os
 import platform
 import statistics
 import timeit
+from unittest import mock
 
 import torch
 
 import qshampoo
+import qshampoo.optimizer
 from qshampoo.dispatch import count_syncs
 
 SHELL = ("qshampoo/optimizer.py", "qshampoo/store.py", "qshampoo/base.py", "qshampoo/layout.py")
@@ -50,8 +55,12 @@ def model(quant: str):
     return opt, params
 
 
-def syncs(quant: str) -> dict[str, tuple[int, int]]:
-    """``{step kind: (shell reads, factor code reads)}``, steps 3, 2 and 4 of a fresh run."""
+def syncs(quant: str, on_device: bool = False) -> dict[str, tuple[int, int]]:
+    """``{step kind: (shell reads, factor code reads)}``, steps 3, 2 and 4 of a fresh run, as
+    the CPU runs them or, ``on_device``, as an accelerator does."""
+    if on_device:
+        with mock.patch.object(qshampoo.optimizer, "_reads_are_free", lambda device: False):
+            return syncs(quant)
     opt, params = model(quant)
     kinds = {3: "plain", 2: "statistics", 4: "statistics + roots"}
     out = {}
@@ -96,11 +105,12 @@ def main() -> None:
     torch.set_num_threads(1)
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread")
-    print("\n| variant | step | host reads: shell | host reads: factor code |")
-    print("|---|---|---|---|")
+    print("\n| variant | step | host reads: shell, CPU | shell, accelerator | factor code |")
+    print("|---|---|---|---|---|")
     for quant in sorted(qshampoo.factors.FACTORS):
+        on_device = syncs(quant, on_device=True)
         for kind, (shell, rest) in syncs(quant).items():
-            print(f"| {quant} | {kind} | {shell} | {rest} |")
+            print(f"| {quant} | {kind} | {shell} | {on_device[kind][0]} | {rest} |")
     unchanged, changed, step = validation_us(args.reps)
     print(
         f"\ngroup checks per step: {unchanged:.1f} us (unchanged), {changed:.1f} us (lr "

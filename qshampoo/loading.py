@@ -180,6 +180,8 @@ def _check_param_state(saved: Any, p: Tensor, group: dict, n: int) -> None:
     where = f"parameter #{n} (shape {tuple(p.shape)}): state"
     if not isinstance(saved, dict):
         raise ValueError(f"{where} should be a dict, got {type(saved).__name__}")
+    if isinstance(saved.get("nonfinite_steps"), int):  # an int: saved by earlier code
+        expected["nonfinite_steps"] = 0
     base = saved.get("base")
     if group["base"] == "sgd" and isinstance(base, dict) and "momentum_buffer" in base:
         expected["base"]["momentum_buffer"] = torch.empty(
@@ -203,6 +205,9 @@ def _check_param_state(saved: Any, p: Tensor, group: dict, n: int) -> None:
             _fit_factor_bits(stored, expected["precond"], group, where)
     try:
         compare_state(saved, expected, where)
+        skipped = saved["nonfinite_steps"]
+        if isinstance(skipped, Tensor) and skipped.device.type != "meta" and int(skipped) < 0:
+            raise ValueError(f"{where}['nonfinite_steps'] should be non-negative, got {skipped}")
     except ValueError as e:
         raise ValueError(
             f"{e}. The checkpoint does not fit this optimizer: it was saved for another "
@@ -258,10 +263,10 @@ def _skeleton(p: Tensor, group: dict) -> dict:
 
 def _fresh_state(p: Tensor, group: dict, device: torch.device) -> dict:
     """The state a (non-DTensor) parameter starts with, every block included, on ``device``."""
-    init, _ = BASES[group["base"]]
+    init = BASES[group["base"]][0]
     st = {
         "step": 0,
-        "nonfinite_steps": 0,
+        "nonfinite_steps": torch.zeros((), dtype=torch.int64, device=device),
         "layout": layout_of(group),
         "base": init(torch.empty(p.shape, dtype=p.dtype, device=device)),
     }

@@ -88,7 +88,9 @@ def state_bytes(
     """
     out = dict.fromkeys(("statistics", "roots", "diagnostics", "base_state"), 0)
     per_element = {"adamw": 8, "sgd": 4}[base]
+    counters = 0  # each parameter's skip counter, an int64 on its device
     for shape in shapes:
+        counters += 8
         out["base_state"] += per_element * math.prod(shape)
         blocking = (
             Blocking.of(tuple(shape), max_preconditioner_dim, max_factor_ratio)
@@ -103,5 +105,5 @@ def state_bytes(
                 for k, v in fb.items():
                     out[k] += v
     out["preconditioners"] = out["statistics"] + out["roots"] + out["diagnostics"]
-    out["total"] = out["preconditioners"] + out["base_state"]
+    out["total"] = out["preconditioners"] + out["base_state"] + counters
     return out

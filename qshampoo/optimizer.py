@@ -12,6 +12,8 @@ param group at every step, so LR schedulers and per-group overrides work.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from copy import deepcopy
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .base import BASES, in_chunks
+from .base import BASES, in_chunks, skippable_values
 from .blocking import DEFAULT_MAX_FACTOR_RATIO, warn_large_factors
 from .checkpoint import STATE_FORMAT_VERSION, with_checksums
 from .distributed import Distributor, make_distributor
@@ -72,8 +74,16 @@ class Shampoo(Optimizer):
         min_quant_numel: factors with fewer elements than this stay fp32.
         precondition: False sends the group's parameters straight to the base optimizer.
         nonfinite: ``"skip"`` a parameter's step when its gradient has inf/NaN, or a squared
-            norm that overflows fp32 (counted in ``diagnostics()``; statistics and moments stay
-            clean), or ``"raise"`` ``FloatingPointError``.
+            norm that overflows fp32 (counted in ``diagnostics()``; the parameter, its
+            statistics and moments stay as they were), or ``"raise"`` ``FloatingPointError``.
+            On an accelerator ``"skip"`` is decided on the device (no host synchronisation)
+            at a step where nothing is due, and on the host (one read) where statistics or
+            roots are due; on the CPU the flags are read at every step (a read of memory),
+            and the device-side skip is used only by a group that has met a non-finite
+            gradient; ``"raise"`` reads every step. The step counter, which schedules the statistics
+            and roots, counts skipped steps too (a plain step cannot know on the host whether
+            it skipped); AdamW's bias correction counts the applied ones
+            (``docs/robustness.md``).
         max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
             fails after the float64 and extra-damping retries keeps its previous value; this
             many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
@@ -244,11 +254,11 @@ class Shampoo(Optimizer):
                 self._update(group, *prep)
         return loss
 
-    def _update(self, group, params, grads, states, norms, pres, steps) -> None:
+    def _update(self, group, params, grads, states, norms, pres, values) -> None:
         """Precondition, graft and apply the base update to a group's prepared parameters,
         each as soon as its direction is known (so that the directions of all parameters are
-        never held at once)."""
-        _, update = BASES[group["base"]]
+        never held at once). ``values``: each parameter's base-update values (``_advance``)."""
+        _, _, update = BASES[group["base"]]
         update = in_chunks(update, self.store.share)
         kwargs = _base_kwargs(group)
         dist = self.store.distributor
@@ -260,9 +270,7 @@ class Shampoo(Optimizer):
                 direction = g.float() if sign > 0 else g.float().neg()
             else:
                 direction = graft(direction, g, norms[j], sign)
-            dist.base_update(
-                update, params[j], direction, states[j]["base"], steps[j], lr=group["lr"], **kwargs
-            )
+            dist.base_update(update, params[j], direction, states[j]["base"], values[j], **kwargs)
 
         items, where = [], []
         for j, pre in enumerate(pres):
@@ -291,15 +299,19 @@ class Shampoo(Optimizer):
         self._check_groups()
         self.store.distributor.update_plan(self.param_groups)
         gathered = [self._gather(group) for group in self.param_groups]
-        kept = self._check_nonfinite(gathered)
+        due = [
+            None if g is None else [self._due(group, p) for p in g[0]]
+            for group, g in zip(self.param_groups, gathered, strict=True)
+        ]
+        flags = self._check_nonfinite(gathered, due, compiling)
         # A PreconditionerError is found only once statistics and roots are computed: at a
         # step where one can be raised, the state the step changes is copied first and put
         # back if it is (see _undo_point)
         undo = self._undo_point(gathered)
         try:
             return [
-                None if g is None else self._advance(group, *g, keep, compiling)
-                for group, g, keep in zip(self.param_groups, gathered, kept, strict=True)
+                None if g is None else self._advance(group, *g, d, f, compiling)
+                for group, g, d, f in zip(self.param_groups, gathered, due, flags, strict=True)
             ]
         except PreconditionerError:
             if undo is not None:
@@ -402,21 +414,65 @@ class Shampoo(Optimizer):
             return None
         return params, grads, [_grad_norm(g) for g in grads]
 
-    def _check_nonfinite(self, gathered: list[tuple | None]) -> list[list[tuple] | None]:
-        """``(step, statistics)`` for each parameter of each group: whether its gradient is
-        finite, and whether its statistics can take it (one host sync for all groups).
+    def _due(self, group: dict, p: Tensor) -> tuple[bool, bool]:
+        """``(statistics, roots)``: whether ``p``'s statistics and roots are due at this step
+        (read before its step counter advances). Meta tensors have no values to factor or to
+        decide on: nothing is due for them."""
+        if p.device.type == "meta":
+            return False, False
+        st = self.state.get(p)
+        if st:
+            k, preconditioned = st["step"] + 1, self.store.view(p, group) is not None
+        else:
+            k, preconditioned = 1, param_blocking(p, group) is not None
+        if not preconditioned:
+            return False, False
+        return k % group["stat_interval"] == 0, k % group["root_interval"] == 0
 
-        A gradient whose squared norm overflows fp32 counts as non-finite too: its statistics
-        ``G G^T`` and Adam's second moment would be infinite. A float64 gradient is checked
-        in float64, as ``torch.optim.AdamW`` steps it: finite, it is stepped, and only its
-        statistics update is left out when ``G G^T`` would overflow fp32. With
+    def _check_nonfinite(
+        self,
+        gathered: list[tuple | None],
+        due: list[list[tuple[bool, bool]] | None],
+        compiling: bool,
+    ) -> list[list[tuple[bool, bool, bool]] | None]:
+        """``(step, statistics, clean)`` for each parameter of each group, read on the host (one
+        sync for all groups) only at a step that needs them: where a group raises on a
+        non-finite gradient, where some statistics or roots are due (they are decided on the
+        host), or where the group's gradients are on the CPU (``_reads_are_free``); None
+        otherwise, the plain steps of ``nonfinite="skip"`` on an accelerator, whose skip is
+        decided on the device (``_base_values``).
+
+        ``step``: whether the gradient is finite. ``statistics``: whether its statistics can
+        take it: a gradient whose squared norm overflows fp32 counts as non-finite too (its
+        statistics ``G G^T`` and Adam's second moment would be infinite). A float64 gradient is
+        checked in float64, as ``torch.optim.AdamW`` steps it: finite, it is stepped, and only
+        its statistics update is left out when ``G G^T`` would overflow fp32. ``clean``: the
+        parameter has never skipped a step (its skip counter is 0). With
         ``nonfinite="raise"`` in a group that has one, raise ``FloatingPointError`` before
         anything changes."""
-        flags = _finite_flags([n for g in gathered if g is not None for n in g[2]])
+        needed = any(
+            g is not None
+            and (
+                group["nonfinite"] == "raise"
+                or any(map(any, d))
+                # a CPU read is free; device-side values cost ~10 operators per parameter
+                or (not compiling and _reads_are_free(g[2][0].device))
+            )
+            for group, g, d in zip(self.param_groups, gathered, due, strict=True)
+        )
+        if not needed:
+            return [None] * len(gathered)
+        counters = [
+            st["nonfinite_steps"] if (st := self.state.get(p)) else 0
+            for g in gathered
+            if g is not None
+            for p in g[0]
+        ]
+        flags = _finite_flags([n for g in gathered if g is not None for n in g[2]], counters)
         kept = [None if g is None else [next(flags) for _ in g[0]] for g in gathered]
         for group, g, ok in zip(self.param_groups, gathered, kept, strict=True):
-            if g is not None and group["nonfinite"] == "raise" and not all(s for s, _ in ok):
-                bad = [p for p, (good, _) in zip(g[0], ok, strict=True) if not good]
+            if g is not None and group["nonfinite"] == "raise" and not all(s for s, *_ in ok):
+                bad = [p for p, (good, *_) in zip(g[0], ok, strict=True) if not good]
                 where = ", ".join(self.store.describe(p) for p in bad)
                 raise FloatingPointError(
                     f"non-finite gradient (inf/NaN, or a squared norm beyond float32) in {where}; "
@@ -425,21 +481,18 @@ class Shampoo(Optimizer):
                 )
         return kept
 
-    def _advance(self, group: dict[str, Any], params, grads, norms, keep, compiling) -> tuple:
-        """Create state, leave out non-finite gradients (counted), count the step, and update
-        the statistics and roots that are due. Returns ``(params, grads, states, grad_norms,
-        preconditioners, steps)``; ``steps`` are the parameters' step counters: ints, or, for
-        a compiled step, one tensor on the parameters' device (a compiled graph reads a
-        tensor's value; an int it would be specialized on, and recompiled for at every step).
+    def _advance(self, group: dict[str, Any], params, grads, norms, due, flags, compiling) -> tuple:
+        """Create state, count the step, make the base update's values (which skip a
+        non-finite gradient's parameter, counted), and update the statistics and roots that
+        are due (``due``, from ``_due``), leaving out the parameters whose gradient ``flags``
+        (``_check_nonfinite``, read whenever something is due) say are non-finite. Returns
+        ``(params, grads, states, grad_norms, preconditioners, values)``; ``values``: each
+        parameter's base-update values (``_base_values``).
         """
         states = [self._state(p, group) for p in params]
-        if not all(ok for ok, _ in keep):
-            for st, (ok, _) in zip(states, keep, strict=True):
-                st["nonfinite_steps"] += not ok
-            params, grads, states, norms, keep = (
-                [x for x, (ok, _) in zip(xs, keep, strict=True) if ok]
-                for xs in (params, grads, states, norms, keep)
-            )
+        for st in states:
+            st["step"] += 1  # skipped or not (docs/robustness.md)
+        values = self._base_values(group, params, norms, states, flags, compiling)
         hp = StepHyper(
             group["stat_decay"],
             group["matrix_eps"],
@@ -448,16 +501,17 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_stats, due_roots, pres, touched = [], [], [], []
-        for p, g, st, (_, stats_ok) in zip(params, grads, states, keep, strict=True):
-            st["step"] += 1
+        for p, g, (stats_due, roots_due), ok in zip(
+            params, grads, due, flags or [None] * len(params), strict=True
+        ):
             pre = self.store.view(p, group)
             pres.append(pre)
-            if pre is None:
+            if pre is None or not (stats_due or roots_due):
                 continue
-            # meta tensors have no values to factor or to decide on: their step does the rest
-            real = p.device.type != "meta"
-            stats_due = real and stats_ok and st["step"] % group["stat_interval"] == 0
-            roots_due = real and st["step"] % group["root_interval"] == 0
+            good, stats_ok, _ = ok  # read: something is due
+            if not good:  # a skipped parameter's preconditioner is left as it is
+                continue
+            stats_due = stats_due and stats_ok
             if stats_due:
                 due_stats.extend(pre.statistics_jobs(g))
             if roots_due:
@@ -473,14 +527,35 @@ class Shampoo(Optimizer):
             self.store.update_roots(due_roots, hp)
         if touched:
             self._check_failures(touched, group)
+        return params, grads, states, norms, pres, values
+
+    def _base_values(
+        self, group: dict, params, norms, states, flags, compiling: bool
+    ) -> list[dict]:
+        """The base update's values of each parameter at this step (``qshampoo.base``).
+
+        Host numbers, as for an eager ``torch.optim`` step, where the gradients' ``flags``
+        were read (``_check_nonfinite``) and say that every gradient of the group is finite
+        and that none of its parameters ever skipped a step (their step counts are then their
+        applied steps); and for meta tensors. Otherwise the skip is decided on the device, as
+        torch.optim's fused AdamW skips on ``found_inf``: a flag per parameter (its gradient
+        norm is finite) makes the update leave the parameter and its moments as they are,
+        and adds one to its skip counter (``state["nonfinite_steps"]``, an int64 tensor on its
+        device); AdamW's bias correction counts the applied steps. Nothing is read back. Under
+        ``torch.compile`` the values are device tensors always (a compiled graph reads a
+        tensor's value; a number it would be specialized on, and recompiled for at every
+        step).
+        """
+        hyper = _value_kwargs(group)
+        clean = flags is not None and all(good and fresh for good, _, fresh in flags)
+        if params[0].device.type == "meta" or (clean and not compiling):
+            host_values = BASES[group["base"]][1]
+            return [host_values(st["step"], **hyper) for st in states]
+        keep = torch.stack(norms).isfinite()
+        counters = [st["nonfinite_steps"] for st in states]
+        torch._foreach_add_(counters, keep.logical_not().unbind())
         steps = [st["step"] for st in states]
-        if compiling and params:
-            # float64, as the eager step's Python floats: 1 - beta2**k in fp32 loses digits
-            # (MPS has no float64)
-            device = params[0].device
-            dtype = torch.float32 if device.type == "mps" else torch.float64
-            steps = torch.tensor(steps, dtype=dtype, device=device)
-        return params, grads, states, norms, pres, steps
+        return skippable_values(group["base"], keep, torch.stack(counters), steps, **hyper)
 
     def _check_failures(self, touched: list, group: dict) -> None:
         def entries():
@@ -507,12 +582,14 @@ class Shampoo(Optimizer):
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict:
         st = self.state[p]
         if not st:
-            init, _ = BASES[group["base"]]
+            init = BASES[group["base"]][0]
             st["step"] = 0
-            st["nonfinite_steps"] = 0
+            st["nonfinite_steps"] = _counter(0, p)
             st["layout"] = layout_of(group)
             st["base"] = {k: like_param(p, v) for k, v in init(local(p)).items()}
             self.store.create(p, st, group)
+        elif not isinstance(st["nonfinite_steps"], Tensor):  # an int: saved by earlier code
+            st["nonfinite_steps"] = _counter(st["nonfinite_steps"], p)
         return st
 
     def state_dict(self) -> dict[str, Any]:
@@ -591,7 +668,8 @@ class Shampoo(Optimizer):
 
         ``preconditioners``: all factor state, of which ``statistics`` (L, R in the variant's
         form) and ``roots`` (the inverse roots); the rest of it is ``diagnostics`` (a few
-        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all.
+        scalars per factor). ``base_state``: the base optimizer's moments. ``total``: all (with
+        each parameter's skip counter, 8 bytes).
         ``workspace``: not held, but the most a step may allocate on top of ``total`` for the
         current parameters (its batched stages' temporaries, within ``max_workspace_bytes``;
         more only if one block alone needs more). Under ``torch.distributed``, the bytes this
@@ -653,10 +731,15 @@ class Shampoo(Optimizer):
             "quant_error": None,
             "factors": [],
         }
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                out["nonfinite_steps"] += st["nonfinite_steps"] if st else 0
+        skipped = _read_counts(
+            {
+                p: st["nonfinite_steps"]
+                for g in self.param_groups
+                for p in g["params"]
+                if (st := self.state.get(p))
+            }
+        )
+        out["nonfinite_steps"] = sum(skipped.values())
         for e in self.store.entries():
             d = e.factor.diagnostics()
             out["root_failures"] += d["root_failures"]
@@ -664,8 +747,7 @@ class Shampoo(Optimizer):
             where = dict(
                 param=e.index, group=e.group, shape=tuple(e.param.shape), block=e.block, side=e.side
             )
-            skipped = self.state[e.param]["nonfinite_steps"]
-            out["factors"].append({**where, **d, "skipped_steps": skipped})
+            out["factors"].append({**where, **d, "skipped_steps": skipped[e.param]})
         errors = [d["quant_error"] for d in out["factors"] if d["quant_error"] is not None]
         out["quant_error"] = sum(errors) / len(errors) if errors else None
         if is_adaptive(self.param_groups):
@@ -776,32 +858,49 @@ def _grad_norm(g: Tensor) -> Tensor:
     return torch.linalg.vector_norm(g, dtype=torch.float32)
 
 
-def _finite_flags(norms: list[Tensor]) -> Iterator[tuple[bool, bool]]:
-    """``(finite, fp32 square finite)`` for each gradient norm, read in one host sync
-    (float64 norms apart: MPS has no float64, and the others need no cast). Meta tensors
-    have no values: they count as finite, as ``torch.optim`` steps them."""
+def _reads_are_free(device: torch.device) -> bool:
+    """Whether the non-finite check reads its flags on the host at every step: on the CPU a
+    read is one of memory, free, while deciding the skip on the device costs ~10 operators
+    per parameter; elsewhere a read stalls the launch queue. (Tests switch it off, to run
+    the device-side skip on the CPU.)"""
+    return device.type == "cpu"
+
+
+def _finite_flags(
+    norms: list[Tensor], counters: list[Tensor | int]
+) -> Iterator[tuple[bool, bool, bool]]:
+    """``(finite, fp32 square finite, never skipped)`` for each gradient norm and its skip
+    counter (an int64 0-d tensor, or an int), read in one host sync: the values themselves,
+    stacked in the widest dtype (float32 holds a float32 norm exactly, and a positive count
+    stays positive), are judged on the host. Meta tensors have no values: they count as
+    finite, as ``torch.optim`` steps them."""
     if not norms or norms[0].device.type == "meta":
-        return iter([(True, True)] * len(norms))
-    narrow = [n for n in norms if n.dtype != torch.float64]
-    wide = [n for n in norms if n.dtype == torch.float64]
-    checks = []
-    if narrow:
-        checks.append(torch.stack(narrow).isfinite())
-    if wide:
-        w = torch.stack(wide)
-        checks += [w.isfinite(), w.float().square().isfinite()]
-    values = torch.cat(checks).tolist()
-    first = iter(values[: len(narrow)])
-    finite64 = iter(values[len(narrow) : len(norms)])
-    square64 = iter(values[len(norms) :])
+        return iter([(True, True, True)] * len(norms))
+    held = [c for c in counters if isinstance(c, Tensor)]
+    values = iter(torch.stack([*norms, *held]).tolist())
+    norm_values = [next(values) for _ in norms]
     out = []
-    for n in norms:
-        if n.dtype == torch.float64:
-            out.append((next(finite64), next(square64)))
-        else:
-            ok = next(first)
-            out.append((ok, ok))
+    for n, v, c in zip(norms, norm_values, counters, strict=True):
+        count = next(values) if isinstance(c, Tensor) else c
+        finite = math.isfinite(v)
+        square = _fp32_square_finite(v) if n.dtype == torch.float64 else finite
+        out.append((finite, square, count == 0))
     return iter(out)
+
+
+def _fp32_square_finite(x: float) -> bool:
+    """Whether ``x`` rounded to fp32 and squared in fp32 is finite, as
+    ``torch.tensor(x).float().square().isfinite()`` says, on the host: the square of an fp32
+    value is exact in a Python float, and ``_fp32`` rounds it as fp32 arithmetic does."""
+    return math.isfinite(_fp32(_fp32(x) ** 2))
+
+
+def _fp32(x: float) -> float:
+    """``x`` rounded to the nearest fp32 value (inf beyond its range)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:  # the standard format refuses to round to inf
+        return math.copysign(math.inf, x)
 
 
 def _values(group: dict) -> dict:
@@ -823,8 +922,40 @@ def _unchanged(group: dict, values: dict) -> bool:
 
 
 def _base_kwargs(group: dict) -> dict:
+    """The base update's arguments that are the same at every step."""
     if group["base"] == "adamw":
-        return dict(betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"])
+        return dict(betas=group["betas"], eps=group["eps"])
     return dict(
-        momentum=group["momentum"], nesterov=group["nesterov"], weight_decay=group["weight_decay"]
+        lr=group["lr"],
+        momentum=group["momentum"],
+        nesterov=group["nesterov"],
+        weight_decay=group["weight_decay"],
     )
+
+
+def _value_kwargs(group: dict) -> dict:
+    """What the base update's per-step values are made of (``qshampoo.base.adamw_values``)."""
+    keys = ("lr", "betas", "weight_decay", "momentum")
+    return {k: group[k] for k in keys}
+
+
+def _counter(value: int, p: Tensor) -> Tensor:
+    """A skip counter of ``p``: an int64 0-d tensor on its (local) device, counted there."""
+    return torch.full((), value, dtype=torch.int64, device=local(p).device)
+
+
+def _read_counts(counters: dict[Tensor, Tensor | int]) -> dict[Tensor, int]:
+    """The skip counters' values on the host, one read per device (ints, saved by an older
+    version, as they are; meta tensors have no value: 0)."""
+    out = {p: c for p, c in counters.items() if not isinstance(c, Tensor)}
+    by_device: dict[torch.device, list] = defaultdict(list)
+    for p, c in counters.items():
+        if isinstance(c, Tensor):
+            by_device[c.device].append(p)
+    for device, params in by_device.items():
+        if device.type == "meta":
+            out.update(dict.fromkeys(params, 0))
+            continue
+        values = torch.stack([counters[p] for p in params]).tolist()
+        out.update(zip(params, values, strict=True))
+    return out

@@ -298,10 +298,17 @@ class SizedFactor:
 def update_bytes(p: Tensor, group: dict, max_bytes: int, preconditioned: bool = True) -> int:
     """Temporaries of one parameter's grafting and base update, made ``max_bytes`` rows at a
     time (``base.in_chunks``): per chunk, AdamW's denominator (SGD: the decayed direction, and
-    Nesterov's) and an fp32 copy of a narrower parameter; and, not preconditioned, the whole
-    gradient as fp32 (a copy if narrower, or negated to maximize)."""
+    Nesterov's) and an fp32 copy of a narrower parameter; with ``nonfinite="skip"``, the
+    direction with a skipped step's zeros too (AdamW: and, for a float64 parameter, the
+    float64 numerator; SGD: the decayed or Nesterov direction and its masked copy at once);
+    and, not preconditioned, the whole gradient as fp32 (a copy if narrower, or negated to
+    maximize)."""
     wide = p.dtype in (torch.float32, torch.float64)
-    count = 1 if group["base"] == "adamw" else 1 + bool(group["nesterov"])
+    skip = group["nonfinite"] == "skip"
+    if group["base"] == "adamw":
+        count = 1 + skip * (1 + 2 * (p.dtype == torch.float64))
+    else:
+        count = 1 + bool(group["nesterov"] or (skip and group["weight_decay"] != 0))
     count += not wide
     row = math.prod(p.shape[1:])
     chunk = 4 * min(p.numel(), chunk_rows(p, max_bytes) * row)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import qshampoo
-from qshampoo.checkpoint import load_file
+from qshampoo.checkpoint import load_file, with_checksums
 from tests.robust_utils import (
     RICHEST,
     VARIANTS,
@@ -208,6 +208,47 @@ def test_edited_state_needs_its_checksum_removed():
     del sd["checksums"]
     opt.load_state_dict(sd)
     assert torch.equal(opt.state[params[0]]["base"]["exp_avg"], sd["state"][0]["base"]["exp_avg"])
+
+
+def test_skip_counters_saved_as_ints_still_load():
+    """Before the skip was decided on the device, ``nonfinite_steps`` was a host int: such a
+    state (with its checksums, as it was written) loads, counts on, and resumes as the same
+    state saved with tensor counters does."""
+    params, opt = trained(RICHEST)
+    params[0].grad = torch.full(params[0].shape, float("nan"))
+    opt.step()  # one skip to carry over
+    sd = load(saved_bytes(opt))
+    old = {
+        **sd,
+        "state": {
+            i: {**st, "nonfinite_steps": int(st["nonfinite_steps"])}
+            for i, st in sd["state"].items()
+        },
+    }
+    old = with_checksums({k: v for k, v in old.items() if k != "checksums"})
+    resumed = []
+    for state in (sd, old):
+        ps, fresh = trained(RICHEST)
+        fresh.load_state_dict(state)
+        with torch.no_grad():
+            for p, q in zip(ps, params, strict=True):
+                p.copy_(q)
+        ps[0].grad = torch.full(ps[0].shape, float("inf"))
+        fresh.step()
+        train(ps, fresh, range(5, 7))
+        resumed.append((snapshot(fresh), [p.detach().clone() for p in ps]))
+        assert fresh.diagnostics()["nonfinite_steps"] == 2
+    assert same(resumed[0], resumed[1])
+
+
+def test_negative_skip_counter_is_refused():
+    params, opt = trained()
+    sd = load(saved_bytes(opt))
+    sd["state"][0]["nonfinite_steps"] = torch.tensor(-1)
+    del sd["checksums"]
+    assert_refused(opt, sd, "['nonfinite_steps'] should be non-negative")
+    sd["state"][0]["nonfinite_steps"] = -1
+    assert_refused(opt, sd, "non-negative int")
 
 
 def test_checkpoint_without_a_newer_group_key_still_loads():

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import qshampoo
+import qshampoo.optimizer
 from qshampoo.dispatch import DispatchCounter
 
 OPTIMIZER = "qshampoo/optimizer.py"
@@ -98,3 +99,17 @@ def test_root_operators_do_not_grow_with_same_shaped_layers(quant):
     growth = root_ops(quant, 6) - root_ops(quant, 1)
     growth32 = root_ops("none", 6) - root_ops("none", 1)
     assert growth <= growth32, (growth, growth32)
+
+
+def test_a_cpu_plain_step_decides_the_skip_on_the_host(monkeypatch):
+    """On the CPU a plain step reads its gradients' flags (a read of memory, free) instead of
+    deciding a non-finite gradient's skip on the device: no masked direction (``where``), and
+    no more operators than before the device-side skip was written (41 for one 256-wide
+    layer, 32-bit, at 7207926: benchmarks/RESULTS.md, issue 19); the device-side skip, as an
+    accelerator runs it, dispatches more."""
+    cpu = count_step("none", 1, "plain", width=256)
+    monkeypatch.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+    device = count_step("none", 1, "plain", width=256)
+    where = "aten.where.self"  # (grafting selects one: the direction's norm may be 0)
+    assert cpu.by_op[where] < device.by_op[where], (cpu.by_op, device.by_op)
+    assert cpu.ops <= 41 < device.ops, (cpu.ops, device.ops)

@@ -203,13 +203,15 @@ def test_nonfinite_gradient_leaves_state_untouched(quant, bad):
     after = snapshot(opt)
     assert torch.equal(w, w_before)
 
-    # w's whole state (statistics, roots, moments, step) is bitwise unchanged ...
-    def without_counter(snap):
-        return [x for x in snap if "nonfinite_steps" not in x[0]]
+    # w's whole state (statistics, roots, moments) is bitwise unchanged ...
+    def without_counters(snap):
+        return [x for x in snap if x[0] not in ("state['nonfinite_steps']", "state['step']")]
 
-    assert same(without_counter(before[1]), without_counter(after[1]))
-    # ... except the skip counter; b stepped on
-    assert opt.state[w]["nonfinite_steps"] == 1 and opt.state[b]["step"] == 4
+    assert same(without_counters(before[1]), without_counters(after[1]))
+    # ... except the counters: the skip is counted, and the step counter (the schedule of
+    # the statistics and roots) counts every step given a gradient; b stepped on
+    assert opt.state[w]["nonfinite_steps"] == 1 and opt.state[w]["step"] == 4
+    assert opt.state[b]["step"] == 4 and opt.state[b]["nonfinite_steps"] == 0
     assert opt.diagnostics()["nonfinite_steps"] == 1
     assert all(d["skipped_steps"] == 1 for d in opt.diagnostics()["factors"])
     for _ in range(3):
@@ -224,7 +226,8 @@ def test_half_precision_inf_gradient_is_skipped(dtype):
     opt = qshampoo.Shampoo([w], stat_interval=1, root_interval=1)
     w.grad = torch.full((6, 4), float("inf"), dtype=dtype)
     opt.step()
-    assert opt.state[w]["step"] == 0 and opt.state[w]["nonfinite_steps"] == 1
+    assert opt.state[w]["step"] == 1 and opt.state[w]["nonfinite_steps"] == 1
+    assert torch.equal(opt.state[w]["base"]["exp_avg"], torch.zeros(6, 4))
     opt.param_groups[0]["nonfinite"] = "raise"
     with pytest.raises(FloatingPointError, match=r"parameter #0 .*shape \(6, 4\)"):
         opt.step()

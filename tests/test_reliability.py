@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qshampoo
+import qshampoo.optimizer
 from qshampoo.checkpoint import with_checksums
 from qshampoo.dispatch import count_syncs
 from qshampoo.factors import Factor, PreconditionerError
@@ -270,12 +271,29 @@ def _shell(where) -> dict:
     return {k: n for k, n in where.items() if k[1].startswith(SHELL)}
 
 
+#: the one read the shell makes: at a step where statistics or roots are due, to raise, and
+#: at every step on the CPU
+FLAGS = ("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags")
+
+
+@pytest.fixture
+def skip_on_device(monkeypatch):
+    """Run the skip of a non-finite gradient as on an accelerator (decided on the device, no
+    read at a plain step) on the CPU, where the flags are otherwise read at every step."""
+    monkeypatch.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
 @pytest.mark.parametrize("quant", ["none", RICHEST])
-def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
-    """Apart from the non-finite check's one read per step (all groups at once), the
-    optimizer shell adds no host synchronisation, in a plain step or a statistics and roots
-    step: the group validation, the undo point, the schedule. (A tensor ``lr`` is read at
-    every eager base update, as ``torch.optim.AdamW``'s non-capturable step reads it.)"""
+def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant, on_device, request):
+    """On an accelerator the optimizer shell reads the device once at a step where statistics
+    or roots are due (the gradients' finiteness, all groups at once: it decides on the host
+    which statistics may take a gradient) and not at all at a plain step: not for the group
+    validation, the undo point, the schedule or the skip of a non-finite gradient. On the CPU,
+    where a read is free, the same one read at every step. (A tensor ``lr`` is read at every
+    eager base update of SGD, as ``torch.optim.SGD``'s non-capturable step reads it.)"""
+    if on_device:
+        request.getfixturevalue("skip_on_device")
     params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
     opt = qshampoo.Shampoo(
         [{"params": params[:1]}, {"params": params[1:], "lr": 2e-3}],
@@ -284,17 +302,112 @@ def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant):
         max_consecutive_failures=1,  # an undo point at every due step
         **variant_kwargs(quant),
     )
-    for where in _syncs_per_step(opt, params):
-        assert _shell(where) == {("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags"): 1}
+    per_step = [_shell(where) for where in _syncs_per_step(opt, params)]
+    assert per_step == ([{}, {FLAGS: 1}] * 2 if on_device else [{FLAGS: 1}] * 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22 item 7 not done: the non-finite check reads one flag per parameter on "
-    "the host (qshampoo/optimizer.py:_finite_flags); the skip is decided there",
-)
-def test_a_plain_step_does_not_synchronise():
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("quant", ["none", RICHEST])
+def test_a_plain_step_does_not_synchronise(base, quant, skip_on_device):
     params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
-    opt = qshampoo.Shampoo(params, stat_interval=100, root_interval=100)
-    for where in _syncs_per_step(opt, params, steps=3):  # nothing due
-        assert _shell(where) == {}
+    opt = qshampoo.Shampoo(
+        params, base=base, stat_interval=100, root_interval=100, **variant_kwargs(quant)
+    )
+    first, *plain = _syncs_per_step(opt, params, steps=4)  # nothing due after the first,
+    assert _shell(first) == {}  # which creates the state (the factor code reads there)
+    assert plain == [{}] * 3
+
+
+def test_nonfinite_raise_reads_the_flags_at_every_step():
+    """``nonfinite="raise"`` must raise before anything changes: one read per step."""
+    params = [torch.randn(40, 24, requires_grad=True), torch.randn(24, requires_grad=True)]
+    opt = qshampoo.Shampoo(params, stat_interval=100, root_interval=100, nonfinite="raise")
+    for where in _syncs_per_step(opt, params, steps=2):
+        assert _shell(where) == {FLAGS: 1}
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_nan_gradient_at_a_plain_step_is_skipped_on_the_device(base, dtype, on_device, request):
+    """A NaN gradient at a step where nothing is due: its parameter and moments stay as they
+    were, with no host read on an accelerator (one on the CPU), and the skip is counted; the
+    other parameter goes on, and the next steps of the skipped one are those of a run without
+    the bad step, bias correction included (it counts the applied steps)."""
+    if on_device:
+        request.getfixturevalue("skip_on_device")
+
+    def make():
+        torch.manual_seed(0)
+        params = [
+            torch.randn(12, 8, dtype=dtype, requires_grad=True),
+            torch.randn(8, dtype=dtype, requires_grad=True),
+        ]
+        kw = dict(base=base, weight_decay=0.1, stat_interval=100, root_interval=100)
+        return params, qshampoo.Shampoo(params, lr=1e-2, **kw, **variant_kwargs(RICHEST))
+
+    params, opt = make()
+    ref_params, ref = make()
+    grads = [[torch.randn(p.shape, dtype=dtype) for p in params] for _ in range(4)]
+    for k in range(4):
+        if k == 2:  # the bad step: the reference sees only the bias's gradient
+            bad = grads[k][0].clone()
+            bad[3, 1] = float("nan")
+            params[0].grad, params[1].grad = bad, grads[k][1].clone()
+            ref_params[0].grad, ref_params[1].grad = None, grads[k][1].clone()
+            w, moments = params[0].detach().clone(), snapshot(opt)[1][:2]
+            with count_syncs() as where:
+                opt.step()
+            ref.step()
+            assert _shell(where) == ({} if on_device else {FLAGS: 1})
+            assert torch.equal(params[0], w)
+            assert same(snapshot(opt)[1][:2], moments)  # the base state's moments
+            assert opt.diagnostics()["nonfinite_steps"] == 1
+            assert opt.state[params[0]]["nonfinite_steps"] == 1
+            assert opt.state[params[0]]["step"] == 3  # the schedule counts the step
+            continue
+        for p, q, g in zip(params, ref_params, grads[k], strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    # the bias went on at every step; the weight's applied steps are those of the reference
+    # (bias correction at 3 applied steps: the same numbers, bit for bit)
+    for p, q in zip(params, ref_params, strict=True):
+        assert torch.equal(p, q)
+    assert all_finite(opt) and opt.diagnostics()["factors"][0]["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_the_cpu_and_the_device_side_skip_give_the_same_run(base, monkeypatch):
+    """On the CPU the skip is decided on the host while every gradient is finite and none was
+    ever skipped, and on the device otherwise: the same run, bit for bit, as one whose every
+    step decides it on the device (as an accelerator does), with a NaN at a plain step in the
+    middle, statistics and roots due between (fp32). After the skip the CPU's group steps as
+    the device does (bias correction of the applied steps), not from its step count."""
+
+    def run(on_device: bool) -> tuple:
+        torch.manual_seed(0)
+        params = [torch.randn(12, 8, requires_grad=True), torch.randn(8, requires_grad=True)]
+        opt = qshampoo.Shampoo(
+            params,
+            base=base,
+            lr=1e-2,
+            weight_decay=0.1,
+            stat_interval=2,
+            root_interval=4,
+            **variant_kwargs(RICHEST),
+        )
+        with monkeypatch.context() as m:
+            if on_device:
+                m.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+            for k in range(9):
+                for p in params:
+                    p.grad = torch.randn(p.shape)
+                if k == 4:  # a plain step (step 5)
+                    params[0].grad[3, 1] = float("nan")
+                opt.step()
+        return snapshot(opt), [p.detach().clone() for p in params], opt.diagnostics()
+
+    cpu, device = run(False), run(True)
+    assert cpu[2]["nonfinite_steps"] == device[2]["nonfinite_steps"] == 1
+    assert same(cpu[:2], device[:2])
