@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One pass on a CUDA machine: the tests that need a GPU, the whole suite with CUDA as the default
 # device, the step-time table (4-bit against 32-bit Shampoo at T1/T2 = 10/50 and 1/50, widths
-# 1024-4096, the harness CNN and GPT), the dispatch counts, the peers, a brief harness report and
-# the quantizer timings on CUDA; the Triton kernels (qshampoo/kernels/, opt-in: QSHAMPOO_TRITON=auto)
-# against the torch operators, per operation and for the whole step.
+# 1024-4096, the harness CNN and GPT), the dispatch counts, the peak memory, the peers, a brief
+# harness report and the quantizer timings on CUDA; the Triton kernels (qshampoo/kernels/, opt-in:
+# QSHAMPOO_TRITON=auto) against the torch operators, per operation and for the whole step.
 #
 #   benchmarks/gpu_check.sh RESULTS_DIR [SECONDS] [WHEELS_DIR] [FASHION_MNIST_DIR]
 #
@@ -68,6 +68,10 @@ stage harness 100 "${bench[@]}"
 stage tests_devices 90 python3 -m pytest "${pytest_args[@]}" tests/test_devices.py \
     tests/quant/test_blockwise.py::test_cuda_matches_cpu
 stage dispatch_count 30 python3 benchmarks/dispatch_count.py
+# the peak-memory targets on CUDA (torch.cuda.max_memory_allocated: no code pages or heap that
+# the allocator keeps, which move the CPU figures by ~10 MiB between runs)
+stage peak_memory 90 python3 benchmarks/peak_memory.py --device cuda \
+    --models vit-small-cifar100,llama-130m --out "$res/peak_memory.md"
 # The Triton kernels (GPU_CHECK_ONLY=kernel runs these stages alone, about 4 minutes): their
 # tests compiled for the GPU, their timings against the torch operators they replace (identical
 # results checked), then the step with them turned on, to set beside step_time.md (kernels off,
