@@ -4,9 +4,9 @@ Runs the Cholesky statistics step (``--quant``, default ``cholesky_ef``) of one 
 ``n`` (a square layer's left factor, fed its layer's ``G Gᵀ``) with timers wrapped around the
 functions it calls, and prints the median ms of each over ``--reps`` steps, next to ``G Gᵀ``
 itself (what 32-bit Shampoo's statistics step costs besides an EMA). The timers wrap the real
-code path: ``stored_factors`` and ``error_states`` (unpack and decode ``C``, ``E``), ``lower_gram`` (``C Cᵀ``),
-``damped_cholesky_ex``, and ``requantize_batch`` (quantize ``C + E``, decode it, the error update,
-quantize ``E``, pack), whose calls of ``_encode``, ``_decode`` and ``keep_codes`` are also
+code path: ``stored_factors`` and ``error_states`` (unpack and decode ``C``, ``E``),
+``lower_gram`` (``C Cᵀ``), ``damped_cholesky_ex``, and ``requantize_batch`` (quantize
+``C + E``, decode it, the error update, quantize ``E``, pack), whose calls of ``_encode``, ``_decode`` and ``keep_codes`` are also
 shown on their own; *rest* is the step minus its top-level stages (EMA, diagonal, norms).
 
     PYTHONPATH=. python benchmarks/statistics_stages.py --threads 1 --sizes 256 512 1024
@@ -29,8 +29,8 @@ from qshampoo.factors.base import StepHyper
 
 TOP = ("stored_factors", "error_states", "lower_gram", "damped_cholesky_ex", "requantize_batch")
 #: called inside the top-level stages: ``_encode`` by ``requantize_batch`` (C + E, then E),
-#: ``_decode`` by ``stored_factors`` / ``error_states`` (C, E) and ``requantize_batch`` (the stored C), ``keep_codes``
-#: by ``requantize_batch`` (packing)
+#: ``_decode`` by ``stored_factors`` / ``error_states`` (C, E) and ``requantize_batch`` (the
+#: stored C), ``keep_codes`` by ``requantize_batch`` (packing)
 INNER = ("_encode", "_decode", "keep_codes")
 
 
@@ -38,7 +38,9 @@ INNER = ("_encode", "_decode", "keep_codes")
 def timers(cls: type, spent: dict[str, float]):
     """Wrap the stages with timers that add their seconds to ``spent``; undo on exit."""
     targets = [(cholesky, "lower_gram"), (cholesky, "damped_cholesky_ex")]
-    targets += [(cls, name) for name in ("stored_factors", "error_states", "requantize_batch", *INNER)]
+    targets += [
+        (cls, name) for name in ("stored_factors", "error_states", "requantize_batch", *INNER)
+    ]
     saved = []
     for owner, name in targets:
         saved.append((owner, name, vars(owner).get(name), name in vars(owner)))
