@@ -6,8 +6,9 @@ functions it calls, and prints the median ms of each over ``--reps`` steps, next
 itself (what 32-bit Shampoo's statistics step costs besides an EMA). The timers wrap the real
 code path: ``stored_factors`` and ``error_states`` (unpack and decode ``C``, ``E``),
 ``lower_gram`` (``C Cᵀ``), ``damped_cholesky_ex``, and ``requantize_batch`` (quantize
-``C + E``, decode it, the error update, quantize ``E``, pack), whose calls of ``_encode``, ``_decode`` and ``keep_codes`` are also
-shown on their own; *rest* is the step minus its top-level stages (EMA, diagonal, norms).
+``C + E``, decode it, the error update, quantize ``E``, pack), whose calls of ``_encode``,
+``_decode`` and ``keep_codes`` are also shown on their own; *rest* is the step minus its
+top-level stages (EMA, diagonal, norms).
 
     PYTHONPATH=. python benchmarks/statistics_stages.py --threads 1 --sizes 256 512 1024
 """
