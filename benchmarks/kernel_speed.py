@@ -28,28 +28,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from qshampoo import kernels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_speed import median_ms  # noqa: E402  (a sibling script)
+
+from qshampoo import kernels  # noqa: E402
 from qshampoo.quant import decode, dequantize, dequantize_symmetric, encode, quantize
 from qshampoo.quant.codebooks import codebook
-
-
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up: compiles the kernel, builds cached tables
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _same(a, b) -> bool:
@@ -123,10 +112,10 @@ def main() -> None:
             for name, fn in ops.items():
                 with kernels.using("off"):
                     ref = fn()
-                    t_torch = _median_ms(fn, device, args.repeats)
+                    t_torch = median_ms(fn, device, args.repeats)
                 with kernels.using("on"):
                     got = fn()
-                    t_kernel = _median_ms(fn, device, args.repeats)
+                    t_kernel = median_ms(fn, device, args.repeats)
                 same = _agreement(got, ref) if name == "roots @ G" else _same(got, ref)
                 same = {True: "yes", False: "NO"}.get(same, same)
                 print(

@@ -25,8 +25,10 @@ from qshampoo.quant import dequantize, quantize
 from qshampoo.quant.blockwise import dequantize_symmetric
 
 
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up: builds cached codebooks and index tensors
+def median_ms(fn, device: torch.device, repeats: int) -> float:
+    """Median ms of ``fn()`` over ``repeats`` calls after one warm-up call (which builds
+    cached tables, or compiles a kernel), synchronising with a CUDA device around each."""
+    fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -73,12 +75,12 @@ def main() -> None:
                 codebook=args.codebook,
             )
             q = quantize(x, **kw)
-            tq = _median_ms(lambda x=x, kw=kw: quantize(x, **kw), device, args.repeats)
-            td = _median_ms(lambda q=q: dequantize(q), device, args.repeats)
+            tq = median_ms(lambda x=x, kw=kw: quantize(x, **kw), device, args.repeats)
+            td = median_ms(lambda q=q: dequantize(q), device, args.repeats)
             line = f"{n:>6} {layout:>6} {tq:>12.2f} {td:>14.2f} {q.nbytes:>10}"
             if layout == "tril":
                 ts, tc = (
-                    _median_ms(
+                    median_ms(
                         lambda q=q, c=c: dequantize_symmetric(q, compiled=c), device, args.repeats
                     )
                     for c in (False, True)
