@@ -189,15 +189,7 @@ def table(rows: list[dict], device: str) -> str:
         "process peak above AdamW | ratio | temporaries of the step | step (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_key = {(r["model"], r["optimizer"], r["phase"]): r for r in rows}
-    for r in rows:
-        if r["optimizer"] == "adamw":
-            continue
-        ref = by_key.get((r["model"], "adamw", r["phase"]))
-        fp32 = by_key.get((r["model"], "none", r["phase"]))
-        if ref is None:
-            continue
-
+    for r, ref, fp32 in _against_adamw(rows):
         cells = []
         for key in ("step_peak", "process_peak"):
             a, f = _above(r, ref, key), _above(fp32, ref, key)
@@ -224,10 +216,8 @@ def held_table(rows: list[dict]) -> str:
         "RssAnon − state | RssFile | heap in use − state | heap kept free |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    by_key = {(r["model"], r["optimizer"], r["phase"]): r for r in rows}
-    for r in rows:
-        ref = by_key.get((r["model"], "adamw", r["phase"]))
-        if r["optimizer"] == "adamw" or ref is None or r.get("rss_anon") is None:
+    for r, ref, _ in _against_adamw(rows):
+        if r.get("rss_anon") is None:
             continue
         state = r["state"] / MiB
         cells = []
@@ -247,6 +237,16 @@ def held_table(rows: list[dict]) -> str:
             f"{state:.0f} | {' | '.join(cells)} |"
         )
     return "\n".join(lines)
+
+
+def _against_adamw(rows: list[dict]):
+    """``(row, the AdamW row, the 32-bit Shampoo row or None)`` of the same model and step for
+    each optimizer's row but AdamW's, where an AdamW row was measured."""
+    by_key = {(r["model"], r["optimizer"], r["phase"]): r for r in rows}
+    for r in rows:
+        ref = by_key.get((r["model"], "adamw", r["phase"]))
+        if r["optimizer"] != "adamw" and ref is not None:
+            yield r, ref, by_key.get((r["model"], "none", r["phase"]))
 
 
 def _above(x: dict | None, ref: dict, key: str) -> float | None:
