@@ -9,7 +9,9 @@
 - the finiteness check of every factorisation: ``qshampoo.linalg.all_finite`` (two
   reductions) against ``torch.isfinite(x).all()``;
 - decoding the packed 4-bit codes of an n x n strict lower triangle (two values per byte):
-  gathering each byte's value pair as one int64 against gathering rows of the (256, 2) table.
+  gathering each byte's value pair as one int64 against gathering rows of the (256, 2) table;
+- the absmax of each 64-entry chunk (the quantizer's scales): ``abs`` then ``amax`` against one
+  ``aminmax`` reduction (the same values, exactly).
 
     PYTHONPATH=. python benchmarks/kernels.py [--sizes 256 512 1024 2048] [--threads 1]
 """
@@ -57,6 +59,7 @@ def main() -> None:
         ("root", "eigh", "Newton"),
         ("finite check", "all_finite", "isfinite.all"),
         ("4-bit decode", "int64 gather", "row gather"),
+        ("chunk absmax", "abs.amax", "aminmax"),
     ]
     table = codebook_byte_table("linear2")
 
@@ -74,6 +77,9 @@ def main() -> None:
         C = torch.linalg.cholesky(A)
         packed = torch.randint(0, 256, (n * (n - 1) // 4,), dtype=torch.uint8, generator=gen)
         assert torch.equal(_byte_values(packed, table), rows(packed))
+        chunks = g.view(-1, 64)
+        lo, hi = torch.aminmax(chunks, dim=-1)
+        assert torch.equal(chunks.abs().amax(-1), torch.maximum(hi, -lo))
         calls = [
             (lambda x: nearest_codes(x, "linear2", 4), y),
             (lambda x: torch.bucketize(x, mids, out_int32=True), y),
@@ -87,6 +93,8 @@ def main() -> None:
             (lambda x: torch.isfinite(x[None]).flatten(1).all(1), C),
             (lambda x: _byte_values(x, table), packed),
             (rows, packed),
+            (lambda x: x.abs().amax(-1), chunks),
+            (lambda x: torch.aminmax(x, dim=-1), chunks),
         ]
         t = [median_ms(fn, x, args.repeats) for fn, x in calls]
         cells = [

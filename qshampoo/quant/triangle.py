@@ -236,8 +236,8 @@ def _tiles(values: Tensor, s: int, device: torch.device, symmetric: bool) -> Ten
 def absmax_normalize_(rows: Tensor) -> Tensor:
     """Divide each row of ``rows`` ``(..., width)`` by its absmax, in place (an all-zero row
     stays zero); returns the absmax scales ``(...)``, fp32."""
-    # max |x| as max(max x, -min x): one reduction for both, no |x| temporary
-    lo, hi = torch.aminmax(rows, dim=-1)
-    scales = torch.maximum(hi, lo.neg_())
+    # |x| then a max: a temporary of the rows' size, but ~10x faster on a CPU than the single
+    # ``aminmax`` reduction over rows this short (benchmarks/kernels.py)
+    scales = rows.abs().amax(-1)
     rows.div_(torch.where(scales > 0, scales, 1.0).unsqueeze(-1))
     return scales
