@@ -13,6 +13,13 @@ choice (``qshampoo.optimizer._reads_are_free``).
 
     python benchmarks/dispatch_count.py                          # width 256, 1 and 4 layers
     python benchmarks/dispatch_count.py --layers 1,3,8 --where   # + where the 4-bit step's go
+    python benchmarks/dispatch_count.py --triton                 # + the Triton kernels' path
+
+``--triton`` adds Shampoo4bit as an accelerator runs it with the Triton kernels
+(``QSHAMPOO_TRITON``, ``qshampoo.kernels``): each launch counts as one operator
+(``qshampoo.dispatch.kernel_launch``). Without CUDA the kernels run in Triton's interpreter
+(``TRITON_INTERPRET=1``, set here): slow (minutes), but the count is the same. With ``--where``
+the breakdowns are of that path.
 
 ``--where`` lists, for the 4-bit statistics and roots steps, the operators by module and the
 lines of qshampoo that dispatch the most, and every synchronisation with its line.
@@ -21,6 +28,7 @@ lines of qshampoo that dispatch the most, and every synchronisation with its lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from unittest import mock
 
@@ -29,6 +37,7 @@ from torch import nn
 
 import qshampoo
 import qshampoo.optimizer
+from qshampoo import kernels
 from qshampoo.dispatch import DispatchCounter
 
 STATES = {"plain": 3, "stats": 10, "roots": 50}  # the step counter each state's step reaches
@@ -36,9 +45,21 @@ VARIANTS = {"32-bit (none)": "none", "Shampoo4bit (cholesky_ef)": "cholesky_ef"}
 PATHS = {"CPU": False, "accelerator": True}  # name -> the skip decided on the device
 
 
-def counted(quant: str, width: int, layers: int, state: str, where: bool = False, on_device=False):
+def counted(
+    quant: str,
+    width: int,
+    layers: int,
+    state: str,
+    where: bool = False,
+    on_device=False,
+    triton=False,
+):
     """The ``DispatchCounter`` of one ``step()`` in ``state`` (state built, and that state's
-    step run once, before), as the CPU runs it or, ``on_device``, as an accelerator does."""
+    step run once, before), as the CPU runs it or, ``on_device``, as an accelerator does;
+    ``triton``: with the Triton kernels too."""
+    if triton:
+        with kernels.using("on"):
+            return counted(quant, width, layers, state, where, on_device=True)
     if on_device:
         with mock.patch.object(qshampoo.optimizer, "_reads_are_free", lambda device: False):
             return counted(quant, width, layers, state, where)
@@ -64,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", default="1,4", help="numbers of same-shaped layers")
     ap.add_argument("--where", action="store_true")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--triton", action="store_true", help="add the Triton kernels' path")
     args = ap.parse_args(argv)
+    if args.triton and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported (below)
     layer_counts = [int(x) for x in args.layers.split(",")]
     print(f"Command: `python {' '.join(sys.argv)}` (torch {torch.__version__}; counts are exact)")
     print(
@@ -82,10 +106,20 @@ def main(argv: list[str] | None = None) -> None:
                     c = counted(quant, args.width, n, s, on_device=on_device)
                     cells.append(f"{c.ops} / {c.kernels} / {c.syncs}")
             print(f"| {label}, {path} | " + " | ".join(cells) + " |")
+    if args.triton:
+        cells = []
+        for n in layer_counts:
+            for s in STATES:
+                c = counted("cholesky_ef", args.width, n, s, triton=True)
+                cells.append(f"{c.ops} / {c.kernels} / {c.syncs}")
+        label = next(k for k, v in VARIANTS.items() if v == "cholesky_ef")
+        print(f"| {label}, accelerator + Triton | " + " | ".join(cells) + " |")
     if not args.where:
         return
     for state in ("stats", "roots"):
-        c = counted("cholesky_ef", args.width, layer_counts[-1], state, where=True)
+        c = counted(
+            "cholesky_ef", args.width, layer_counts[-1], state, where=True, triton=args.triton
+        )
         print(
             f"\n### Shampoo4bit, {state} step, {layer_counts[-1]} layers: {c.ops} operators "
             f"({c.kernels} without views)"

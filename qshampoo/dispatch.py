@@ -20,6 +20,11 @@ synchronisations alone, by where qshampoo makes them::
     with count_syncs() as where:
         opt.step()
     # Counter({("Tensor.tolist", "qshampoo/optimizer.py:_finite_flags"): 1, ...})
+
+A Triton kernel launch (``qshampoo.kernels``) counts as one operator, ``triton.<kernel>``: the
+launch sites mark it with :func:`kernel_launch`, and what runs inside is not counted (on a GPU
+it is one launch; Triton's interpreter, which runs the kernels on the CPU, emulates them with
+torch operators of its own).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 #: operators that read a device value on the host (a synchronisation on an accelerator)
@@ -138,19 +143,28 @@ class DispatchCounter(TorchDispatchMode):
             self._record_sync(name)
         return func(*args, **kwargs)
 
+    def _record_launch(self, name: str) -> None:
+        self.by_op[f"triton.{name}"] += 1
+        if self.where:
+            line = caller()
+            self.by_line[line] += 1
+            self.by_module[line.split(":")[0]] += 1
+
     def __enter__(self):
         counter = self
         original = self._tolist = torch.Tensor.tolist
 
         def tolist(t):
-            if t.numel():
+            if t.numel() and not _LAUNCHING:
                 counter._record_sync("Tensor.tolist")
             return original(t)
 
         torch.Tensor.tolist = tolist
+        _ACTIVE.append(self)
         return super().__enter__()
 
     def __exit__(self, *exc):
+        _ACTIVE.remove(self)
         torch.Tensor.tolist = self._tolist
         return super().__exit__(*exc)
 
@@ -162,6 +176,28 @@ class DispatchCounter(TorchDispatchMode):
             for key, n in self.where_syncs.items()
             if key.split(" at ", 1)[1].split(":")[0] not in files
         )
+
+
+#: the counters whose block is running, and the Triton launches running (at most one)
+_ACTIVE: list[DispatchCounter] = []
+_LAUNCHING: list[str] = []
+
+
+@contextlib.contextmanager
+def kernel_launch(name: str) -> Iterator[None]:
+    """Around a Triton kernel's launch: the active :class:`DispatchCounter` s count it as one
+    operator, ``triton.<name>``, and nothing that runs inside it."""
+    if not _ACTIVE:
+        yield
+        return
+    for counter in _ACTIVE:
+        counter._record_launch(name)
+    _LAUNCHING.append(name)
+    try:
+        with _disable_current_modes():
+            yield
+    finally:
+        _LAUNCHING.pop()
 
 
 @contextlib.contextmanager

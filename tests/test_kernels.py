@@ -277,3 +277,26 @@ def test_optimizer_steps_identical(bits, calls):
         for name, value in a.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, b[name]), name
+
+
+@needs_triton
+def test_a_launch_counts_as_one_operator():
+    """``DispatchCounter`` counts a kernel launch as one operator, ``triton.<kernel>``, and
+    nothing that runs inside it (the interpreter's own torch operators, on the CPU); the torch
+    path of the same call dispatches many."""
+    from qshampoo.dispatch import DispatchCounter
+
+    x = rand(2, 70, 70, seed=3)
+    fmt = dict(layout="tril", block_size=8, codebook="linear2", bits=4)
+    with DispatchCounter() as torch_ops:
+        torch_path(encode, x, **fmt)
+    with DispatchCounter() as launched:
+        codes, scales = kernel_path(encode, x, **fmt)
+    with DispatchCounter() as decoded:
+        kernel_path(decode, codes, scales, (70, 70), **fmt)
+    assert launched.by_op["triton.encode_tril"] == 1
+    assert decoded.by_op["triton.decode_tril"] == 1
+    # around the launch: the outputs' allocations and a few views only
+    assert launched.ops <= 8 and decoded.ops <= 8, (launched.by_op, decoded.by_op)
+    assert torch_ops.ops > 5 * launched.ops
+    assert launched.syncs == decoded.syncs == 0

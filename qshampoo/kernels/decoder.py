@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import kernel_launch
 from .codes import load_codes
 from .tril import tril_position
 
@@ -118,16 +119,18 @@ def decode(
         k = max(1, -(-n // s))
         o = out.view(B, n, n)
         grid = (B, triton.cdiv(n, TILE), triton.cdiv(n, TILE))
-        _decode_tril[grid](
-            *common, o, o.stride(0), o.stride(1), o.stride(2), n, s, k, n - (k - 1) * s,
-            BITS=bits, SYMMETRIC=symmetric, HAS_DIAG=diag is not None, TILE=TILE,
-        )  # fmt: skip
+        with kernel_launch("decode_tril"):
+            _decode_tril[grid](
+                *common, o, o.stride(0), o.stride(1), o.stride(2), n, s, k, n - (k - 1) * s,
+                BITS=bits, SYMMETRIC=symmetric, HAS_DIAG=diag is not None, TILE=TILE,
+            )  # fmt: skip
     else:
         rows, cols = (1, math.prod(shape)) if len(shape) <= 1 else (shape[0], math.prod(shape[1:]))
         o = out.view(B, rows, cols)
         grid = (B, triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))
-        _decode_full[grid](
-            *common, o, o.stride(0), o.stride(1), rows, cols, block_size,
-            -(-cols // block_size), BITS=bits, HAS_DIAG=diag is not None, TILE=TILE,
-        )  # fmt: skip
+        with kernel_launch("decode_full"):
+            _decode_full[grid](
+                *common, o, o.stride(0), o.stride(1), rows, cols, block_size,
+                -(-cols // block_size), BITS=bits, HAS_DIAG=diag is not None, TILE=TILE,
+            )  # fmt: skip
     return out

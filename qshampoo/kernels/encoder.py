@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import kernel_launch
 from .codes import nearest_code
 from .tril import tril_position
 
@@ -103,11 +104,12 @@ def encode(
         rows = min(block, rows_per_program)
         groups = triton.cdiv(s, rows)
         if B and N:
-            _encode_tril[(B, k * groups, k)](
-                X, X.stride(0), X.stride(1), X.stride(2),
-                codes, N, scales, chunks, midpoints, n, s, k, n - (k - 1) * s, groups,
-                BITS=bits, BLOCK=block, ROWS=rows,
-            )  # fmt: skip
+            with kernel_launch("encode_tril"):
+                _encode_tril[(B, k * groups, k)](
+                    X, X.stride(0), X.stride(1), X.stride(2),
+                    codes, N, scales, chunks, midpoints, n, s, k, n - (k - 1) * s, groups,
+                    BITS=bits, BLOCK=block, ROWS=rows,
+                )  # fmt: skip
         return codes.view(*batch, N), scales.view(*batch, chunks)
     rows, cols = (1, x.numel()) if x.dim() <= 1 else (x.shape[0], math.prod(x.shape[1:]))
     X = X.reshape(rows, cols)
@@ -117,8 +119,9 @@ def encode(
     codes = torch.empty(rows * cols, dtype=torch.uint8, device=dev)
     scales = torch.empty(rows * per_row, dtype=torch.float32, device=dev)
     if codes.numel():
-        _encode_full[(rows, triton.cdiv(per_row, rows_per_program))](
-            X, X.stride(0), codes, scales, midpoints, cols, s, per_row,
-            BITS=bits, BLOCK=block, ROWS=rows_per_program,
-        )  # fmt: skip
+        with kernel_launch("encode_full"):
+            _encode_full[(rows, triton.cdiv(per_row, rows_per_program))](
+                X, X.stride(0), codes, scales, midpoints, cols, s, per_row,
+                BITS=bits, BLOCK=block, ROWS=rows_per_program,
+            )  # fmt: skip
     return codes, scales

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import kernel_launch
 from .codes import load_codes
 from .tril import tril_position
 
@@ -82,12 +83,13 @@ def root_matmul(
     precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     kt = max(1, -(-n // block_size))
     grid = (B, triton.cdiv(n, BM), triton.cdiv(m, BN))
-    _root_matmul[grid](
-        codes, codes.stride(0), codes.shape[-1], scales, scales.stride(0), codebook,
-        diag, diag.stride(0), Gv, Gv.stride(0), Gv.stride(1), Gv.stride(2),
-        ov, ov.stride(0), ov.stride(1), ov.stride(2), n, m, block_size, kt,
-        n - (kt - 1) * block_size, BITS=bits, PRECISION=precision, BM=BM, BN=BN, BK=BK,
-    )  # fmt: skip
+    with kernel_launch("root_matmul"):
+        _root_matmul[grid](
+            codes, codes.stride(0), codes.shape[-1], scales, scales.stride(0), codebook,
+            diag, diag.stride(0), Gv, Gv.stride(0), Gv.stride(1), Gv.stride(2),
+            ov, ov.stride(0), ov.stride(1), ov.stride(2), n, m, block_size, kt,
+            n - (kt - 1) * block_size, BITS=bits, PRECISION=precision, BM=BM, BN=BN, BK=BK,
+        )  # fmt: skip
     return out
 
 
