@@ -27,6 +27,7 @@ from qshampoo.quant import (
     quantize,
     unpack,
 )
+from qshampoo.quant.blockwise import decode_nibbles
 from qshampoo.quant.codebooks import codebook, codebook_midpoints
 
 CUDA = torch.cuda.is_available()
@@ -147,16 +148,22 @@ def test_tril_encode_and_decode(n, bs, name, bits, calls):
 @pytest.mark.parametrize("name,bits", FORMATS)
 def test_tril_decode_of_interleaved_codes(name, bits):
     """CQ+EF keeps C's and E's codes as one pair per entry and decodes each from a strided
-    view of the unpacked pairs (factors/cholesky.py); the 3-bit stream straddles bytes."""
+    view of the unpacked pairs (factors/cholesky.py), at 4 bits straight from its nibble of
+    the packed bytes (``decode_nibbles``); the 3-bit stream straddles bytes."""
     n, bs = 21, 8
     kw = dict(layout="tril", block_size=bs, codebook=name, bits=bits)
     x = rand(2, 2, n, n, seed=1)
     (c, sc), (e, se) = (torch_path(encode, x[i], **kw) for i in range(2))
-    pairs = unpack(pack(torch.stack([c, e], -1).flatten(-2), bits), bits, 2 * c.shape[-1])
+    packed = pack(torch.stack([c, e], -1).flatten(-2), bits)
+    pairs = unpack(packed, bits, 2 * c.shape[-1])
     for which, scales in ((0, sc), (1, se)):
         view = pairs.view(2, -1, 2)[..., which]
-        assert torch.equal(kernel_path(decode, view, scales, (n, n), **kw), torch_path(
-            decode, view, scales, (n, n), **kw))  # fmt: skip
+        expected = torch_path(decode, view, scales, (n, n), **kw)
+        assert torch.equal(kernel_path(decode, view, scales, (n, n), **kw), expected)
+        if bits == 4:
+            kw4 = dict(layout="tril", block_size=bs, codebook=name, high=bool(which))
+            for path in (torch_path, kernel_path):
+                assert torch.equal(path(decode_nibbles, packed, scales, (n, n), **kw4), expected)
 
 
 @needs_triton

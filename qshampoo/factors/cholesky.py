@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..linalg import lower_gram
 from ..quant import decode, encode, num_chunks, pack, unpack, zero_codes
+from ..quant.blockwise import decode_nibbles
 from ..roots import DAMPING_RETRIES
 from .base import StepHyper, assign_rows, cholesky_retry_ex
 from .quantized import QuantizedFactor
@@ -130,10 +131,30 @@ class CholeskyFactor(QuantizedFactor):
         return codes.view(len(factors), N, k)[..., which]
 
     @classmethod
+    def _decoded(cls, factors: list[CholeskyFactor], which: int) -> Tensor:
+        """The strictly lower fp32 matrices ``(B, n, n)`` of ``C`` (``which`` 0) or ``E`` (1)
+        of factors of one order and format."""
+        first = factors[0]
+        scales = _stack(factors, ("c_scales", "e_scales")[which])
+        if "e_scales" in first.state and first.state["bits"] == 4:
+            # one (C, E) pair per byte: each decoded from its nibble, nothing unpacked
+            n = first.order
+            return decode_nibbles(
+                _stack(factors, "codes"),
+                scales,
+                (n, n),
+                high=bool(which),
+                layout="tril",
+                block_size=first.config.block_size,
+                codebook=first.config.codebook,
+            )
+        return first._decode(cls._codes(factors, which), scales)
+
+    @classmethod
     def stored_factors(cls, factors: list[CholeskyFactor]) -> Tensor:
         """``D(C_bar)`` of factors of one order and format: the lower-triangular factors
         (diagonal included), ``(B, n, n)`` fp32."""
-        C = factors[0]._decode(cls._codes(factors, 0), _stack(factors, "c_scales"))
+        C = cls._decoded(factors, 0)
         C.diagonal(dim1=-2, dim2=-1).copy_(_stack(factors, "chol_diag"))
         return C
 
@@ -142,7 +163,7 @@ class CholeskyFactor(QuantizedFactor):
         """``E``: the strictly lower error-feedback states ``(B, n, n)`` fp32 (None without)."""
         if "e_scales" not in factors[0].state:
             return None
-        return factors[0]._decode(cls._codes(factors, 1), _stack(factors, "e_scales"))
+        return cls._decoded(factors, 1)
 
     def _stored(self) -> tuple[Tensor, Tensor | None]:
         """``D(C_bar)`` and ``E`` of this factor alone: ``(n, n)`` matrices."""

@@ -29,7 +29,12 @@ import torch.nn.functional as F
 
 from .. import kernels
 from .codebooks import codebook as _codebook
-from .codebooks import codebook_byte_table, codebook_midpoints, nearest_codes
+from .codebooks import (
+    codebook_byte_table,
+    codebook_midpoints,
+    codebook_nibble_table,
+    nearest_codes,
+)
 from .packing import _check_packed, pack, packed_numel, unpack
 from .triangle import TriangleLayout, absmax_normalize_
 
@@ -168,6 +173,20 @@ def _check_decode_args(codes_numel, scales, shape, layout, block_size) -> tuple[
     return shape
 
 
+def _check_codes(name, what, codes, scales, shape, layout, block_size) -> tuple[int, ...]:
+    """``decode``'s checks of its ``codes`` argument (called ``name``, holding ``what``) and
+    ``scales``; returns the shape."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() < 1:
+        raise TypeError(f"{name} must be a torch.uint8 tensor of {what}, (..., N)")
+    shape = _check_decode_args(codes.shape[-1], scales, shape, layout, block_size)
+    if codes.shape[:-1] != scales.shape[:-1]:
+        raise ValueError(
+            f"{name} {tuple(codes.shape)} and scales {tuple(scales.shape)} must have the same "
+            "batch dimensions"
+        )
+    return shape
+
+
 def _scale_values(values, scales, shape, layout, bs) -> torch.Tensor:
     """Unscaled fp32 values (one per stored element) times their chunk scales, as ``shape``.
 
@@ -219,27 +238,46 @@ def decode(
     ``codes`` ``(..., N)`` and ``scales`` ``(..., chunks)`` may share leading batch dimensions
     (what ``encode`` returns for a batch); the result is then ``(..., *shape)``.
     """
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() < 1:
-        raise TypeError("codes must be a torch.uint8 tensor of unpacked codes, (..., N)")
-    shape = _check_decode_args(codes.shape[-1], scales, shape, layout, block_size)
-    if codes.shape[:-1] != scales.shape[:-1]:
-        raise ValueError(
-            f"codes {tuple(codes.shape)} and scales {tuple(scales.shape)} must have the same "
-            "batch dimensions"
-        )
-    cb = _codebook(codebook, bits, codes.device)
-    if kernels.enabled(codes):  # unpacked codes: a stream of 8-bit codes
+    shape = _check_codes("codes", "unpacked codes", codes, scales, shape, layout, block_size)
+    return _decode_bytes(
+        codes, scales, shape, layout, block_size, _codebook(codebook, bits, codes.device)
+    )
+
+
+def decode_nibbles(
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    shape,
+    *,
+    high: bool,
+    layout: str = "full",
+    block_size: int = 64,
+    codebook: str = "linear2",
+) -> torch.Tensor:
+    """``decode`` of the low (``high=False``) or the high 4-bit code of each byte of
+    ``packed`` ``(..., N)``: two interleaved 4-bit code streams, one pair per byte (what
+    ``pack`` makes of ``[a0, b0, a1, b1, ...]``: ``a`` low, ``b`` high), decoded without
+    unpacking them first. Each byte is looked up in a 256-entry table of its nibble's value.
+    """
+    shape = _check_codes("packed", "code pairs", packed, scales, shape, layout, block_size)
+    table = codebook_nibble_table(codebook, high, packed.device)
+    return _decode_bytes(packed, scales, shape, layout, block_size, table)
+
+
+def _decode_bytes(codes, scales, shape, layout, block_size, table) -> torch.Tensor:
+    """``decode`` of one byte per stored element, each the index of its value in ``table``."""
+    if kernels.enabled(codes):  # a stream of 8-bit codes
         out = kernels.decode(
-            codes, scales, shape, layout=layout, block_size=block_size, codebook=cb, bits=8
+            codes, scales, shape, layout=layout, block_size=block_size, codebook=table, bits=8
         )
         if out is not None:
             return out
     if layout == "tril":  # decoded a piece at a time
         flat = codes.reshape(math.prod(codes.shape[:-1]), codes.shape[-1])
         scales = scales.to(codes.device)
-        values_of = lambda lo, hi: _code_values(flat[:, lo:hi], cb)  # noqa: E731
+        values_of = lambda lo, hi: _code_values(flat[:, lo:hi], table)  # noqa: E731
         return _decode_tril(values_of, scales, shape[0], block_size, codes.shape[:-1])
-    return _scale_values(_code_values(codes, cb), scales, shape, layout, block_size)
+    return _scale_values(_code_values(codes, table), scales, shape, layout, block_size)
 
 
 def _code_values(codes: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ _CPU = torch.device("cpu")
 
 _CACHE: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 _BYTE_TABLE_CACHE: dict[tuple[str, torch.device], torch.Tensor] = {}
+_NIBBLE_TABLE_CACHE: dict[tuple[str, bool, torch.device], torch.Tensor] = {}
 _MIDPOINT_CACHE: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 _LUT_CACHE: dict[tuple[str, int, torch.device], tuple | None] = {}
 
@@ -159,6 +160,17 @@ def codebook_byte_table(name: str, device=None) -> torch.Tensor:
         byte = torch.arange(256, device=dev)
         table = torch.stack([cb[byte & 15], cb[byte >> 4]], dim=1).contiguous()
         _BYTE_TABLE_CACHE[key] = table
+    return table
+
+
+def codebook_nibble_table(name: str, high: bool, device=None) -> torch.Tensor:
+    """(256,) fp32 table: entry ``b`` is the 4-bit codebook value of ``b``'s high nibble
+    (``high``) or low one; a column of ``codebook_byte_table`` (cached, do not modify)."""
+    dev = _normalize_device(device)
+    key = (name, high, dev)
+    table = _NIBBLE_TABLE_CACHE.get(key)
+    if table is None:
+        table = _NIBBLE_TABLE_CACHE[key] = codebook_byte_table(name, dev)[:, int(high)].contiguous()
     return table
 
 

@@ -16,6 +16,7 @@ from qshampoo.quant import (
     quantize,
     triangle,
 )
+from qshampoo.quant.blockwise import decode_nibbles
 
 CODEBOOKS = [(name, bits) for name in ("linear2", "dynamic_tree") for bits in (3, 4, 8)]
 
@@ -332,6 +333,26 @@ def test_tril_batches_equal_one_matrix_at_a_time(n, bs):
             c, s = encode(x[i, j], **kw)
             assert torch.equal(codes[i, j], c) and torch.equal(scales[i, j], s)
             assert torch.equal(y[i, j], decode(c, s, (n, n), **kw))
+
+
+@pytest.mark.parametrize("name", ["linear2", "dynamic_tree"])
+@pytest.mark.parametrize(
+    "layout,shape,bs", [("tril", (70, 70), 64), ("tril", (9, 9), 4), ("full", (5, 70), 64)]
+)
+def test_decode_nibbles_equals_decoding_the_unpacked_codes(name, layout, shape, bs):
+    # two 4-bit code streams interleaved one pair per byte (CQ+EF's C and E), each decoded
+    # from its nibble without unpacking
+    kw = dict(layout=layout, block_size=bs, codebook=name)
+    batch = (2,) if layout == "tril" else ()  # "full" takes one matrix: flat codes and scales
+    (a, sa), (b, sb) = (encode(rand(*batch, *shape, seed=s), bits=4, **kw) for s in (1, 2))
+    packed = pack(torch.stack([a, b], -1).flatten(-2), 4)
+    for high, (codes, scales) in ((False, (a, sa)), (True, (b, sb))):
+        got = decode_nibbles(packed, scales, shape, high=high, **kw)
+        assert torch.equal(got, decode(codes, scales, shape, bits=4, **kw))
+    with pytest.raises(TypeError, match="packed"):
+        decode_nibbles(packed.long(), sa, shape, high=False, **kw)
+    with pytest.raises(ValueError, match="scales"):
+        decode_nibbles(packed, sa[..., :-1], shape, high=False, **kw)
 
 
 def test_decode_validates_sizes():
