@@ -40,6 +40,11 @@ _CACHE: dict[tuple, Tensor | tuple[Tensor, ...]] = {}
 #: pieces give the codes of the whole, with temporaries of a piece's size (a few times it)
 #: instead of the triangle's
 PIECE_BYTES = 1 << 20
+#: orders up to this are coded through index maps of the whole matrix instead (a gather each
+#: way: about 10 operators per call where the tile path dispatches 30-100, whose overhead is
+#: what small orders cost, docs/speed.md); the maps take about 14 n^2 bytes per order and
+#: block size (under 1 MiB at 256), cached with the other index sets
+MAP_MAX_ORDER = 256
 
 
 def _cached(key: tuple, build):
@@ -117,6 +122,63 @@ class TriangleLayout:
     def num_chunks(self) -> int:
         return sum(self.chunk_counts)
 
+    @property
+    def mapped(self) -> bool:
+        """Whether this order is coded through whole-matrix index maps (``MAP_MAX_ORDER``)."""
+        return self.n <= MAP_MAX_ORDER
+
+    def _maps(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Index maps of the whole matrix (int32; ``N`` stored entries, ``c`` chunks), built by
+        decoding the layout itself (so they agree with the tile path by construction):
+
+        - ``symmetric`` ``(n n,)``: each entry's stored index, mirrored above the diagonal, and
+          ``N`` (a zero appended to the values) on the diagonal;
+        - ``lower`` ``(n n,)``: the same with ``N`` on and above the diagonal;
+        - ``chunk`` ``(N,)``: each stored entry's chunk;
+        - ``rows`` ``(c s,)``: chunk by chunk, the flat positions of its entries in storage order,
+          a chunk shorter than ``s`` padded with its first entry again (an absmax is unchanged);
+        - ``slots`` ``(N,)``: each stored entry's place in ``rows``.
+        """
+
+        def build():
+            N, c, s = self.numel, self.num_chunks, self.s
+            count = torch.arange(1, N + 1, dtype=torch.float64)  # exact: N < 2**53
+            index = torch.zeros(1, self.n, self.n, dtype=torch.float64)
+            ones = torch.ones(1, c, dtype=torch.float64)
+            self._decode_tiles(lambda lo, hi: count[None, lo:hi].clone(), ones, index, True)
+            symmetric = (index.view(-1).long() - 1).remainder_(N + 1)  # the diagonal: N
+            lower = (
+                symmetric.view(self.n, self.n)
+                .clone()
+                .masked_fill_(~torch.ones(self.n, self.n, dtype=torch.bool).tril_(-1), N)
+                .view(-1)
+            )
+            where = torch.empty(N, dtype=torch.long)  # stored index -> flat position
+            below = lower < N
+            where[lower[below]] = torch.arange(self.n * self.n)[below]
+            chunk_id = torch.zeros(1, self.n, self.n, dtype=torch.float64)
+            chunk_no = torch.arange(1, c + 1, dtype=torch.float64)[None]
+            self._decode_tiles(
+                lambda lo, hi: torch.ones(1, hi - lo, dtype=torch.float64),
+                chunk_no,
+                chunk_id,
+                False,
+            )
+            chunk = torch.empty(N, dtype=torch.long)
+            chunk[lower[below]] = chunk_id.view(-1)[below].long() - 1
+            # chunks are runs of consecutive stored entries (module docstring)
+            lengths = torch.bincount(chunk, minlength=c)
+            starts = torch.cumsum(lengths, 0) - lengths
+            j = torch.arange(s)
+            first_of = starts[:, None] + torch.minimum(j[None, :], (lengths - 1)[:, None])
+            rows = where[first_of].view(-1)
+            slots = chunk * s + (torch.arange(N) - starts[chunk])
+            return tuple(
+                m.to(torch.int32).to(device) for m in (symmetric, lower, chunk, rows, slots)
+            )
+
+        return _cached(("maps", self.n, self.s, device), build)
+
     def _split(self, x: Tensor, counts: tuple[int, ...]) -> list[Tensor]:
         return list(torch.split(x, list(counts), dim=-1))
 
@@ -139,9 +201,20 @@ class TriangleLayout:
     def encode(self, X: Tensor, codebook: str, bits: int) -> tuple[Tensor, Tensor]:
         """Codes ``(B, N)`` (uint8, unpacked, storage order) and chunk scales ``(B, chunks)``
         of the strict lower triangles of ``X`` ``(B, n, n)`` (fp32, any strides)."""
+        X = X.contiguous()  # the tile views below keep its strides; contiguous reshapes view
+        if not (self.mapped and self.numel):
+            return self._encode_tiles(X, codebook, bits)
+        B = X.shape[0]
+        *_, rows, slots = self._maps(X.device)
+        chunks = X.view(B, -1).index_select(-1, rows).view(B, -1, self.s)
+        scales = absmax_normalize_(chunks)
+        codes = nearest_codes(chunks, codebook, bits).view(B, -1).index_select(-1, slots)
+        return codes, scales
+
+    def _encode_tiles(self, X: Tensor, codebook: str, bits: int) -> tuple[Tensor, Tensor]:
+        """``encode`` tile by tile, of contiguous ``X``."""
         B, s, k, t = X.shape[0], self.s, self.k, self.t
         device = X.device
-        X = X.contiguous()  # the tile views below keep its strides; contiguous reshapes view
         codes: list[Tensor] = []
         scales: list[Tensor] = []
 
@@ -182,12 +255,24 @@ class TriangleLayout:
 
         ``values_of(lo, hi)``: the unscaled fp32 codebook values ``(B, hi - lo)`` of stored
         entries ``lo .. hi - 1`` (a new tensor). The off-diagonal tiles are decoded a piece at a
-        time (as ``encode`` codes them), so that the values never cover the whole triangle.
+        time (as ``encode`` codes them), so that the values never cover the whole triangle;
+        orders up to ``MAP_MAX_ORDER`` whole, through the index maps.
 
         ``symmetric``: also into the upper triangle (every entry of ``out`` is written, the
         diagonal with zeros: the caller writes it). Otherwise only the strict lower triangle
         and the diagonal tiles (zeros above their diagonal); ``out`` must start as zeros.
         """
+        if self.mapped and self.numel:
+            symmetric_map, lower_map, chunk, *_ = self._maps(out.device)
+            values = values_of(0, self.numel).mul_(scales.index_select(-1, chunk))
+            values = torch.cat([values, values.new_zeros(out.shape[0], 1)], -1)  # N: a zero
+            entries = symmetric_map if symmetric else lower_map
+            out.copy_(values.index_select(-1, entries).view(out.shape))
+            return
+        self._decode_tiles(values_of, scales, out, symmetric)
+
+    def _decode_tiles(self, values_of, scales: Tensor, out: Tensor, symmetric: bool) -> None:
+        """``decode_into`` tile by tile."""
         B, s, k, t = out.shape[0], self.s, self.k, self.t
         device = out.device
         sa, sb, sc, sd = self._split(scales, self.chunk_counts)

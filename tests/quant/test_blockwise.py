@@ -10,6 +10,7 @@ from qshampoo.quant import (
     codebook,
     decode,
     dequantize,
+    dequantize_symmetric,
     encode,
     num_chunks,
     pack,
@@ -507,13 +508,14 @@ def test_compiled_symmetric_dequantization_is_identical(n):
 
 
 def test_index_tensors_are_of_the_tile_grid_not_of_the_matrix():
-    """Coding a triangle of order n keeps no index tensor of n^2/2 entries: only the tile
-    grid's (k^2/2) and one tile's (s^2/2), in a cache of bounded size."""
+    """Coding a triangle of order n above ``MAP_MAX_ORDER`` keeps no index tensor of n^2/2
+    entries: only the tile grid's (k^2/2) and one tile's (s^2/2), in a cache of bounded size."""
     from qshampoo.quant import triangle
 
     triangle._CACHE.clear()
     bs = 16
-    for n in range(40, 40 + 3 * triangle._CACHE_SIZE, 3):
+    start = triangle.MAP_MAX_ORDER + 1
+    for n in range(start, start + 3 * triangle._CACHE_SIZE, 3):
         x = rand(n, n, seed=n)
         q = quantize(x + x.T, layout="tril", exact_diagonal=True, block_size=bs)
         dequantize(q)
@@ -525,3 +527,32 @@ def test_index_tensors_are_of_the_tile_grid_not_of_the_matrix():
         )
         k = math.ceil(n / bs)
         assert biggest <= max(k * k, bs * bs)
+
+
+@pytest.mark.parametrize("bs", [4, 16, 64])
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 63, 64, 65, 130, 256])
+def test_small_orders_coded_through_maps_as_tile_by_tile(n, bs, monkeypatch):
+    """Orders up to ``MAP_MAX_ORDER`` are coded through whole-matrix index maps: the same
+    codes, scales and values, bit for bit, as the tile-by-tile path; the maps take about
+    14 n^2 bytes (int32)."""
+    from qshampoo.quant import triangle
+
+    assert n <= triangle.MAP_MAX_ORDER
+    x = rand(3, n, n, seed=n)
+    x[1, 2:5] = 0.0  # all-zero chunks: zero scales
+    kw = dict(layout="tril", block_size=bs)
+
+    def coded():
+        codes, scales = encode(x, **kw)
+        lower = decode(codes, scales, (n, n), **kw)
+        qs = [quantize(m + m.T, layout="tril", exact_diagonal=True, block_size=bs) for m in x]
+        return codes, scales, lower, dequantize_symmetric(qs)
+
+    got = coded()
+    maps = [v for key, v in triangle._CACHE.items() if key[0] == "maps" and key[1] == n]
+    assert n == 1 or maps
+    assert all(sum(t.nbytes for t in m) <= 14 * n * n + 4 * n * bs for m in maps)
+    monkeypatch.setattr(triangle, "MAP_MAX_ORDER", 0)
+    want = coded()
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
