@@ -580,9 +580,11 @@ class Shampoo(Optimizer):
         """Read the Cholesky failures an accelerator's statistics steps counted on the device
         (one host read; ``fold_failures``), and raise ``PreconditionerError`` at once, before
         this step changes anything, for a factor whose failures in a row reached its group's
-        ``max_consecutive_failures`` there."""
-        if not self.store.fold_failures():
+        ``max_consecutive_failures`` (also when ``diagnostics()`` read them first)."""
+        if not self.store.failures_pending:  # (the CPU: after the first step, never)
             return
+        self.store.failures_pending = False
+        self.store.fold_failures()
         for g, group in enumerate(self.param_groups):
             entries = [
                 (

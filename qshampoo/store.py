@@ -117,8 +117,8 @@ class PreconditionerStore:
         self.distributor = distributor
         self.max_workspace_bytes = max_workspace_bytes
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
-        #: whether a factor may hold Cholesky failures counted on the device (an
-        #: accelerator's statistics steps) that ``fold_failures`` has not read yet
+        #: whether a factor may have Cholesky failures counted on the device (an
+        #: accelerator's statistics steps) that the optimizer has not checked yet
         self.failures_pending = True
 
     @property
@@ -171,9 +171,6 @@ class PreconditionerStore:
     def fold_failures(self) -> bool:
         """Add the Cholesky failures counted on the device to every factor's counters (one
         host read; ``factors.base.fold_failures``); returns whether there were any."""
-        if not self.failures_pending:
-            return False
-        self.failures_pending = False
         return fold_failures(e.factor for e in self.entries())
 
     def forget_views(self) -> None:
