@@ -77,8 +77,9 @@ class Shampoo(Optimizer):
             norm that overflows fp32 (counted in ``diagnostics()``; the parameter, its
             statistics and moments stay as they were), or ``"raise"`` ``FloatingPointError``.
             On an accelerator ``"skip"`` is decided on the device (no host synchronisation)
-            at a step where nothing is due, and on the host (one read) where statistics or
-            roots are due; on the CPU the flags are read at every step (a read of memory),
+            at a step where nothing or only statistics are due (a non-finite gradient's
+            factors keep their state, selected there), and on the host (one read) where roots
+            are due; on the CPU the flags are read at every step (a read of memory),
             and the device-side skip is used only by a group that has met a non-finite
             gradient; ``"raise"`` reads every step. The step counter, which schedules the statistics
             and roots, counts skipped steps too (a plain step cannot know on the host whether
@@ -87,6 +88,10 @@ class Shampoo(Optimizer):
         max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
             fails after the float64 and extra-damping retries keeps its previous value; this
             many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
+            On an accelerator a statistics step where no root is due reads nothing back: a
+            failed Cholesky factorisation is not retried there (the factor keeps its previous
+            value), its failure is counted on the device, and the error is raised at the next
+            root step, before that step changes anything (``docs/robustness.md``).
         distributed: split the preconditioner blocks of replicated parameters across the
             ranks of ``process_group`` (each rank keeps and computes only its blocks, and the
             preconditioned blocks are all-gathered). ``None`` (default): on when
