@@ -302,6 +302,7 @@ class Shampoo(Optimizer):
         step compiles as one graph that is reused.
         """
         self._check_groups()
+        self._precision.begin_step()
         self.store.distributor.update_plan(self.param_groups)
         gathered = [self._gather(group) for group in self.param_groups]
         due = [

@@ -55,6 +55,8 @@ class AdaptivePrecision:
         self.warned = False
         #: the signals of an accelerator's last statistics step, on their way to the host
         self._copy: _HostCopy | None = None
+        #: whether this step has planned from that copy already (``begin_step``)
+        self._planned = False
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy or pickle starts without the signals in flight (a CUDA event is neither)
@@ -85,6 +87,11 @@ class AdaptivePrecision:
                 f"{inv.floor / max(inv.reference, 1):.4f} of 32-bit Shampoo's "
                 f"{inv.reference} bytes); raise it to at least that"
             )
+
+    def begin_step(self) -> None:
+        """A new ``step()``: an accelerator's statistics step plans once, at its first adaptive
+        group, from the previous statistics step's copy (``_signals``)."""
+        self._planned = False
 
     def after_statistics(self, optimizer: Shampoo, group: dict, on_host: bool = True) -> None:
         """``group``'s statistics were updated: re-plan if it is adaptive. ``on_host`` False
@@ -231,9 +238,11 @@ class AdaptivePrecision:
         if on_host:
             self._copy = None
             return stacked.tolist()  # one host sync per statistics step
+        # the copy of the step's last adaptive group is the one the next step plans from
         previous, self._copy = self._copy, _HostCopy(keys, stacked)
-        if previous is None or previous.keys != keys:
+        if getattr(self, "_planned", False) or previous is None or previous.keys != keys:
             return None
+        self._planned = True
         return previous.values()
 
 

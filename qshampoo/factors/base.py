@@ -319,8 +319,16 @@ def assign_rows(states: list[dict], key: str, batch: Tensor, keep: Tensor | None
 def kept_rows(states: list[dict], key: str, batch: Tensor, keep: Tensor) -> Tensor:
     """``batch`` ``(B, ...)`` with its rows where the ``(B,)`` bool ``keep`` is False replaced by
     the states' current ``key``: decided on the device, by a selection (a NaN row must not
-    reach the state, and ``NaN * 0`` is NaN: never a multiplication by a 0 weight)."""
-    old = torch.stack([st[key] for st in states])
+    reach the state, and ``NaN * 0`` is NaN: never a multiplication by a 0 weight). A state
+    without a tensor of the row's shape (a diagnostic saved as a number by older code) has no
+    previous row to keep: it gets the new one."""
+    rows = batch.unbind(0)
+    old = torch.stack(
+        [
+            st[key] if isinstance(st.get(key), Tensor) and st[key].shape == row.shape else row
+            for st, row in zip(states, rows, strict=True)
+        ]
+    )
     return torch.where(keep.view(-1, *([1] * (batch.dim() - 1))), batch, old)
 
 
