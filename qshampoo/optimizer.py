@@ -77,8 +77,9 @@ class Shampoo(Optimizer):
             norm that overflows fp32 (counted in ``diagnostics()``; the parameter, its
             statistics and moments stay as they were), or ``"raise"`` ``FloatingPointError``.
             On an accelerator ``"skip"`` is decided on the device (no host synchronisation)
-            at a step where nothing is due, and on the host (one read) where statistics or
-            roots are due; on the CPU the flags are read at every step (a read of memory),
+            at a step where nothing or only statistics are due (a non-finite gradient's
+            factors keep their state, selected there), and on the host (one read) where roots
+            are due; on the CPU the flags are read at every step (a read of memory),
             and the device-side skip is used only by a group that has met a non-finite
             gradient; ``"raise"`` reads every step. The step counter, which schedules the statistics
             and roots, counts skipped steps too (a plain step cannot know on the host whether
@@ -87,6 +88,10 @@ class Shampoo(Optimizer):
         max_consecutive_failures: a factor whose inverse root (or Cholesky factorisation) still
             fails after the float64 and extra-damping retries keeps its previous value; this
             many failures in a row of one factor raise ``PreconditionerError``. 0 never raises.
+            On an accelerator a statistics step where no root is due reads nothing back: a
+            failed Cholesky factorisation is not retried there (the factor keeps its previous
+            value), its failure is counted on the device, and the error is raised at the next
+            root step, before that step changes anything (``docs/robustness.md``).
         distributed: split the preconditioner blocks of replicated parameters across the
             ranks of ``process_group`` (each rank keeps and computes only its blocks, and the
             preconditioned blocks are all-gathered). ``None`` (default): on when
@@ -297,6 +302,7 @@ class Shampoo(Optimizer):
         step compiles as one graph that is reused.
         """
         self._check_groups()
+        self._precision.begin_step()
         self.store.distributor.update_plan(self.param_groups)
         gathered = [self._gather(group) for group in self.param_groups]
         due = [
@@ -304,6 +310,8 @@ class Shampoo(Optimizer):
             for group, g in zip(self.param_groups, gathered, strict=True)
         ]
         flags = self._check_nonfinite(gathered, due, compiling)
+        if any(f is not None for f in flags):  # the host reads at this step anyway
+            self._fold_failures()
         # A PreconditionerError is found only once statistics and roots are computed: at a
         # step where one can be raised, the state the step changes is copied first and put
         # back if it is (see _undo_point)
@@ -437,10 +445,11 @@ class Shampoo(Optimizer):
     ) -> list[list[tuple[bool, bool, bool]] | None]:
         """``(step, statistics, clean)`` for each parameter of each group, read on the host (one
         sync for all groups) only at a step that needs them: where a group raises on a
-        non-finite gradient, where some statistics or roots are due (they are decided on the
-        host), or where the group's gradients are on the CPU (``_reads_are_free``); None
-        otherwise, the plain steps of ``nonfinite="skip"`` on an accelerator, whose skip is
-        decided on the device (``_base_values``).
+        non-finite gradient, where some roots are due (they are decided on the host), or where
+        the group's gradients are on the CPU (``_reads_are_free``); None otherwise: the plain
+        and statistics steps of ``nonfinite="skip"`` on an accelerator, whose skip is decided
+        on the device (``_base_values``), and which leave a non-finite gradient out of the
+        statistics there too (``_advance``).
 
         ``step``: whether the gradient is finite. ``statistics``: whether its statistics can
         take it: a gradient whose squared norm overflows fp32 counts as non-finite too (its
@@ -454,9 +463,13 @@ class Shampoo(Optimizer):
             g is not None
             and (
                 group["nonfinite"] == "raise"
-                or any(map(any, d))
-                # a CPU read is free; device-side values cost ~10 operators per parameter
-                or (not compiling and _reads_are_free(g[2][0].device))
+                or any(roots for _, roots in d)
+                # a CPU read is free; device-side values cost ~10 operators per parameter,
+                # and its statistics take the retry ladder, which reads the host anyway
+                or (
+                    _reads_are_free(g[2][0].device)
+                    and (not compiling or any(stats for stats, _ in d))
+                )
             )
             for group, g, d in zip(self.param_groups, gathered, due, strict=True)
         )
@@ -485,9 +498,12 @@ class Shampoo(Optimizer):
         """Create state, count the step, make the base update's values (which skip a
         non-finite gradient's parameter, counted), and update the statistics and roots that
         are due (``due``, from ``_due``), leaving out the parameters whose gradient ``flags``
-        (``_check_nonfinite``, read whenever something is due) say are non-finite. Returns
-        ``(params, grads, states, grad_norms, preconditioners, values)``; ``values``: each
-        parameter's base-update values (``_base_values``).
+        (``_check_nonfinite``, read on the host at every root step) say are non-finite;
+        without flags (an accelerator's statistics step) every due statistics update is made
+        and a non-finite gradient's factors keep their state, selected on the device
+        (``_statistics_finite``). Returns ``(params, grads, states, grad_norms,
+        preconditioners, values)``; ``values``: each parameter's base-update values
+        (``_base_values``).
         """
         states = [self._state(p, group) for p in params]
         for st in states:
@@ -501,28 +517,37 @@ class Shampoo(Optimizer):
             group["cholesky_damping"],
         )
         due_stats, due_roots, pres, touched = [], [], [], []
-        for p, g, (stats_due, roots_due), ok in zip(
-            params, grads, due, flags or [None] * len(params), strict=True
+        finite, stats_finite = [], None  # without flags: per job, whether its gradient is
+        for i, (p, g, (stats_due, roots_due), ok) in enumerate(
+            zip(params, grads, due, flags or [None] * len(params), strict=True)
         ):
             pre = self.store.view(p, group)
             pres.append(pre)
             if pre is None or not (stats_due or roots_due):
                 continue
-            good, stats_ok, _ = ok  # read: something is due
-            if not good:  # a skipped parameter's preconditioner is left as it is
-                continue
-            stats_due = stats_due and stats_ok
+            if ok is not None:  # read on the host
+                good, stats_ok, _ = ok
+                if not good:  # a skipped parameter's preconditioner is left as it is
+                    continue
+                stats_due = stats_due and stats_ok
             if stats_due:
-                due_stats.extend(pre.statistics_jobs(g))
+                jobs = pre.statistics_jobs(g)
+                due_stats.extend(jobs)
+                if ok is None:  # decided on the device (no roots are due: see above)
+                    if stats_finite is None:
+                        stats_finite = _statistics_finite(norms).unbind()
+                    finite.extend([stats_finite[i]] * len(jobs))
             if roots_due:
                 due_roots.extend(pre.factors())
             if stats_due or roots_due:
                 touched.append((p, pre))
         if due_stats:
+            on_host = flags is not None
             # every parameter's blocks at once: same-shaped factors share batched calls
-            self.store.update_statistics(due_stats, hp)
+            self.store.update_statistics(due_stats, hp, None if on_host else finite)
+            self.store.failures_pending |= not on_host
             # before the roots, so that a switched factor stores its root at its new width
-            self._precision.after_statistics(self, group)
+            self._precision.after_statistics(self, group, on_host)
         if due_roots:
             self.store.update_roots(due_roots, hp)
         if touched:
@@ -556,6 +581,34 @@ class Shampoo(Optimizer):
         torch._foreach_add_(counters, keep.logical_not().unbind())
         steps = [st["step"] for st in states]
         return skippable_values(group["base"], keep, torch.stack(counters), steps, **hyper)
+
+    def _fold_failures(self) -> None:
+        """Read the Cholesky failures an accelerator's statistics steps counted on the device
+        (one host read; ``fold_failures``), and raise ``PreconditionerError`` at once, before
+        this step changes anything, for a factor whose failures in a row reached its group's
+        ``max_consecutive_failures`` (also when ``diagnostics()`` read them first)."""
+        if not self.store.failures_pending:  # (the CPU: after the first step, never)
+            return
+        self.store.failures_pending = False
+        self.store.fold_failures()
+        for g, group in enumerate(self.param_groups):
+            entries = [
+                (
+                    e.factor,
+                    lambda e=e: (
+                        f"{self.store.describe(e.param)}, block {e.block} "
+                        f"({'left' if e.side == 'L' else 'right'})"
+                    ),
+                )
+                for e in self.store.entries()
+                if e.group == g
+            ]
+            check_failures(
+                entries,
+                group["max_consecutive_failures"],
+                advice=f"raise matrix_eps (now {group['matrix_eps']:g}), ",
+                retried=False,
+            )
 
     def _check_failures(self, touched: list, group: dict) -> None:
         def entries():
@@ -605,6 +658,7 @@ class Shampoo(Optimizer):
         the base-optimizer state is complete on every rank. Under FSDP2 it holds this rank's
         shard. See ``docs/distributed.md``.
         """
+        self.store.fold_failures()  # (failures counted on the device: into the counters)
         sd = super().state_dict()
         sd["format_version"] = STATE_FORMAT_VERSION
         return with_checksums(sd)
@@ -740,6 +794,7 @@ class Shampoo(Optimizer):
             }
         )
         out["nonfinite_steps"] = sum(skipped.values())
+        self.store.fold_failures()
         for e in self.store.entries():
             d = e.factor.diagnostics()
             out["root_failures"] += d["root_failures"]
@@ -864,6 +919,15 @@ def _reads_are_free(device: torch.device) -> bool:
     per parameter; elsewhere a read stalls the launch queue. (Tests switch it off, to run
     the device-side skip on the CPU.)"""
     return device.type == "cpu"
+
+
+def _statistics_finite(norms: list[Tensor]) -> Tensor:
+    """Whether each gradient's statistics may take it, from its norm, decided on the device:
+    ``(P,)`` bool, as ``_finite_flags`` decides on the host (the norm finite and, for a float64
+    norm, its square in fp32 too)."""
+    return torch.stack(
+        [n.float().square() if n.dtype == torch.float64 else n for n in norms]
+    ).isfinite()
 
 
 def _finite_flags(

@@ -17,6 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from .layout import param_blocking, state_nbytes
 from .memory import factor_bytes
@@ -52,6 +53,14 @@ class AdaptivePrecision:
         self.config = precision_config or PrecisionConfig()
         self.log: list[dict] = []
         self.warned = False
+        #: the signals of an accelerator's last statistics step, on their way to the host
+        self._copy: _HostCopy | None = None
+        #: whether this step has planned from that copy already (``begin_step``)
+        self._planned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy or pickle starts without the signals in flight (a CUDA event is neither)
+        return {**self.__dict__, "_copy": None}
 
     def check_setup(self, optimizer: Shampoo, sharded: bool) -> None:
         """``bits="auto"`` and ``memory_budget`` go together, and the budget must hold every
@@ -79,10 +88,18 @@ class AdaptivePrecision:
                 f"{inv.reference} bytes); raise it to at least that"
             )
 
-    def after_statistics(self, optimizer: Shampoo, group: dict) -> None:
-        """``group``'s statistics were updated: re-plan if it is adaptive."""
+    def begin_step(self) -> None:
+        """A new ``step()``: an accelerator's statistics step plans once, at its first adaptive
+        group, from the previous statistics step's copy (``_signals``)."""
+        self._planned = False
+
+    def after_statistics(self, optimizer: Shampoo, group: dict, on_host: bool = True) -> None:
+        """``group``'s statistics were updated: re-plan if it is adaptive. ``on_host`` False
+        (an accelerator's statistics step, which reads nothing back): the signals are copied
+        to the host asynchronously, and the plan is made from the previous statistics step's
+        copy (``_signals``)."""
         if group["bits"] == "auto":
-            self._adapt(optimizer)
+            self._adapt(optimizer, on_host)
 
     def fit_loaded(self, optimizer: Shampoo) -> None:
         """After ``load_state_dict``: a checkpoint saved under a larger ``memory_budget`` is
@@ -154,15 +171,15 @@ class AdaptivePrecision:
         )
         return inv
 
-    def _adapt(self, optimizer: Shampoo) -> None:
+    def _adapt(self, optimizer: Shampoo, on_host: bool = True) -> None:
         """Choose each adaptive factor's width from its latest signal (``qshampoo.precision``)
         and re-quantize the ones that change; log every change."""
         inv = self._inventory(optimizer)
         if not inv.factors:
             return
-        signals = torch.stack(
-            [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
-        ).tolist()  # one host sync per statistics step
+        signals = self._signals(inv, on_host)
+        if signals is None:
+            return
         candidates = []
         for (key, f, _, _, b4, b8), signal in zip(inv.factors, signals, strict=True):
             switched = f.state["promotions"] + f.state["demotions"] > 0
@@ -209,6 +226,47 @@ class AdaptivePrecision:
                 c.signal,
             )
         del self.log[:-_LOG_LENGTH]
+
+    def _signals(self, inv: _Inventory, on_host: bool) -> list[float] | None:
+        """The adaptive factors' signals, as host numbers: read now (one host sync), or, not
+        ``on_host``, those of the previous statistics step, copied to the host while the device
+        went on (None at the first such step, or when the factors changed since)."""
+        stacked = torch.stack(
+            [f.state["precision_signal"].float().reshape(()) for _, f, *_ in inv.factors]
+        )
+        keys = [(entry[0], id(entry[1].state)) for entry in inv.factors]
+        if on_host:
+            self._copy = None
+            return stacked.tolist()  # one host sync per statistics step
+        # the copy of the step's last adaptive group is the one the next step plans from
+        previous, self._copy = self._copy, _HostCopy(keys, stacked)
+        if getattr(self, "_planned", False) or previous is None or previous.keys != keys:
+            return None
+        self._planned = True
+        return previous.values()
+
+
+class _HostCopy:
+    """Values copied from the device to the host without waiting for them: into pinned
+    memory behind a CUDA event on CUDA; a plain copy elsewhere. Read with ``values()``."""
+
+    def __init__(self, keys: list, values: Tensor):
+        self.keys = keys
+        self.event = None
+        if values.device.type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = values.to("cpu", copy=True)
+
+    def values(self) -> list[float]:
+        """The copied values (a wait on the copy's event alone, long done one statistics
+        interval later; the numbers are then read from host memory, not from the device)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy().tolist()
 
 
 class _Inventory:

@@ -34,6 +34,7 @@ from .factors import (
     Fp32Factor,
     StepHyper,
     factor_view,
+    fold_failures,
     make_factor,
 )
 from .layout import factor_config, param_blocking
@@ -116,6 +117,9 @@ class PreconditionerStore:
         self.distributor = distributor
         self.max_workspace_bytes = max_workspace_bytes
         self._views: dict[Tensor, tuple[Any, ParamPreconditioner]] = {}
+        #: whether a factor may have Cholesky failures counted on the device (an
+        #: accelerator's statistics steps) that the optimizer has not checked yet
+        self.failures_pending = True
 
     @property
     def share(self) -> int:
@@ -164,6 +168,11 @@ class PreconditionerStore:
             cached = self._views[p] = (stored, ParamPreconditioner(blocking, blocks))
         return cached[1]
 
+    def fold_failures(self) -> bool:
+        """Add the Cholesky failures counted on the device to every factor's counters (one
+        host read; ``factors.base.fold_failures``); returns whether there were any."""
+        return fold_failures(e.factor for e in self.entries())
+
     def forget_views(self) -> None:
         self._views.clear()
 
@@ -210,8 +219,13 @@ class PreconditionerStore:
         return f"parameter of shape {tuple(p.shape)}"
 
     # -- the batched work, within the workspace --------------------------------------------
-    def update_statistics(self, jobs: list[tuple[Factor, Tensor]], hp: StepHyper) -> None:
-        update_statistics(jobs, hp, self.max_workspace_bytes)
+    def update_statistics(
+        self,
+        jobs: list[tuple[Factor, Tensor]],
+        hp: StepHyper,
+        finite: list[Tensor] | None = None,
+    ) -> None:
+        update_statistics(jobs, hp, self.max_workspace_bytes, finite)
 
     def update_roots(self, factors: list[Factor], hp: StepHyper) -> None:
         update_roots(factors, hp, self.max_workspace_bytes)
@@ -328,19 +342,30 @@ def statistics_cost(job: tuple[Factor, Tensor]) -> int:
     return f.workspace("statistics") + copy
 
 
-def update_statistics(jobs: list[tuple[Factor, Tensor]], hp: StepHyper, budget: int) -> None:
+def update_statistics(
+    jobs: list[tuple[Factor, Tensor]],
+    hp: StepHyper,
+    budget: int,
+    finite: list[Tensor] | None = None,
+) -> None:
     """Fold ``G G^T`` into the statistics of each ``(factor, G)`` job (``G`` ``(order, m)``,
     any strides and float dtype), same-format factors together, in batches whose temporaries
-    (``Factor.workspace_bytes("statistics")``, the grams included) fit in ``budget`` bytes."""
+    (``Factor.workspace_bytes("statistics")``, the grams included) fit in ``budget`` bytes.
+
+    ``finite``: None, or per job a 0-d bool device tensor (an accelerator's step, which reads
+    nothing back): a job where it is False leaves its factor as it was
+    (``Factor.update_statistics_batch``)."""
+    flags = [None] * len(jobs) if finite is None else finite
     for batch in batches(
-        jobs,
-        key=lambda j: j[0].batch_key(),
-        cost=lambda j: j[0].workspace("statistics"),
+        list(zip(jobs, flags, strict=True)),
+        key=lambda j: j[0][0].batch_key(),
+        cost=lambda j: j[0][0].workspace("statistics"),
         budget=budget,
     ):
+        keep = None if finite is None else torch.stack([k for _, k in batch])
         # the grams are handed over (no reference kept here): the update may free them early
-        type(batch[0][0]).update_statistics_batch(
-            [f for f, _ in batch], gram_batch([g for _, g in batch]), hp
+        type(batch[0][0][0]).update_statistics_batch(
+            [f for (f, _), _ in batch], gram_batch([g for (_, g), _ in batch]), hp, keep
         )
 
 

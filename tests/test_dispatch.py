@@ -1,10 +1,13 @@
 """Dispatched operators and host synchronisations of a step (``qshampoo.dispatch``): the GPU
 proxy a CPU counts exactly. The statistics and root updates are batched, so their operator
-count does not grow with the number of same-shaped factors, and the factor code reads nothing
-back from the device at a plain step, and one flag per batch at a statistics step.
+count does not grow with the number of same-shaped factors. As an accelerator runs it
+(``qshampoo.optimizer._reads_are_free`` switched off) a plain step and a statistics step read
+nothing back from the device; on the CPU, where a read is free, the factor code reads one flag
+per batch at a statistics step (whether every Cholesky factorisation succeeded).
 
-``qshampoo/optimizer.py``'s own checks (the non-finite gradient check) are left out of the
-sync counts here: they belong to the step's reliability checks, counted on their own.
+In the CPU-path tests ``qshampoo/optimizer.py``'s own checks (the non-finite gradient check)
+are left out of the sync counts: they belong to the step's reliability checks, counted on
+their own (tests/test_reliability.py).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ OPTIMIZER = "qshampoo/optimizer.py"
 STATES = {"plain": 3, "stats": 10, "roots": 50}
 
 
-def count_step(quant: str, layers: int, state: str, width: int = 64) -> DispatchCounter:
+def count_step(quant: str, layers: int, state: str, width: int = 64, **kwargs) -> DispatchCounter:
     """One ``step()`` of ``layers`` same-shaped linear layers in ``state``, counted after a
-    first step built the state and one step of that state the caches."""
+    first step built the state and one step of that state the caches (``kwargs``: more
+    optimizer keywords)."""
     torch.manual_seed(0)
     net = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
     net(torch.randn(16, width)).square().mean().backward()
-    opt = qshampoo.Shampoo(net.parameters(), quant=quant, stat_interval=10, root_interval=50)
+    opt = qshampoo.Shampoo(
+        net.parameters(), quant=quant, stat_interval=10, root_interval=50, **kwargs
+    )
     opt.step()
     for counted in (False, True):
         for p in net.parameters():
@@ -71,9 +77,34 @@ def test_plain_step_reads_nothing_back(quant):
 
 @pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])
 def test_statistics_step_syncs_once_per_batch_at_most(quant):
-    # one batch (every factor has order 64): the Cholesky check reads one flag for it
+    # on the CPU, one batch (every factor has order 64): the Cholesky check reads one flag
     c = count_step(quant, 4, "stats")
     assert c.syncs_outside(OPTIMIZER) <= 1, c.where_syncs
+
+
+ACCELERATOR_CASES = [
+    *[(quant, {}) for quant in ("none", "naive", "eigen", "cholesky", "cholesky_ef")],
+    ("cholesky_ef", {"bits": 3}),
+    ("cholesky_ef", {"bits": 8}),
+    ("cholesky_ef", {"cholesky_damping": "subtract"}),
+    ("cholesky_ef", {"bits": "auto", "memory_budget": 0.5}),
+    ("naive", {"bits": "auto", "memory_budget": 0.5}),
+]
+
+
+@pytest.mark.parametrize("state", ["plain", "stats"])
+@pytest.mark.parametrize(("quant", "kwargs"), ACCELERATOR_CASES)
+def test_an_accelerator_reads_nothing_back_at_plain_and_statistics_steps(
+    quant, kwargs, state, monkeypatch
+):
+    """As an accelerator runs it (the skip and the statistics decided on the device), no host
+    synchronisation anywhere in a plain or a statistics step, shell included: not for a
+    non-finite gradient, a Cholesky factorisation's outcome (counted on the device) or, under
+    ``bits="auto"``, the precision policy's signals (copied to the host asynchronously; the
+    counted step is the second statistics step, which plans from the first one's copy)."""
+    monkeypatch.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+    c = count_step(quant, 2, state, **kwargs)
+    assert c.syncs == 0, c.where_syncs
 
 
 @pytest.mark.parametrize("quant", ["cholesky", "cholesky_ef"])

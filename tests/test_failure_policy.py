@@ -6,9 +6,12 @@ import pytest
 import torch
 
 import qshampoo
+import qshampoo.optimizer
+from qshampoo.dispatch import count_syncs
 from qshampoo.factors import PreconditionerError, cholesky_with_retry
 from qshampoo.roots import DAMPING_GROWTH, DAMPING_RETRIES, inverse_root_ex
 from tests.robust_utils import (
+    RICHEST,
     VARIANTS,
     all_finite,
     same,
@@ -282,3 +285,136 @@ def test_short_aggressive_run_stays_finite(quant):
     assert result["nonfinite_steps"] == result["injected_nan"] == 3
     assert result["finite"], result
     assert result["final_loss"] < result["first_loss"]
+
+
+# -- an accelerator's statistics step: decided on the device ---------------------------------
+@pytest.fixture
+def on_accelerator(monkeypatch):
+    """Run the step as on an accelerator (nothing read back at plain and statistics steps)."""
+    monkeypatch.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+
+
+def _run(quant: str, bad, on_device: bool, monkeypatch) -> tuple:
+    """Ten steps (statistics every 2, roots every 4) of a weight and a bias, with a bad
+    gradient of the weight at step 6, a statistics step where no root is due; the state
+    (failures counted on the device read first, by ``diagnostics()``) and parameters."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 6, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    opt = qshampoo.Shampoo(
+        [w, b], lr=1e-2, stat_interval=2, root_interval=4, **variant_kwargs(quant)
+    )
+    with monkeypatch.context() as m:
+        if on_device:
+            m.setattr(qshampoo.optimizer, "_reads_are_free", lambda device: False)
+        for k in range(1, 11):
+            w.grad, b.grad = torch.randn(8, 6), torch.randn(6)
+            if k == 6 and bad == "overflow":
+                w.grad *= 1e20
+            elif k == 6 and bad is not None:
+                w.grad[3, 2] = bad
+            if k == 6:
+                with count_syncs() as where:
+                    opt.step()
+                assert not on_device or not where, where
+                continue
+            opt.step()
+        diagnostics = opt.diagnostics()
+    return snapshot(opt), [w.detach().clone(), b.detach().clone()], diagnostics
+
+
+@pytest.mark.parametrize("quant", VARIANTS)
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), "overflow"])
+def test_an_accelerators_statistics_step_gives_the_cpus_run(quant, bad, monkeypatch):
+    """A statistics step as an accelerator runs it (nothing read back: every due update is
+    made, and a non-finite gradient's factors keep their state, selected on the device) gives
+    the CPU's run bit for bit, with a bad gradient at a statistics step or without one."""
+    cpu = _run(quant, bad, False, monkeypatch)
+    device = _run(quant, bad, True, monkeypatch)
+    assert same(cpu[:2], device[:2])
+    assert cpu[2]["nonfinite_steps"] == device[2]["nonfinite_steps"] == (bad is not None)
+
+
+@pytest.mark.parametrize("quant", [q for q in VARIANTS if q.startswith("cholesky")])
+def test_an_accelerators_failed_cholesky_keeps_its_factor_and_raises_at_the_root_step(
+    quant, on_accelerator, monkeypatch
+):
+    """On an accelerator a failed Cholesky factorisation (forced: ``cholesky_lower`` reports
+    info > 0 for one factor) is not retried at a statistics step: that
+    factor keeps its previous state bit for bit while the others move on, nothing is read
+    back, the failures are counted on the device and appear in ``diagnostics()``, and
+    ``PreconditionerError`` is raised at the next root step after
+    ``max_consecutive_failures``, before that step changes anything."""
+    import qshampoo.factors.base as factors_base
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, requires_grad=True)
+    opt = qshampoo.Shampoo(
+        [w],
+        stat_interval=1,
+        root_interval=5,
+        max_consecutive_failures=3,
+        **variant_kwargs(quant),
+    )
+    w.grad = torch.randn(6, 5)
+    opt.step()  # step 1: statistics (on the device), state created
+    left, right = opt.store.view(w).blocks[0]
+    counted = factors_base.PENDING_FAILURES  # the failures counted on the device
+    keys = [k for k, v in left.state.items() if torch.is_tensor(v) and k != counted]
+    before = {k: left.state[k].clone() for k in keys}
+    right_before = right.state["chol_diag"].clone()
+    real = factors_base.cholesky_lower
+
+    def left_fails(A):  # the left factor (order 6; the right one, of order 5, is not)
+        C, info = real(A)
+        return C, info + 1 if A.shape[-1] == 6 else info
+
+    monkeypatch.setattr(factors_base, "cholesky_lower", left_fails)
+    for _ in range(3):  # steps 2-4: statistics only
+        w.grad = torch.randn(6, 5)
+        with count_syncs() as where:
+            opt.step()
+        assert not where, where
+        assert all(torch.equal(left.state[k], before[k]) for k in keys)
+    assert not torch.equal(right.state["chol_diag"], right_before)  # the other moved on
+    d = opt.diagnostics()
+    assert d["cholesky_failures"] == 3
+    assert [f["consecutive_cholesky_failures"] for f in d["factors"]] == [3, 0]
+    assert [f["cholesky_failures"] for f in d["factors"]] == [3, 0]
+    params, state = w.detach().clone(), snapshot(opt)
+    w.grad = torch.randn(6, 5)
+    with pytest.raises(PreconditionerError, match="3 times in a row .*on an accelerator"):
+        opt.step()  # step 5: roots due
+    assert torch.equal(w, params) and same(snapshot(opt), state)
+
+
+def test_failures_counted_on_the_device_fold_into_the_checkpoints_counters(
+    on_accelerator, monkeypatch
+):
+    """The failures an accelerator counts on the device are read into the counters by
+    ``state_dict()``, which saves them in the usual format (ints), and a success ends the
+    streak."""
+    import qshampoo.factors.base as factors_base
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, requires_grad=True)
+    opt = qshampoo.Shampoo([w], stat_interval=1, root_interval=100, **variant_kwargs(RICHEST))
+    w.grad = torch.randn(6, 5)
+    opt.step()
+    real = factors_base.cholesky_lower
+    fail = [True, True, False, True]
+
+    def sometimes(A):  # the left factor (order 6) as ``fail`` says
+        C, info = real(A)
+        return C, info + 1 if A.shape[-1] == 6 and fail.pop(0) else info
+
+    monkeypatch.setattr(factors_base, "cholesky_lower", sometimes)
+    for _ in range(4):
+        w.grad = torch.randn(6, 5)
+        opt.step()
+    saved = opt.state_dict()["state"][0]["precond"][0]["L"]
+    assert saved["cholesky_failures"] == 3 and saved["consecutive_cholesky_failures"] == 1
+    assert type(saved["cholesky_failures"]) is int
+    assert factors_base.PENDING_FAILURES not in saved
+    fresh = qshampoo.Shampoo([w], stat_interval=1, root_interval=100, **variant_kwargs(RICHEST))
+    fresh.load_state_dict(opt.state_dict())

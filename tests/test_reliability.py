@@ -286,11 +286,12 @@ def skip_on_device(monkeypatch):
 @pytest.mark.parametrize("on_device", [True, False])
 @pytest.mark.parametrize("quant", ["none", RICHEST])
 def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant, on_device, request):
-    """On an accelerator the optimizer shell reads the device once at a step where statistics
-    or roots are due (the gradients' finiteness, all groups at once: it decides on the host
-    which statistics may take a gradient) and not at all at a plain step: not for the group
-    validation, the undo point, the schedule or the skip of a non-finite gradient. On the CPU,
-    where a read is free, the same one read at every step. (A tensor ``lr`` is read at every
+    """On an accelerator the optimizer shell reads the device once at a step where roots are
+    due (the gradients' finiteness, all groups at once: it decides on the host which roots
+    and statistics may take a gradient) and not at all at a plain or statistics step: not for
+    the group validation, the undo point, the schedule, the skip of a non-finite gradient or
+    its statistics (left out on the device). On the CPU, where a read is free, the same one
+    read at every step. (A tensor ``lr`` is read at every
     eager base update of SGD, as ``torch.optim.SGD``'s non-capturable step reads it.)"""
     if on_device:
         request.getfixturevalue("skip_on_device")
@@ -303,7 +304,7 @@ def test_the_shell_reads_the_device_only_for_the_nonfinite_check(quant, on_devic
         **variant_kwargs(quant),
     )
     per_step = [_shell(where) for where in _syncs_per_step(opt, params)]
-    assert per_step == ([{}, {FLAGS: 1}] * 2 if on_device else [{FLAGS: 1}] * 4)
+    assert per_step == ([{}, {}, {}, {FLAGS: 1}] if on_device else [{FLAGS: 1}] * 4)
 
 
 @pytest.mark.parametrize("base", ["adamw", "sgd"])

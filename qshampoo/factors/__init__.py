@@ -11,6 +11,7 @@ from .base import (
     StepHyper,
     check_failures,
     cholesky_with_retry,
+    fold_failures,
 )
 from .cholesky import CholeskyEFFactor, CholeskyFactor
 from .eigen import EigenFactor
@@ -51,5 +52,6 @@ __all__ = [
     "check_failures",
     "cholesky_with_retry",
     "factor_view",
+    "fold_failures",
     "make_factor",
 ]

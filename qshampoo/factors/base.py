@@ -22,6 +22,12 @@ factorisation that fails is retried in float64 and with more damping (``inverse_
 records the failure (``record_root_result``, ``record_cholesky_result``). The optimizer then
 calls ``check_failures``, which raises ``PreconditionerError`` once one factor has failed
 ``max_consecutive_failures`` times in a row.
+
+A statistics update on an accelerator reads nothing back (``update_statistics_batch`` with a
+``finite`` mask): the whole batch is computed, and a factor whose gradient was non-finite or
+whose factorisation failed keeps its previous state (``assign_rows(..., keep=)``); the retry
+ladder, which needs the host, is skipped, and the failures are counted on the device
+(``count_cholesky_failures``) until ``fold_failures`` adds them to the counters.
 """
 
 from __future__ import annotations
@@ -115,12 +121,25 @@ class Factor:
         type(self).update_statistics_batch([self], gram.float()[None].clone(), hp)
 
     @classmethod
-    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
+    def update_statistics_batch(
+        cls, factors: list[Factor], grams: Tensor, hp: StepHyper, finite: Tensor | None = None
+    ) -> None:
         """``update_statistics`` of factors with one ``batch_key()``: ``grams`` ``(B, n, n)``
         fp32, one per factor, owned by this call (it may overwrite and free them). Variants
-        override it with batched calls; this default folds one factor at a time."""
-        for f, gram in zip(factors, grams.unbind(), strict=True):
+        override it with batched calls; this default folds one factor at a time.
+
+        ``finite``: None, or a ``(B,)`` bool device tensor (an accelerator's statistics step,
+        which reads nothing back): a factor where it is False (its gradient was not finite)
+        keeps its state as it was, selected on the device. Here each factor's state tensors
+        are copied before its fold and selected back after it."""
+        for i, (f, gram) in enumerate(zip(factors, grams.unbind(), strict=True)):
+            if finite is None:
+                f.fold(gram, hp)
+                continue
+            before = {k: v.clone() for k, v in f.state.items() if isinstance(v, Tensor)}
             f.fold(gram, hp)
+            for k, old in before.items():
+                f.state[k].copy_(torch.where(finite[i], f.state[k], old))
 
     def fold(self, gram: Tensor, hp: StepHyper) -> None:
         """The statistics update of this factor alone (for the default batch loop)."""
@@ -226,7 +245,9 @@ class Factor:
         Variants that quantize store their last quantization error (relative Frobenius error
         of what they re-quantized, a float or 0-d tensor) as ``state["quant_error"]``; the
         Cholesky variants report their damping through ``record_cholesky_result``.
+        Failures counted on the device are read first (``fold_failures``).
         """
+        fold_failures([self])
         st = self.state
         return {
             "kind": self.kind,
@@ -259,17 +280,24 @@ class Factor:
             st[f"consecutive_{what}_failures"] += 1
 
     def failure_streak(self) -> tuple[str, int]:
-        """The longest current run of failures of this factor: ``("root"|"cholesky", count)``."""
+        """The longest current run of failures of this factor: ``("root"|"cholesky", count)``,
+        as the counters hold it (failures counted on the device and not yet folded in by
+        ``fold_failures`` are not read here: this is asked at every due step)."""
         r = self.state["consecutive_root_failures"]
         c = self.state["consecutive_cholesky_failures"]
         return ("cholesky", c) if c > r else ("root", r)
 
 
-def assign_rows(states: list[dict], key: str, batch: Tensor) -> None:
+def assign_rows(states: list[dict], key: str, batch: Tensor, keep: Tensor | None = None) -> None:
     """``assign(state, key, row)`` for each state and row of ``batch`` ``(B, ...)``, in one
     batched copy where the states already hold tensors of the rows' shape (the usual case:
     the number of operators then does not grow with ``B``); a state that holds none gets a
-    tensor of its own (no view into the batch: its ``nbytes`` is what it keeps alive)."""
+    tensor of its own (no view into the batch: its ``nbytes`` is what it keeps alive).
+
+    ``keep``: a ``(B,)`` bool tensor; where it is False the state keeps its previous row
+    (``kept_rows``: every state must then hold one of the row's shape)."""
+    if keep is not None:
+        batch = kept_rows(states, key, batch, keep)
     rows = batch.unbind(0)
     dst, src = [], []
     for st, row in zip(states, rows, strict=True):
@@ -286,6 +314,22 @@ def assign_rows(states: list[dict], key: str, batch: Tensor) -> None:
             st[key] = row.clone()
     if dst:
         torch._foreach_copy_(dst, src)
+
+
+def kept_rows(states: list[dict], key: str, batch: Tensor, keep: Tensor) -> Tensor:
+    """``batch`` ``(B, ...)`` with its rows where the ``(B,)`` bool ``keep`` is False replaced by
+    the states' current ``key``: decided on the device, by a selection (a NaN row must not
+    reach the state, and ``NaN * 0`` is NaN: never a multiplication by a 0 weight). A state
+    without a tensor of the row's shape (a diagnostic saved as a number by older code) has no
+    previous row to keep: it gets the new one."""
+    rows = batch.unbind(0)
+    old = torch.stack(
+        [
+            st[key] if isinstance(st.get(key), Tensor) and st[key].shape == row.shape else row
+            for st, row in zip(states, rows, strict=True)
+        ]
+    )
+    return torch.where(keep.view(-1, *([1] * (batch.dim() - 1))), batch, old)
 
 
 def assign(state: dict, key: str, value) -> None:
@@ -326,13 +370,59 @@ def new_health_state() -> dict:
     }
 
 
+#: a factor's Cholesky failures counted on the device since they were last read, an int64
+#: ``(3,)`` tensor: failures, failures since the last success, and whether one succeeded
+#: (0/1). Never in a checkpoint: ``fold_failures`` adds it to the counters and removes it.
+PENDING_FAILURES = "pending_cholesky_failures"
+
+
+def count_cholesky_failures(factors: list[Factor], ok: Tensor, finite: Tensor) -> None:
+    """Count the outcome of a batch's factorisations on the device (no host read): ``ok``
+    ``(B,)`` where one succeeded, among the factors whose update was made (``finite``
+    ``(B,)``; the others neither fail nor succeed). ``fold_failures`` reads them."""
+    states = [f.state for f in factors]
+    for st in states:
+        if PENDING_FAILURES not in st:
+            st[PENDING_FAILURES] = torch.zeros(3, dtype=torch.int64, device=ok.device)
+    pending = torch.stack([st[PENDING_FAILURES] for st in states])
+    failed, succeeded = finite & ~ok, finite & ok
+    count, tail, reset = pending.unbind(1)
+    new = torch.stack(
+        [count + failed, torch.where(succeeded, 0, tail + failed), reset | succeeded], 1
+    )
+    torch._foreach_copy_([st[PENDING_FAILURES] for st in states], list(new.unbind()))
+
+
+def fold_failures(factors: Iterable[Factor]) -> bool:
+    """Add the failures counted on the device (``count_cholesky_failures``) to the factors'
+    counters, read in one host sync per device, and forget them. Returns whether a factor
+    had any to add."""
+    by_device: dict[torch.device, list[Factor]] = {}
+    for f in factors:
+        pending = f.state.get(PENDING_FAILURES)
+        if pending is not None:
+            by_device.setdefault(pending.device, []).append(f)
+    for held in by_device.values():
+        values = torch.stack([f.state.pop(PENDING_FAILURES) for f in held]).tolist()
+        for f, (count, tail, reset) in zip(held, values, strict=True):
+            st = f.state
+            st["cholesky_failures"] += count
+            streak = st["consecutive_cholesky_failures"]
+            st["consecutive_cholesky_failures"] = tail if reset else streak + tail
+    return bool(by_device)
+
+
 def check_failures(
-    factors: Iterable[tuple[Factor, Callable[[], str]]], limit: int, advice: str = ""
+    factors: Iterable[tuple[Factor, Callable[[], str]]],
+    limit: int,
+    advice: str = "",
+    retried: bool = True,
 ) -> None:
     """Raise ``PreconditionerError`` if a factor has failed ``limit`` times in a row.
 
     ``factors`` pairs each factor with a function that describes where it is (called only to
-    build the message). ``limit == 0`` never raises.
+    build the message). ``limit == 0`` never raises. ``retried=False``: the failures were
+    counted on the device, where the retry ladder is not run (the message says so).
     """
     if limit <= 0:
         return
@@ -341,10 +431,15 @@ def check_failures(
         if streak < limit:
             continue
         op = "inverse root" if what == "root" else "Cholesky factorisation"
+        how = (
+            f"each time in float64 too, with up to {DAMPING_GROWTH**DAMPING_RETRIES:g}x the damping"
+            if retried
+            else "at statistics steps on an accelerator, where it is not retried in float64 "
+            "or with more damping"
+        )
         raise PreconditionerError(
             f"{where()}: the {op} of its {f.kind!r} factor of order {f.order} failed {streak} "
-            f"times in a row (each time in float64 too, with up to "
-            f"{DAMPING_GROWTH**DAMPING_RETRIES:g}x the damping), so this block "
+            f"times in a row ({how}), so this block "
             f"is preconditioned with a stale value. The statistics are most likely too "
             f"ill-conditioned or too large: {advice}lower the learning rate or clip gradients. "
             "To keep training on the last good preconditioner instead, pass "
@@ -369,14 +464,19 @@ def cholesky_with_retry(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Ten
     return C, ok, d.tolist()
 
 
-def cholesky_retry_ex(A: Tensor, damping: Tensor | float) -> tuple[Tensor, Tensor, Tensor, bool]:
+def cholesky_retry_ex(
+    A: Tensor, damping: Tensor | float, retry: bool = True
+) -> tuple[Tensor, Tensor, Tensor, bool | None]:
     """``cholesky_with_retry`` with the damping used as a float64 ``(b,)`` tensor, and whether
     every first attempt succeeded: read with the one host sync this costs when nothing fails,
-    so that the caller need not read ``ok`` again."""
+    so that the caller need not read ``ok`` again. ``retry=False``: the first attempt only,
+    nothing read back (the ladder needs the host), and None for that flag."""
     A = A.float()
     b = A.shape[0]
     d = torch.as_tensor(damping, dtype=torch.float64, device=A.device).expand(b).clone()
     C, ok = _cholesky(_add_to_diagonal(A, d.float()))
+    if not retry:
+        return C, ok, d, None
     all_ok = bool(ok.all())
     if not all_ok:
         # escalation starts from at least float32's resolution of the diagonal, so that a zero

@@ -37,7 +37,7 @@ from ..linalg import lower_gram
 from ..quant import decode, encode, num_chunks, pack, unpack, zero_codes
 from ..quant.blockwise import decode_nibbles
 from ..roots import DAMPING_RETRIES
-from .base import StepHyper, assign_rows, cholesky_retry_ex
+from .base import StepHyper, assign_rows, cholesky_retry_ex, count_cholesky_failures
 from .quantized import QuantizedFactor
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -58,11 +58,14 @@ def damped_cholesky(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return C, ok, delta
 
 
-def damped_cholesky_ex(L: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, bool]:
+def damped_cholesky_ex(
+    L: Tensor, eps: float, retry: bool = True
+) -> tuple[Tensor, Tensor, Tensor, bool | None]:
     """``damped_cholesky`` and whether every first attempt succeeded (known without reading
-    ``ok`` from the device again, ``cholesky_retry_ex``)."""
+    ``ok`` from the device again, ``cholesky_retry_ex``); ``retry=False``: the first attempt
+    only, nothing read back (None for that flag)."""
     delta = (eps * L.diagonal(dim1=-2, dim2=-1).amax(-1)).clamp_min(eps * eps)
-    C, ok, used, all_ok = cholesky_retry_ex(L, delta)
+    C, ok, used, all_ok = cholesky_retry_ex(L, delta, retry)
     return C, ok, used.to(L.dtype), all_ok
 
 
@@ -180,7 +183,12 @@ class CholeskyFactor(QuantizedFactor):
 
     @classmethod
     def requantize_batch(
-        cls, factors: list[CholeskyFactor], strict: Tensor, E: Tensor | None, ef_decay: float
+        cls,
+        factors: list[CholeskyFactor],
+        strict: Tensor,
+        E: Tensor | None,
+        ef_decay: float,
+        keep: Tensor | None = None,
     ) -> Tensor:
         """Store the strictly lower ``strict`` ``(B, n, n)`` as the factors' ``C_bar``; with
         EF, quantize ``X = strict + E`` instead and fold the residual into ``E`` ``(B, n, n)``,
@@ -188,13 +196,13 @@ class CholeskyFactor(QuantizedFactor):
 
         ``strict`` is not modified. Returns ``D(C_bar)``'s strict lower parts ``(B, n, n)``.
         Each factor gets tensors of its own (no views into the batch), so its ``nbytes`` is
-        what it holds.
+        what it holds. ``keep`` ``(B,)`` bool: where False, the stored codes stay as they were.
         """
         first = factors[0]
         if E is None:
             c_codes, c_scales = first._encode(strict)
             stored = first._decode(c_codes, c_scales)
-            cls.keep_codes(factors, c_codes, c_scales)
+            cls.keep_codes(factors, c_codes, c_scales, keep=keep)
             return stored
         # X is formed twice (the same sum, so the same bits) rather than kept while C_bar is
         # decoded: one (B, n, n) temporary fewer at the statistics step's peak
@@ -203,7 +211,7 @@ class CholeskyFactor(QuantizedFactor):
         residual = (strict + E).sub_(stored)
         E.mul_(ef_decay).add_(residual, alpha=1.0 - ef_decay)
         del residual
-        cls.keep_codes(factors, c_codes, c_scales, *first._encode(E))
+        cls.keep_codes(factors, c_codes, c_scales, *first._encode(E), keep=keep)
         return stored
 
     @staticmethod
@@ -213,16 +221,18 @@ class CholeskyFactor(QuantizedFactor):
         c_scales: Tensor,
         e_codes: Tensor | None = None,
         e_scales: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> None:
         """Keep each factor's codes ``(B, N)`` packed, with error feedback one (C, E) pair per
-        byte, and its chunk scales ``(B, chunks)``, as tensors of its own."""
+        byte, and its chunk scales ``(B, chunks)``, as tensors of its own (``keep`` ``(B,)``
+        bool: where False, the previous ones)."""
         codes = c_codes[..., None] if e_codes is None else torch.stack([c_codes, e_codes], -1)
         packed = pack(codes.flatten(-2), factors[0].state["bits"])
         states = [f.state for f in factors]
-        assign_rows(states, "c_scales", c_scales)
-        assign_rows(states, "codes", packed)
+        assign_rows(states, "c_scales", c_scales, keep)
+        assign_rows(states, "codes", packed, keep)
         if e_scales is not None:
-            assign_rows(states, "e_scales", e_scales)
+            assign_rows(states, "e_scales", e_scales, keep)
 
     def requantize(self, strict: Tensor, E: Tensor | None, ef_decay: float) -> Tensor:
         """``requantize_batch`` for this factor alone: ``strict``, ``E`` and the result
@@ -240,49 +250,64 @@ class CholeskyFactor(QuantizedFactor):
 
     @classmethod
     def update_statistics_batch(
-        cls, factors: list[CholeskyFactor], grams: Tensor, hp: StepHyper
+        cls,
+        factors: list[CholeskyFactor],
+        grams: Tensor,
+        hp: StepHyper,
+        finite: Tensor | None = None,
     ) -> None:
         """The statistics step of the module docstring for a batch of factors of one order
         and format: every stage is one batched call, and a factor whose factorisation fails
         keeps its previous state while the others move on. Intermediates are dropped as soon
-        as they are used (the temporaries of a factor stay within ``TEMPORARIES``)."""
+        as they are used (the temporaries of a factor stay within ``TEMPORARIES``).
+
+        ``finite`` None: a failed factorisation takes the retry ladder (one host read per
+        batch). A ``(B,)`` bool device tensor (an accelerator's step; False: the factor's
+        gradient was not finite): nothing is read back; the whole batch is computed, and a
+        factor whose gradient was not finite or whose first factorisation failed keeps its
+        previous state, selected on the device, its failure counted there
+        (``count_cholesky_failures``)."""
         L = lower_gram(cls.stored_factors(factors))
         if hp.cholesky_damping == "subtract":  # the damping the stored factors carry
             L.diagonal(dim1=-2, dim2=-1).sub_(_stack(factors, "cholesky_damping")[:, None])
         L.lerp_(grams, 1.0 - hp.stat_decay)
         del grams
-        C, ok, delta, all_ok = damped_cholesky_ex(L, hp.matrix_eps)
+        C, ok, delta, all_ok = damped_cholesky_ex(L, hp.matrix_eps, retry=finite is None)
         del L
-        # one host sync (in the retry ladder) when every factorisation succeeded
-        good = [True] * len(factors) if all_ok else ok.tolist()
-        # on failure the previous factor stays, and with it the damping it carries
-        for f, g in zip(factors, good, strict=True):
-            f.record_cholesky_result(g)
-        if not all_ok:
-            keep = [i for i, g in enumerate(good) if g]
-            if not keep:
-                return
-            factors = [factors[i] for i in keep]
-            index = torch.tensor(keep, device=C.device)
-            C, delta = C[index], delta[index]
+        keep = None
+        if finite is not None:
+            count_cholesky_failures(factors, ok, finite)
+            keep = ok & finite
+        else:
+            # one host sync (in the retry ladder) when every factorisation succeeded
+            good = [True] * len(factors) if all_ok else ok.tolist()
+            # on failure the previous factor stays, and with it the damping it carries
+            for f, g in zip(factors, good, strict=True):
+                f.record_cholesky_result(g)
+            if not all_ok:
+                kept = [i for i, g in enumerate(good) if g]
+                if not kept:
+                    return
+                factors = [factors[i] for i in kept]
+                index = torch.tensor(kept, device=C.device)
+                C, delta = C[index], delta[index]
         states = [f.state for f in factors]
-        assign_rows(states, "cholesky_damping", delta)
+        assign_rows(states, "cholesky_damping", delta, keep)
         # lower triangular: the strict parts are C with the diagonals zeroed, in place
-        assign_rows(states, "chol_diag", C.diagonal(dim1=-2, dim2=-1))
+        assign_rows(states, "chol_diag", C.diagonal(dim1=-2, dim2=-1), keep)
         diag = C.diagonal(dim1=-2, dim2=-1).clone() if factors[0].adaptive else None
         c_norm = torch.linalg.vector_norm(C, dim=(-2, -1))
         strict = C
         strict.diagonal(dim1=-2, dim2=-1).zero_()
         E = cls.error_states(factors)
-        stored = cls.requantize_batch(factors, strict, E, hp.ef_decay)
+        stored = cls.requantize_batch(factors, strict, E, hp.ef_decay, keep)
         del E
         if factors[0].adaptive:
             signal = factors[0].root_error_estimate(strict, diag)
-            for f, sig in zip(factors, signal, strict=True):
-                f.record_precision_signal(sig)
+            cls.record_precision_signals(factors, signal, keep)
         # the diagonal is exact, so the error lives in the strict lower part
         err = torch.linalg.vector_norm(strict.sub_(stored), dim=(-2, -1))
-        assign_rows(states, "quant_error", err / c_norm.clamp_min(_TINY))
+        assign_rows(states, "quant_error", err / c_norm.clamp_min(_TINY), keep)
 
     # -- precision ---------------------------------------------------------------------------
     def root_error_estimate(self, strict: Tensor, diag: Tensor) -> Tensor:

@@ -20,10 +20,19 @@ class Fp32Factor(Factor):
     TEMPORARIES = {"statistics": 1.0, "roots": 4.25, "precondition": 1.0}
 
     @classmethod
-    def update_statistics_batch(cls, factors: list[Factor], grams: Tensor, hp: StepHyper) -> None:
-        torch._foreach_lerp_(
-            [f.state["stat"] for f in factors], list(grams.unbind()), 1.0 - hp.stat_decay
-        )
+    def update_statistics_batch(
+        cls, factors: list[Factor], grams: Tensor, hp: StepHyper, finite: Tensor | None = None
+    ) -> None:
+        stats = [f.state["stat"] for f in factors]
+        if finite is None:
+            torch._foreach_lerp_(stats, list(grams.unbind()), 1.0 - hp.stat_decay)
+            return
+        # a left-out factor's gram is selected to 0 and its weight to 0: lerp(L, 0, 0) =
+        # L + 0 * (0 - L) = L exactly for a finite L, in place and with no stacked copy of the
+        # statistics (the others get the same bits as with the scalar weight)
+        grams.masked_fill_(~finite[:, None, None], 0.0)
+        weights = torch.where(finite, 1.0 - hp.stat_decay, 0.0)
+        torch._foreach_lerp_(stats, list(grams.unbind()), list(weights.unbind()))
 
     def statistics(self) -> Tensor:
         return self.state["stat"]

@@ -105,6 +105,22 @@ class QuantizedFactor(Factor):
             assign(self.state, "precision_signal", signal)
             self.state["bits_age"] += 1
 
+    @classmethod
+    def record_precision_signals(
+        cls, factors: list[QuantizedFactor], signals: Tensor, keep: Tensor | None = None
+    ) -> None:
+        """``record_precision_signal`` of each factor with its signal of ``signals`` ``(B,)``;
+        with ``keep`` ``(B,)`` bool, in one batched copy, and a factor where it is False keeps
+        its previous signal (its age, a host count, counts the statistics step all the same:
+        which factors were left out is known on the device only)."""
+        if keep is None:
+            for f, sig in zip(factors, signals, strict=True):
+                f.record_precision_signal(sig)
+            return
+        assign_rows([f.state for f in factors], "precision_signal", signals, keep)
+        for f in factors:
+            f.state["bits_age"] += 1
+
     def precision_probe(self, x: Tensor, layout: str, exact_diagonal: bool = False) -> Tensor:
         """Relative Frobenius error of ``x`` stored at 4 bits (whatever ``bits`` is now), the
         default precision signal; one extra quantization of ``x``."""
