@@ -40,13 +40,14 @@ class QuantizedFactor(Factor):
     GENERIC_PACKING = 2.0
 
     #: a root decoded a strip of rows at a time (``quant.strip_rows``): fp32 ``(rows, order)``
-    #: matrices one factor allocates at most, the strip (1) and the values of its tiles with
-    #: their code indices (up to 2.25, at 3 bits), plus ``8 / block_size`` of them for the
-    #: tiles' scales and indices; and ``(block_size, order)`` ones for the last tile row's
-    #: values and the diagonal tiles; beside a batch's stacked copy of the stored roots
-    #: (measured at most 0.88 of this, orders 300-2048, block sizes 8-64, 3-8 bits:
-    #: benchmarks/temporaries.py --strips)
-    STRIP_TEMPORARIES = {"rows": 3.25, "per_chunk": 8.0, "block_size": 3.0}
+    #: matrices one factor allocates at most: the strip and the values of its tiles (2), their
+    #: code indices (int32 per byte: 0.5 at 4 bits; 1.0 at 8 bits; 1.25 at others, unpacked
+    #: first) and ``8 / block_size`` for the tiles' scales and indices; ``(block_size, order)``
+    #: ones for the last tile row's values and the diagonal tiles (3); and a batch's stacked
+    #: copy of the stored roots (measured: at most 0.94 of this, orders 300-2048, block sizes
+    #: 8-64, 3-8 bits, ``python benchmarks/temporaries.py --strips``)
+    STRIP_TEMPORARIES = {"rows": 2.0, "per_chunk": 8.0, "block_size": 3.0}
+    STRIP_CODE_INDEX = {4: 0.5, 8: 1.0}
 
     @classmethod
     def workspace_bytes(
@@ -54,10 +55,10 @@ class QuantizedFactor(Factor):
     ) -> int:
         rows = None if whole else strip_rows(order, config.block_size)
         if phase == "precondition" and rows is not None:
-            c = cls.STRIP_TEMPORARIES
-            s = config.block_size
-            strip = 4 * order * (rows * (c["rows"] + c["per_chunk"] / s) + s * c["block_size"])
-            chunks = num_chunks((order, order), layout="tril", block_size=config.block_size)
+            c, s = cls.STRIP_TEMPORARIES, config.block_size
+            per_row = c["rows"] + cls.STRIP_CODE_INDEX.get(config.bits, 1.25) + c["per_chunk"] / s
+            strip = 4 * order * (rows * per_row + s * c["block_size"])
+            chunks = num_chunks((order, order), layout="tril", block_size=s)
             stored = order * (order - 1) // 2 * config.bits // 8 + 4 * (chunks + order) + 1
             return int(strip) + stored + cls.OVERHEAD
         packs = phase != "precondition" and config.bits not in (4, 8)
