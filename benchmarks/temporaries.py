@@ -18,6 +18,13 @@ roots, with the default strips and strips of one tile row, against the low-bit f
 ``workspace_bytes("precondition")`` (the largest fraction is what the formula's margin is):
 
     python benchmarks/temporaries.py --strips
+
+``--model NAME`` (``qshampoo.bench.paper_models``) measures instead a step where nothing is due
+on that model (``Shampoo4bit(paper=True)``, the state built by one step): its temporaries
+against the largest preconditioning round the store reports (``Distributor.plan``, what such a
+step may allocate) and ``memory_report()["workspace"]`` (every stage's most):
+
+    python benchmarks/temporaries.py --model vit-small-cifar100
 """
 
 from __future__ import annotations
@@ -107,6 +114,35 @@ def strips(orders: list[int]) -> None:
     print(f"\nlargest: {worst:.2f} of the formula (OVERHEAD aside)")
 
 
+def idle_step(name: str) -> None:
+    """An idle step's temporaries on a paper model, against the reported bounds."""
+    import qshampoo
+    from qshampoo.bench.paper_models import PAPER_MODELS
+    from qshampoo.layout import param_blocking
+
+    builder, base, _ = PAPER_MODELS[name]
+    torch.manual_seed(0)
+    params = [p for p in builder().parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(1)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).mul_(1e-3)
+    opt = qshampoo.Shampoo4bit(params, base=base, paper=True, stat_interval=BIG, root_interval=BIG)
+    opt.step()
+    # the state tensors go in as a temporary list: holding them would keep replaced ones alive
+    leaves = torch.utils._pytree.tree_leaves(list(opt.state.values()))
+    with TensorPeak(existing=[t for t in leaves if isinstance(t, torch.Tensor)]) as tp:
+        del leaves
+        opt.step()
+    rounds = 0
+    for group in opt.param_groups:
+        held = [p for p in group["params"] if param_blocking(p, group) is not None]
+        rounds = max([rounds] + [n for _, n in opt.store.distributor.plan(held, group, opt.store)])
+    MiB = 1 << 20
+    print(f"{name}, Shampoo4bit(paper=True), a step where nothing is due (MiB):")
+    print(f"temporaries {tp.peak / MiB:.2f}; largest preconditioning round reported ", end="")
+    print(f"{rounds / MiB:.2f}; workspace {opt.memory_report()['workspace'] / MiB:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--orders", default="64,128,300,513,1024")
@@ -114,8 +150,12 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(FACTORS))
     ap.add_argument("--bits", default="4")
     ap.add_argument("--strips", action="store_true", help="the strip decoding alone")
+    ap.add_argument("--model", help="an idle step of this paper model instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.model:
+        idle_step(args.model)
+        return
     if args.strips:
         orders = "300,600,1200,2048" if args.orders == ap.get_default("orders") else args.orders
         strips([int(n) for n in orders.split(",")])
