@@ -472,9 +472,9 @@ def symmetric_row_strips(
     first = qs[0]
     n, bs, cb, bits = first.shape[0], first.block_size, first.codebook, first.bits
     rows = strip_rows(n, bs)
-    codes, scales, diag = _symmetric_parts(qs, "symmetric_row_strips")
-    if rows is None or kernels.enabled(codes):
+    if rows is None or kernels.enabled(first.codes):
         return None
+    codes, scales, diag = _symmetric_parts(qs, "symmetric_row_strips")
     tri = TriangleLayout(n, bs)
     B = codes.shape[0]
     buffer = torch.empty(B * rows * n, dtype=torch.float32, device=codes.device)
