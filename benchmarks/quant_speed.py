@@ -8,6 +8,9 @@ optimizer multiplies with, eager and ``compiled=True`` (the optimizer's ``compil
 first compiled call of each shape compiles and is not timed). With ``QSHAMPOO_TRITON=auto``
 on CUDA, where triton imports, the calls run the Triton kernels (qshampoo/kernels/; then
 ``compiled`` changes nothing); ``benchmarks/kernel_speed.py`` times both side by side.
+``strips ms``: the same matrix decoded a strip of rows at a time (``symmetric_row_strips``, what
+preconditioning does with roots of more than ``quant.blockwise.STRIP_BYTES``; ``-`` where the
+matrix is decoded whole).
 Nothing is written to disk.
 """
 
@@ -22,7 +25,7 @@ import torch
 
 from qshampoo import kernels
 from qshampoo.quant import dequantize, quantize
-from qshampoo.quant.blockwise import dequantize_symmetric
+from qshampoo.quant.blockwise import dequantize_symmetric, symmetric_row_strips
 
 
 def median_ms(fn, device: torch.device, repeats: int) -> float:
@@ -61,7 +64,7 @@ def main() -> None:
     print("exact_diagonal=True; median of --repeats calls")
     print(
         f"{'n':>6} {'layout':>6} {'quantize ms':>12} {'dequantize ms':>14} {'bytes':>10} "
-        f"{'symmetric ms':>13} {'compiled ms':>12}"
+        f"{'symmetric ms':>13} {'compiled ms':>12} {'strips ms':>10}"
     )
     gen = torch.Generator().manual_seed(0)
     for n in args.sizes:
@@ -86,7 +89,17 @@ def main() -> None:
                     for c in (False, True)
                 )
                 line += f" {ts:>13.2f} {tc:>12.2f}"
+                if symmetric_row_strips([q]) is None:
+                    line += f" {'-':>10}"
+                else:
+                    tr = median_ms(lambda q=q: _all_strips(q), device, args.repeats)
+                    line += f" {tr:>10.2f}"
             print(line)
+
+
+def _all_strips(q) -> None:
+    for _ in symmetric_row_strips([q]):
+        pass
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from . import kernels
 from .base import chunk_rows
 from .blocking import Blocking
 from .factors import (
@@ -254,7 +255,12 @@ class PreconditionerStore:
         """What one round of preconditioning allocates: the directions of ``params``, the
         largest batch its ``jobs`` (``sized_jobs`` computed here) form or, after the batches
         have freed theirs, the largest base update."""
-        temps = largest(batches(jobs, _job_key, job_cost, self.share), job_cost)
+        whole = bool(group["compile"]) or kernels.enabled(params[0])
+
+        def cost(job) -> int:
+            return job_cost(job, whole)
+
+        temps = largest(batches(jobs, _job_key, cost, self.share), cost)
         update = max(update_bytes(p, group, self.share) for p in params)
         return sum(4 * p.numel() for p in params) + max(temps, update)
 
@@ -302,8 +308,8 @@ class SizedFactor:
             config = FactorConfig(AUTO_BITS[-1], config.block_size, config.codebook, True)
         return cls(kind, order, config)
 
-    def workspace(self, phase: str) -> int:
-        return self.cls.workspace_bytes(phase, self.order, self.config)
+    def workspace(self, phase: str, whole: bool = False) -> int:
+        return self.cls.workspace_bytes(phase, self.order, self.config, whole)
 
     def batch_key(self) -> tuple:
         return (self.cls, self.order, self.config.bits)
@@ -394,8 +400,9 @@ def precondition(
 ) -> list[Tensor] | None:
     """``L_hat G_b R_hat`` of each ``(left, G_b, right)`` job (a side left out multiplies by
     nothing), as 2-D fp32 tensors; same-format jobs in batches whose temporaries (the dense
-    roots, ``Factor.workspace_bytes("precondition")``, and three ``(n, m)`` products) fit in
-    ``budget`` bytes. ``compiled``: dequantize with the ``torch.compile``d kernel.
+    roots as they are decoded, ``Factor.workspace_bytes("precondition")``, and three ``(n, m)``
+    products) fit in ``budget`` bytes. ``compiled``: dequantize whole roots with the
+    ``torch.compile``d kernel.
 
     Returns the blocks in job order, or, with ``sink``, calls ``sink(i, block)`` as each batch
     is done (a view of the batch's output: copy it to let the batch go) and returns None.
@@ -403,18 +410,19 @@ def precondition(
     out: list[Tensor] = [None] * len(jobs)  # type: ignore[list-item]
     if sink is None:
         sink = out.__setitem__
+    whole = compiled or (bool(jobs) and kernels.enabled(jobs[0][1]))
     for batch in batches(
         range(len(jobs)),
         key=lambda i: _job_key(jobs[i]),
-        cost=lambda i: job_cost(jobs[i]),
+        cost=lambda i: job_cost(jobs[i], whole),
         budget=budget,
     ):
         left, _, right = jobs[batch[0]]
         G = _stack([jobs[i][1] for i in batch]).float()
         if left is not None:
-            G = torch.bmm(type(left).dense_roots([jobs[i][0] for i in batch], compiled), G)
+            G = type(left).multiply_roots([jobs[i][0] for i in batch], G, True, compiled)
         if right is not None:
-            G = torch.bmm(G, type(right).dense_roots([jobs[i][2] for i in batch], compiled))
+            G = type(right).multiply_roots([jobs[i][2] for i in batch], G, False, compiled)
         for j, i in enumerate(batch):
             sink(i, G[j])
         del G
@@ -431,15 +439,16 @@ def _job_key(job) -> tuple:
     )
 
 
-def job_cost(job) -> int:
-    """Bytes one preconditioning job adds to its batch: its dense roots and three ``(n, m)``
-    fp32 products (the stacked block, ``L G``, ``L G R``)."""
+def job_cost(job, whole: bool = False) -> int:
+    """Bytes one preconditioning job adds to its batch: its roots as they are decoded (whole,
+    or a strip of rows at a time: ``whole``, see ``Factor.workspace_bytes``) and three
+    ``(n, m)`` fp32 products (the stacked block, ``L G``, ``L G R``)."""
     left, g, right = job
     n, m = g.shape if isinstance(g, Tensor) else g
     cost = 3 * 4 * n * m
     for f in (left, right):
         if f is not None:
-            cost += f.workspace("precondition")
+            cost += f.workspace("precondition", whole)
     return cost
 
 

@@ -332,3 +332,28 @@ def test_compiled_dequantization_gives_identical_training():
         eager.param_groups[0]["params"], compiled.param_groups[0]["params"], strict=True
     ):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("quant", QUANTIZED)
+@pytest.mark.parametrize("n,m,block_size", [(200, 300, 32), (130, 70, 64), (1200, 40, 64)])
+def test_roots_multiplied_a_strip_at_a_time_as_whole(monkeypatch, quant, n, m, block_size):
+    """Preconditioning decodes a large root a strip of rows at a time (``multiply_roots``):
+    ``L G`` and ``G R`` equal one ``bmm`` by the whole roots bit for bit, strips being whole
+    tile rows, tens of rows high (benchmarks/strip_matmul.py; 1200: the default strips)."""
+    from qshampoo.quant import blockwise
+
+    if n < 1200:
+        monkeypatch.setattr(blockwise, "STRIP_BYTES", 1)  # one tile row a strip
+    assert blockwise.strip_rows(n, block_size) is not None
+    g = torch.Generator(DEVICE).manual_seed(n)
+    cls = FACTORS[quant]
+    config = FactorConfig(4, block_size)
+    G = torch.randn(3, n, m, generator=g)
+    for left, order in ((True, n), (False, m)):
+        factors = [cls.new(order, config, DEVICE, 1e-6) for _ in range(3)]
+        for f in factors:
+            x = torch.randn(order, order, generator=g)
+            f.store_root(x + x.T)
+        roots = cls.dense_roots(factors)
+        whole = torch.bmm(roots, G) if left else torch.bmm(G, roots)
+        assert torch.equal(cls.multiply_roots(factors, G, left), whole)

@@ -185,3 +185,25 @@ def test_the_base_update_in_row_chunks_is_the_whole_update(kw, dtype):
         runs.append([p.detach().clone() for p in params])
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("quant", ["cholesky_ef", "naive"])
+def test_an_idle_step_decodes_roots_in_strips_within_its_round(monkeypatch, quant):
+    """At a step where nothing is due, each large root is decoded a strip of rows at a time:
+    the step's temporaries stay within its preconditioning round's reported bytes, and both
+    are smaller than with the roots decoded whole."""
+    from qshampoo.quant import blockwise
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(600, 40, generator=g).requires_grad_()]
+    peaks, rounds = {}, {}
+    for strip in (1 << 40, 64 << 10):  # whole; one tile row (64 x 600 fp32: 150 KiB)
+        monkeypatch.setattr(blockwise, "STRIP_BYTES", strip)
+        opt = qshampoo.Shampoo(params, quant=quant, stat_interval=10, root_interval=50)
+        due_step_peak(opt, params, 1)  # the first step: everything due
+        peaks[strip] = due_step_peak(opt, params, 2)  # nothing due
+        group = opt.param_groups[0]
+        rounds[strip] = max(n for _, n in opt.store.distributor.plan(params, group, opt.store))
+        assert peaks[strip] <= rounds[strip] <= opt.memory_report()["workspace"]
+    assert peaks[64 << 10] < peaks[1 << 40] / 2
+    assert rounds[64 << 10] < rounds[1 << 40]

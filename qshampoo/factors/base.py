@@ -10,7 +10,8 @@ classmethod of their class:
 
     cls.update_statistics_batch(factors, grams, hp)  # L <- beta L + (1 - beta) gram
     cls.compute_roots(factors, hp)                   # L_hat <- (L + eps lambda_max I)^(-1/4)
-    cls.dense_roots(factors)                         # (B, n, n) fp32 L_hat, to precondition with
+    cls.dense_roots(factors)                         # (B, n, n) fp32 L_hat
+    cls.multiply_roots(factors, G, left)             # L_hat G or G R_hat, to precondition with
     cls.workspace_bytes(phase, order, config)        # the temporaries of one factor in a batch
     factor.nbytes()                                  # bytes the stored state really holds
 
@@ -173,6 +174,18 @@ class Factor:
             return factors[0].root()[None]
         return torch.stack([f.root() for f in factors])
 
+    @classmethod
+    def multiply_roots(
+        cls, factors: list[Factor], G: Tensor, left: bool, compiled: bool = False
+    ) -> Tensor:
+        """``L_hat G`` (``left``) or ``G R_hat`` of each matrix of ``G`` ``(B, n, m)`` fp32 by
+        the roots of ``factors`` (one ``batch_key()``), as a new ``(B, n, m)`` tensor.
+
+        Here through ``dense_roots``; low-bit variants decode large roots a strip of rows at a
+        time instead (``QuantizedFactor.multiply_roots``)."""
+        roots = cls.dense_roots(factors, compiled)
+        return torch.bmm(roots, G) if left else torch.bmm(G, roots)
+
     def nbytes(self) -> dict[str, int]:
         """Bytes held, split into ``"statistics"`` and ``"roots"``."""
         raise NotImplementedError
@@ -186,15 +199,19 @@ class Factor:
     OVERHEAD = 32768
 
     @classmethod
-    def workspace_bytes(cls, phase: str, order: int, config: FactorConfig) -> int:
+    def workspace_bytes(
+        cls, phase: str, order: int, config: FactorConfig, whole: bool = False
+    ) -> int:
         """Upper bound of the bytes one factor of this class and ``order`` adds to a batched
-        ``phase`` ("statistics", "roots" or "precondition"), LAPACK's workspace included."""
+        ``phase`` ("statistics", "roots" or "precondition"), LAPACK's workspace included.
+        ``whole``: preconditioning decodes low-bit roots whole (``compile=True``, or the Triton
+        kernels), not a strip of rows at a time (``QuantizedFactor.multiply_roots``)."""
         n2 = order * order
         extra = 4 * (2 * n2 + 6 * order + 1) if phase == "roots" else 0  # syevd's work array
         return int(4 * n2 * cls.TEMPORARIES[phase]) + extra + cls.OVERHEAD
 
-    def workspace(self, phase: str) -> int:
-        return self.workspace_bytes(phase, self.order, self.config)
+    def workspace(self, phase: str, whole: bool = False) -> int:
+        return self.workspace_bytes(phase, self.order, self.config, whole)
 
     # -- roots, batched over factors of the same variant and order ------------------------
     @classmethod

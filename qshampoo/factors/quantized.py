@@ -16,9 +16,12 @@ from ..quant import (
     dequantize,
     dequantize_symmetric,
     encode,
+    num_chunks,
     pack,
     quantize,
     quantized_zeros,
+    strip_rows,
+    symmetric_row_strips,
 )
 from .base import Factor, FactorConfig, assign, assign_rows
 
@@ -36,8 +39,28 @@ class QuantizedFactor(Factor):
     #: ``OVERHEAD``'s; benchmarks/temporaries.py)
     GENERIC_PACKING = 2.0
 
+    #: a root decoded a strip of rows at a time (``quant.strip_rows``): fp32 ``(rows, order)``
+    #: matrices one factor allocates at most: the strip and the values of its tiles (2), their
+    #: code indices (int32 per byte: 0.5 at 4 bits; 1.0 at 8 bits; 1.25 at others, unpacked
+    #: first) and ``8 / block_size`` for the tiles' scales and indices; ``(block_size, order)``
+    #: ones for the last tile row's values and the diagonal tiles (3); and a batch's stacked
+    #: copy of the stored roots (measured: at most 0.94 of this, orders 300-2048, block sizes
+    #: 8-64, 3-8 bits, ``python benchmarks/temporaries.py --strips``)
+    STRIP_TEMPORARIES = {"rows": 2.0, "per_chunk": 8.0, "block_size": 3.0}
+    STRIP_CODE_INDEX = {4: 0.5, 8: 1.0}
+
     @classmethod
-    def workspace_bytes(cls, phase: str, order: int, config: FactorConfig) -> int:
+    def workspace_bytes(
+        cls, phase: str, order: int, config: FactorConfig, whole: bool = False
+    ) -> int:
+        rows = None if whole else strip_rows(order, config.block_size)
+        if phase == "precondition" and rows is not None:
+            c, s = cls.STRIP_TEMPORARIES, config.block_size
+            per_row = c["rows"] + cls.STRIP_CODE_INDEX.get(config.bits, 1.25) + c["per_chunk"] / s
+            strip = 4 * order * (rows * per_row + s * c["block_size"])
+            chunks = num_chunks((order, order), layout="tril", block_size=s)
+            stored = order * (order - 1) // 2 * config.bits // 8 + 4 * (chunks + order) + 1
+            return int(strip) + stored + cls.OVERHEAD
         packs = phase != "precondition" and config.bits not in (4, 8)
         extra = int(4 * order * order * cls.GENERIC_PACKING) if packs else 0
         return super().workspace_bytes(phase, order, config) + extra
@@ -189,6 +212,30 @@ class QuantizedFactor(Factor):
         n = factors[0].order
         roots = [f.get("root", "tril", (n, n)) for f in factors]
         return dequantize_symmetric(roots, compiled=compiled)
+
+    @classmethod
+    def multiply_roots(
+        cls, factors: list[Factor], G: Tensor, left: bool, compiled: bool = False
+    ) -> Tensor:
+        """``L_hat G`` or ``G R_hat`` with each root decoded a strip of rows at a time into a
+        reused buffer (``quant.symmetric_row_strips``) where it is larger than a strip: rows
+        ``r0:r1`` of ``L_hat G`` are ``L_hat[r0:r1] G``, columns ``c0:c1`` of ``G R_hat`` are
+        ``G R_hat[c0:c1]^T`` (``R_hat`` is symmetric). Strips of whole tile rows, tens of rows
+        high, give the bits of one matmul (``benchmarks/strip_matmul.py``). ``compiled``, and
+        the Triton kernel, decode whole roots (``dense_roots``)."""
+        n = factors[0].order
+        strips = None
+        if not compiled:
+            strips = symmetric_row_strips([f.get("root", "tril", (n, n)) for f in factors])
+        if strips is None:
+            return super().multiply_roots(factors, G, left, compiled)
+        out = torch.empty_like(G)
+        for r0, r1, rows in strips:
+            if left:
+                torch.bmm(rows, G, out=out[:, r0:r1])
+            else:
+                torch.bmm(G, rows.mT, out=out[:, :, r0:r1])
+        return out
 
     def store_root(self, root: Tensor) -> None:
         self.put("root", self.quantize(root, layout="tril", exact_diagonal=True))

@@ -10,6 +10,8 @@ from .blockwise import (
     num_chunks,
     quantize,
     quantized_zeros,
+    strip_rows,
+    symmetric_row_strips,
     zero_codes,
 )
 from .codebooks import CODEBOOK_NAMES, SUPPORTED_BITS, codebook, max_rounding_error
@@ -31,6 +33,8 @@ __all__ = [
     "packed_numel",
     "quantize",
     "quantized_zeros",
+    "strip_rows",
+    "symmetric_row_strips",
     "unpack",
     "zero_codes",
 ]

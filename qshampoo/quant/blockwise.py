@@ -21,7 +21,7 @@ block_size)``; only existing chunks' scales and existing elements' codes are kep
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -454,16 +454,8 @@ def dequantize_symmetric(
     single = isinstance(q, QuantizedTensor)
     qs = [q] if single else list(q)
     first = qs[0]
-    fmt = (tuple(first.shape), first.block_size, first.codebook, first.bits)
-    for x in qs:
-        if x.layout != "tril" or x.diag is None:
-            raise ValueError("dequantize_symmetric needs layout='tril' with exact_diagonal=True")
-        if (tuple(x.shape), x.block_size, x.codebook, x.bits) != fmt:
-            raise ValueError("dequantize_symmetric needs tensors of one shape and format")
     n = first.shape[0]
-    codes = _stack([x.codes for x in qs])
-    scales = _stack([x.scales for x in qs])
-    diag = _stack([x.diag for x in qs])
+    codes, scales, diag = _symmetric_parts(qs, "dequantize_symmetric")
     if out is None:
         out = torch.empty(len(qs), n, n, dtype=torch.float32, device=codes.device)
     kernel = symmetric_from_codes
@@ -473,6 +465,68 @@ def dequantize_symmetric(
         kernel = _compiled_kernel() or symmetric_from_codes
     kernel(codes, scales, diag, out, first.block_size, first.codebook, first.bits)
     return out[0] if single else out
+
+
+def _symmetric_parts(qs: list[QuantizedTensor], what: str) -> tuple[torch.Tensor, ...]:
+    """The stacked codes, scales and diagonals of roots of one shape and format."""
+    first = qs[0]
+    fmt = (tuple(first.shape), first.block_size, first.codebook, first.bits)
+    for x in qs:
+        if x.layout != "tril" or x.diag is None:
+            raise ValueError(f"{what} needs layout='tril' with exact_diagonal=True")
+        if (tuple(x.shape), x.block_size, x.codebook, x.bits) != fmt:
+            raise ValueError(f"{what} needs tensors of one shape and format")
+    return tuple(_stack([getattr(x, a) for x in qs]) for a in ("codes", "scales", "diag"))
+
+
+#: a symmetric matrix of more than this many fp32 bytes is decoded a strip of rows at a time
+#: to be multiplied (``symmetric_row_strips``), each strip at most this many bytes (or one tile
+#: row): what preconditioning holds of each root at once, instead of the whole root
+STRIP_BYTES = 1 << 20
+
+
+def strip_rows(n: int, block_size: int) -> int | None:
+    """Rows of the tallest strip ``symmetric_row_strips`` decodes an order-``n`` matrix in, or
+    None where it decodes it whole: when it fits in one strip, and when ``block_size`` is not a
+    multiple of 4 (tiles are gathered by byte: a tile's codes are then whole bytes at any
+    width)."""
+    if block_size % 4:
+        return None
+    strips = TriangleLayout(n, block_size).row_strips(STRIP_BYTES // (4 * n))
+    if len(strips) == 1:
+        return None
+    return max(min(p1 * block_size, n) - p0 * block_size for p0, p1 in strips)
+
+
+def symmetric_row_strips(
+    q: Sequence[QuantizedTensor],
+) -> Iterator[tuple[int, int, torch.Tensor]] | None:
+    """The symmetric matrices of ``dequantize_symmetric(q)`` a strip of rows at a time:
+    ``(r0, r1, rows r0 .. r1-1 (B, r1 - r0, n))``, each strip written into one buffer that the
+    next overwrites (use it before asking for the next). Strips are whole tile rows
+    (``strip_rows``). None where the matrices are to be decoded whole: see ``strip_rows``, and
+    where the Triton kernel decodes them (it writes whole matrices)."""
+    qs = list(q)
+    first = qs[0]
+    n, bs, cb, bits = first.shape[0], first.block_size, first.codebook, first.bits
+    rows = strip_rows(n, bs)
+    if rows is None or kernels.enabled(first.codes):
+        return None
+    codes, scales, diag = _symmetric_parts(qs, "symmetric_row_strips")
+    tri = TriangleLayout(n, bs)
+    B = codes.shape[0]
+    buffer = torch.empty(B * rows * n, dtype=torch.float32, device=codes.device)
+    values_of = packed_values_of(codes, cb, bits)
+    runs_of = packed_runs_of(codes, cb, bits)
+
+    def strips() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for p0, p1 in tri.row_strips(STRIP_BYTES // (4 * n)):
+            r0, r1 = p0 * bs, min(p1 * bs, n)
+            out = buffer[: B * (r1 - r0) * n].view(B, r1 - r0, n)
+            tri.decode_rows(values_of, runs_of, scales, diag, out, p0, p1)
+            yield r0, r1, out
+
+    return strips()
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -524,6 +578,21 @@ def packed_values_of(codes: torch.Tensor, codebook: str, bits: int):
         return code_values(part, hi - start, codebook, bits)[:, lo - start : hi - start]
 
     return values_of
+
+
+def packed_runs_of(codes: torch.Tensor, codebook: str, bits: int):
+    """``runs_of(index, width)`` for ``TriangleLayout.decode_rows``: the unscaled fp32 values
+    ``(B, len(index) * width)`` of the runs of codes ``i * width .. (i+1) * width - 1``, ``i``
+    in ``index``, of packed ``codes`` ``(B, bytes)``; ``width * bits`` a multiple of 8, so that
+    each run is whole bytes, gathered by one ``index_select``."""
+
+    def runs_of(index: torch.Tensor, width: int) -> torch.Tensor:
+        run = width * bits // 8
+        B = codes.shape[0]
+        part = codes[:, : codes.shape[1] // run * run].view(B, -1, run).index_select(1, index)
+        return code_values(part.view(B, -1), index.numel() * width, codebook, bits)
+
+    return runs_of
 
 
 def code_values(codes: torch.Tensor, n: int, codebook: str, bits: int) -> torch.Tensor:

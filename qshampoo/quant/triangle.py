@@ -35,6 +35,10 @@ from .codebooks import nearest_codes
 #: index sets kept per (size, device); a model has a handful of orders and one block size
 _CACHE_SIZE = 32
 _CACHE: dict[tuple, Tensor | tuple[Tensor, ...]] = {}
+#: the tile indices of row strips (``decode_rows``), kept per (tile rows, strip, device): a
+#: handful of strips for each root order of a model
+_STRIP_CACHE_SIZE = 256
+_STRIP_CACHE: dict[tuple, tuple] = {}
 #: the off-diagonal tiles are encoded in pieces of at most ``k`` tiles (about ``n s`` entries,
 #: as the other parts) and this many bytes (fp32): coding is elementwise and per chunk, so the
 #: pieces give the codes of the whole, with temporaries of a piece's size (a few times it)
@@ -47,12 +51,12 @@ PIECE_BYTES = 1 << 20
 MAP_MAX_ORDER = 256
 
 
-def _cached(key: tuple, build):
-    value = _CACHE.get(key)
+def _cached(key: tuple, build, cache: dict = _CACHE, size: int = _CACHE_SIZE):
+    value = cache.get(key)
     if value is None:
-        if len(_CACHE) >= _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-        value = _CACHE[key] = build()
+        if len(cache) >= size:
+            del cache[next(iter(cache))]
+        value = cache[key] = build()
     return value
 
 
@@ -273,7 +277,7 @@ class TriangleLayout:
 
     def _decode_tiles(self, values_of, scales: Tensor, out: Tensor, symmetric: bool) -> None:
         """``decode_into`` tile by tile."""
-        B, s, k, t = out.shape[0], self.s, self.k, self.t
+        B, s, k = out.shape[0], self.s, self.k
         device = out.device
         sa, sb, sc, sd = self._split(scales, self.chunk_counts)
         if k > 2:
@@ -291,20 +295,127 @@ class TriangleLayout:
         # the last tile row and the diagonal tiles: about n s entries
         _, b, c, d = self._split(values_of(self.sizes[0], self.numel), (0, *self.sizes[1:]))
         if k > 1:
-            strip = b.view(B, -1, s).mul_(sb.unsqueeze(-1)).view(B, t, (k - 1) * s)
+            strip = self._last_row(b, sb)
             out[:, (k - 1) * s :, : (k - 1) * s] = strip
             if symmetric:
                 out[:, : (k - 1) * s, (k - 1) * s :] = strip.mT
-            _, row = _tile_triangle(s, device)
-            c = c.view(B, k - 1, -1).mul_(sc.view(B, k - 1, s - 1).index_select(-1, row))
-            self._diagonal_tiles(out).copy_(_tiles(c, s, device, symmetric))
-        last = out[:, (k - 1) * s :, (k - 1) * s :]
+            self._diagonal_tiles(out).copy_(self._diagonal(c, sc, 0, k - 1, symmetric))
+        self._last_tile(d, sd, out[:, (k - 1) * s :, (k - 1) * s :], symmetric)
+
+    def _last_row(self, b: Tensor, sb: Tensor) -> Tensor:
+        """Part B's ``(B, t*(k-1)*s)`` values times its scales: the ``(B, t, (k-1) s)`` block
+        left of the last diagonal tile (in place)."""
+        B = b.shape[0]
+        return b.view(B, -1, self.s).mul_(sb.unsqueeze(-1)).view(B, self.t, -1)
+
+    def _diagonal(self, c: Tensor, sc: Tensor, p0: int, p1: int, symmetric: bool) -> Tensor:
+        """Diagonal tiles ``p0 .. p1-1`` (full ones) ``(B, p1 - p0, s, s)`` from their part-C
+        values ``(B, (p1 - p0) s(s-1)/2)`` (scaled in place) and all of part C's scales."""
+        B, s, device = c.shape[0], self.s, c.device
+        _, row = _tile_triangle(s, device)
+        scales = sc.view(B, self.k - 1, s - 1)[:, p0:p1].index_select(-1, row)
+        return _tiles(c.view(B, p1 - p0, -1).mul_(scales), s, device, symmetric)
+
+    def _last_tile(self, d: Tensor, sd: Tensor, last: Tensor, symmetric: bool) -> None:
+        """Write the last diagonal tile ``last`` ``(B, t, t)`` from part D's values (scaled in
+        place); with ``symmetric`` every entry, the diagonal with zeros."""
+        t = self.t
         if t > 1:
-            _, row = _tile_triangle(t, device)
+            _, row = _tile_triangle(t, d.device)
             d = d.mul_(sd.index_select(-1, row))
-            last.copy_(_tiles(d.view(B, 1, -1), t, device, symmetric)[:, 0])
+            last.copy_(_tiles(d.view(d.shape[0], 1, -1), t, d.device, symmetric)[:, 0])
         elif symmetric:
             last.zero_()
+
+    # -- row strips of the symmetric matrix ------------------------------------------------
+    def decode_rows(
+        self, values_of, runs_of, scales: Tensor, diag: Tensor, out: Tensor, p0: int, p1: int
+    ) -> None:
+        """Write rows ``p0 s .. min(p1 s, n) - 1`` (tile rows ``p0 .. p1-1``) of the symmetric
+        matrices ``T + T^T + diag(diag)`` into ``out`` ``(B, rows, n)``, every entry of it.
+
+        ``values_of(lo, hi)`` as for ``decode_into``; ``runs_of(index, width)``: the unscaled
+        values ``(B, len(index) * width)`` of the stored entries ``i * width .. (i+1) * width - 1``
+        for each ``i`` of ``index`` (a tensor), here whole tiles of part A. Row ``p``'s strip
+        needs tile row ``p`` (its tiles left of the diagonal, contiguous in A, its diagonal
+        tile from C) and tile column ``p`` below the diagonal, transposed (one tile in each
+        later tile row of A, and columns of B): one gather of A's tiles by tile index, and a
+        fixed number of operations whatever the strip. ``diag``: ``(B, n)``, the exact diagonal.
+        """
+        B, s, k = out.shape[0], self.s, self.k
+        device = out.device
+        sa, sb, sc, sd = self._split(scales, self.chunk_counts)
+        r, c = out.stride()[1:]
+        pe = min(p1, k - 1)  # the strip's full tile rows: p0 .. pe-1; with p1 == k the last too
+        full = (pe - p0) * s
+        sizes = self.sizes
+        if pe > p0 and k > 2:
+            index, lower, upper = _strip_tiles(k, p0, pe, device)
+            if index.numel():
+                grid = out.as_strided(
+                    (B, pe - p0, k - 1, s, s),
+                    (out.stride(0), s * r, s * c, r, c),
+                    out.storage_offset(),
+                )
+                tiles = runs_of(index, s * s).view(B, -1, s, s)
+                tiles.mul_(sa.view(B, -1, s, 1).index_select(1, index))
+                m = lower[0].numel()
+                grid[:, lower[0], lower[1]] = tiles[:, :m]
+                grid[:, upper[0], upper[1]] = tiles[:, m:].mT
+                del tiles
+        if k > 1:
+            # the last tile row: its rows if the strip holds it, else its columns of the strip
+            strip = self._last_row(values_of(sizes[0], sizes[0] + sizes[1]), sb)
+            if pe > p0:
+                out[:, :full, (k - 1) * s :] = strip[:, :, p0 * s : pe * s].mT
+            if p1 == k:
+                out[:, full:, : (k - 1) * s] = strip
+            del strip
+            if pe > p0:
+                lo = sizes[0] + sizes[1] + p0 * (s * (s - 1) // 2)
+                hi = lo + (pe - p0) * (s * (s - 1) // 2)
+                tiles = self._diagonal(values_of(lo, hi), sc, p0, pe, True)
+                out.as_strided(
+                    (B, pe - p0, s, s),
+                    (out.stride(0), s * (r + c), r, c),
+                    out.storage_offset() + p0 * s * c,
+                ).copy_(tiles)
+                del tiles
+        if p1 == k:
+            d = values_of(self.numel - sizes[3], self.numel)
+            self._last_tile(d, sd, out[:, full:, (k - 1) * s :], True)
+        out.diagonal(offset=p0 * s, dim1=-2, dim2=-1).copy_(diag[:, p0 * s : p0 * s + out.shape[1]])
+
+    def row_strips(self, max_rows: int) -> list[tuple[int, int]]:
+        """Tile rows ``(p0, p1)`` of consecutive strips of ``max(1, max_rows // s)`` tile rows
+        (the last strip maybe fewer), the last tile row, if short, merged into the strip before
+        it (which is then up to ``s - 1`` rows taller): a matmul of a few rows does not give
+        the bits of the whole one (``benchmarks/strip_matmul.py``)."""
+        k, s = self.k, self.s
+        w = max(1, max_rows // s)
+        whole = k - 1 if self.t < s else k  # tile rows that start a strip or are grouped
+        starts = list(range(0, max(whole, 1), w))
+        return list(zip(starts, [*starts[1:], k], strict=True))
+
+
+def _strip_tiles(k: int, p0: int, p1: int, device: torch.device):
+    """Part A's tiles that the full tile rows ``p0 .. p1-1`` (``p1 <= k-1``) need: their own
+    ``(p, q < p)`` then those of their tile columns below the diagonal ``(q > p, p)``. Returns
+    ``(tile index, (strip tile row, tile column) of the own ones, of the transposed ones)``."""
+
+    def build():
+        own = [(p * (p - 1) // 2 + q, p - p0, q) for p in range(max(p0, 1), p1) for q in range(p)]
+        col = [
+            (q * (q - 1) // 2 + p, p - p0, q) for p in range(p0, p1) for q in range(p + 1, k - 1)
+        ]
+        # (3, tiles) each: tile index, strip tile row, tile column; built on the host once
+        parts = [
+            torch.tensor(part, dtype=torch.long).view(-1, 3).T.contiguous() for part in (own, col)
+        ]
+        own_at, col_at = (tuple(x.to(device) for x in part[1:]) for part in parts)
+        return torch.cat([parts[0][0], parts[1][0]]).to(device), own_at, col_at
+
+    return _cached((k, p0, p1, device), build, _STRIP_CACHE, _STRIP_CACHE_SIZE)
 
 
 def _tiles(values: Tensor, s: int, device: torch.device, symmetric: bool) -> Tensor:

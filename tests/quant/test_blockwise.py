@@ -556,3 +556,44 @@ def test_small_orders_coded_through_maps_as_tile_by_tile(n, bs, monkeypatch):
     want = coded()
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize(
+    "n,block_size,tile_rows",
+    [(130, 64, 1), (128, 32, 1), (300, 32, 3), (97, 8, 2), (40, 4, 1), (257, 64, 2)],
+)
+def test_row_strips_are_the_rows_of_the_symmetric_matrix(
+    monkeypatch, bits, n, block_size, tile_rows
+):
+    """Each strip is rows of ``dequantize_symmetric``'s matrices, bit for bit; strips are
+    whole tile rows (``tile_rows`` of them, from ``STRIP_BYTES``), cover the matrix in order,
+    and the last short tile row is merged into the strip before it."""
+    from qshampoo.quant import blockwise, dequantize_symmetric, strip_rows, symmetric_row_strips
+
+    monkeypatch.setattr(blockwise, "STRIP_BYTES", 4 * n * block_size * tile_rows)
+    g = torch.Generator(torch.get_default_device()).manual_seed(n)
+    mats = [torch.randn(n, n, generator=g) for _ in range(3)]
+    kw = dict(layout="tril", exact_diagonal=True, bits=bits, block_size=block_size)
+    qs = [quantize(a + a.T, **kw) for a in mats]
+    whole = dequantize_symmetric(qs)
+    tallest = strip_rows(n, block_size)
+    ends = [0]
+    for r0, r1, rows in symmetric_row_strips(qs):
+        assert r0 == ends[-1] and r0 % block_size == 0
+        assert tile_rows * block_size <= r1 - r0 <= tallest < (tile_rows + 1) * block_size
+        assert torch.equal(rows, whole[:, r0:r1])
+        ends.append(r1)
+    assert ends[-1] == n and len(ends) > 2
+
+
+def test_row_strips_only_where_they_hold_less_than_the_matrix():
+    from qshampoo.quant import blockwise, strip_rows, symmetric_row_strips
+
+    assert blockwise.STRIP_BYTES == 1 << 20
+    assert strip_rows(512, 64) is None  # 1 MiB: one strip
+    # 7 tile rows of 513 fit in 1 MiB; the 8th and the one-row 9th make the last strip
+    assert strip_rows(513, 64) == 448
+    assert strip_rows(2000, 6) is None  # tiles gathered by byte need block sizes of 4k
+    q = quantize(torch.eye(300), layout="tril", exact_diagonal=True)
+    assert symmetric_row_strips([q]) is None
