@@ -140,7 +140,7 @@ class TriangleLayout:
         - ``lower`` ``(n n,)``: the same with ``N`` on and above the diagonal;
         - ``chunk`` ``(N,)``: each stored entry's chunk;
         - ``rows`` ``(c s,)``: chunk by chunk, the flat positions of its entries in storage order,
-          a chunk shorter than ``s`` padded with its first entry again (an absmax is unchanged);
+          a chunk shorter than ``s`` padded with its last entry again (an absmax is unchanged);
         - ``slots`` ``(N,)``: each stored entry's place in ``rows``.
         """
 
