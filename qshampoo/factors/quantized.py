@@ -22,6 +22,7 @@ from ..quant import (
     quantized_zeros,
     strip_rows,
     symmetric_row_strips,
+    triangle,
 )
 from .base import Factor, FactorConfig, assign, assign_rows
 
@@ -38,6 +39,11 @@ class QuantizedFactor(Factor):
     #: (measured at 3 bits: 0.98 more for CQ+EF's statistics; decoding alone, 0.12:
     #: ``OVERHEAD``'s; benchmarks/temporaries.py)
     GENERIC_PACKING = 2.0
+    #: orders up to ``quant.triangle.MAP_MAX_ORDER`` are coded whole (index maps), not a piece
+    #: of tiles at a time: this many fp32 ``(order, order)`` matrices more at the statistics
+    #: step (measured for CQ+EF at orders 64-256: 1.2-1.6 more than the tile path with torch
+    #: 2.13 and 2.6, ``python benchmarks/temporaries.py --orders 64,128,200,256``)
+    MAPPED_CODING = 1.75
 
     #: a root decoded a strip of rows at a time (``quant.strip_rows``): fp32 ``(rows, order)``
     #: matrices one factor allocates at most: the strip and the values of its tiles (2), their
@@ -63,6 +69,8 @@ class QuantizedFactor(Factor):
             return int(strip) + stored + cls.OVERHEAD
         packs = phase != "precondition" and config.bits not in (4, 8)
         extra = int(4 * order * order * cls.GENERIC_PACKING) if packs else 0
+        if phase == "statistics" and order <= triangle.MAP_MAX_ORDER:
+            extra += int(4 * order * order * cls.MAPPED_CODING)
         return super().workspace_bytes(phase, order, config) + extra
 
     def init_state(self, eps: float, device: torch.device) -> None:
