@@ -4,7 +4,7 @@ One program loads a tile of chunks, takes each chunk's absmax, divides by it (IE
 as torch's) and rounds to the nearest codebook entry by binary search over the midpoints, then
 stores the codes (one byte each, unpacked: what ``qshampoo.quant.encode`` returns) and the
 scales at their places in the layout. The torch path takes a dozen passes for the same
-(gathering the tiles, ``aminmax``, the division, the rounding table's lookups, concatenation);
+(gathering the tiles, the absmax, the division, the rounding table's lookups, concatenation);
 both give the same codes and scales.
 """
 
